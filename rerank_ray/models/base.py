@@ -1,0 +1,87 @@
+"""The one interface every reranker family implements.
+
+A :class:`Reranker` is a ``torch.nn.Module`` that maps tokenized (query, document) pairs to one
+raw relevance score per pair (an unnormalised logit, higher = more relevant). Losses see these
+scores, never the model, so one training loop serves every family.
+
+Contract:
+
+- ``tokenize(queries, documents)`` -> a dict of tensors (``input_ids``, ``attention_mask``, ...),
+  one row per pair, truncated to ``model.max_length``; the family applies its own template.
+- ``forward(**batch)`` -> ``Tensor[n_pairs]`` of float scores.
+- ``save(path)`` writes Hugging Face format (``config.json``, weights, tokenizer files) plus
+  ``rerank_ray.json`` holding the :class:`~rerank_ray.config.ModelConfig` that built it, so a
+  reload (``load_reranker``) scores with exactly the template, length and pooling used in training.
+- ``score(queries, documents, batch_size)`` scores many pairs without gradients, batching by
+  length to waste little padding; it returns a list of floats in input order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rerank_ray.config import ModelConfig
+
+META_FILE = "rerank_ray.json"
+
+
+class Reranker(torch.nn.Module):
+    """Base class: subclasses set ``self.tokenizer`` and implement tokenize/forward/save_backbone."""
+
+    family: str = ""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    # -- to implement -------------------------------------------------------------------------
+    def tokenize(self, queries: list[str], documents: list[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:  # noqa: D401
+        raise NotImplementedError
+
+    def save_backbone(self, path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the HF weights (+ tokenizer) into `path`; `state_dict` overrides the module's
+        own (used for ZeRO-3 consolidated weights)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_saved(cls, path: Path, cfg: ModelConfig) -> Reranker:
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------
+    def save(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.save_backbone(path, state_dict)
+        meta: dict[str, Any] = {"family": self.family, "model": self.cfg.model_dump(mode="json")}
+        (path / META_FILE).write_text(json.dumps(meta, indent=2))
+        return path
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def score(self, queries: list[str], documents: list[str], batch_size: int = 64) -> list[float]:
+        """Scores for many pairs, batched by document length (longest first), in input order."""
+        if len(queries) != len(documents):
+            raise ValueError(f"score() got {len(queries)} queries but {len(documents)} documents")
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(queries)), key=lambda i: -(len(queries[i]) + len(documents[i])))
+        out = [0.0] * len(queries)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = self.tokenize([queries[i] for i in idx], [documents[i] for i in idx])
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            scores = self(**batch).float().cpu().tolist()
+            for i, s in zip(idx, scores):
+                out[i] = s
+        self.train(was_training)
+        return out
