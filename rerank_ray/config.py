@@ -177,8 +177,12 @@ class TrainConfig(Section):
     teacher_scores: Path | None = None
     # Save a checkpoint every N optimizer steps (and always at the end of each epoch).
     checkpoint_every_steps: int | None = Field(None, ge=1)
+    # Ray Train's FailureConfig: restarts after a worker failure resume from the last checkpoint.
     max_failures: int = Field(0, ge=-1)
     log_every_steps: int = Field(10, ge=1)
+    # Fault injection for testing resume: rank 0 raises once after this many optimizer steps,
+    # on the first attempt only (a restarted attempt has a checkpoint and does not raise).
+    inject_failure_at_step: int | None = Field(None, ge=1)
 
 
 class ScalingConfig(Section):

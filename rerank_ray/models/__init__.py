@@ -1,0 +1,52 @@
+"""Reranker families and the one registry that names them.
+
+``MODELS`` maps ``model.family`` (the ``ModelFamily`` literal in rerank_ray.config) to a
+:class:`~rerank_ray.models.base.Reranker` subclass. Each class is built as ``cls(cfg)`` and
+reloaded as ``cls.from_saved(path, cfg)``. Adding a family is one class, one line here and one
+test; a unit test checks that the keys equal ``ModelFamily``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rerank_ray.config import ModelConfig, validate
+from rerank_ray.models.base import META_FILE, Reranker
+from rerank_ray.models.encoder import EncoderReranker
+from rerank_ray.models.sources import resolve_gguf, resolve_source
+
+MODELS: dict[str, type[Reranker]] = {
+    "encoder": EncoderReranker,
+    # "decoder": DecoderReranker,      (decoder family: rerank_ray/models/decoder.py)
+    # "recurrent": RecurrentReranker,  (recurrent family: rerank_ray/models/recurrent.py)
+}
+
+__all__ = ["MODELS", "Reranker", "build_model", "load_reranker", "resolve_gguf", "resolve_source"]
+
+
+def model_class(family: str) -> type[Reranker]:
+    if family not in MODELS:
+        raise ValueError(f"unknown model family {family!r}; known families: {', '.join(MODELS)}")
+    return MODELS[family]
+
+
+def build_model(cfg: ModelConfig) -> Reranker:
+    """A fresh reranker as `cfg` describes (pretrained or random weights, see ModelConfig)."""
+    return model_class(cfg.family)(cfg)
+
+
+def load_reranker(path: str | Path) -> Reranker:
+    """Reload a reranker written by ``Reranker.save``: same weights, template, length and scoring."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{path} is not a saved rerank_ray model: {META_FILE} is missing "
+            "(it is written by Reranker.save, next to the Hugging Face weights)"
+        )
+    meta = json.loads(meta_path.read_text())
+    cfg = validate(ModelConfig, meta["model"])
+    if meta["family"] != cfg.family:
+        raise ValueError(f"{meta_path}: family {meta['family']!r} disagrees with model.family {cfg.family!r}")
+    return model_class(cfg.family).from_saved(path, cfg)

@@ -1,0 +1,146 @@
+"""The driver side of training: groups -> Ray Dataset -> ``TorchTrainer`` -> exported model.
+
+``train(cfg)`` is the library function behind ``rerank-ray train`` and every study trial:
+
+1. build (or reuse) the training groups (``data/groups.py``);
+2. for distillation-type losses, align teacher scores with the groups; a missing pair stops
+   training with a count of the missing pairs (``data/shards.py``);
+3. shuffle the groups once with ``train.seed`` and hand them to Ray Train as the ``train``
+   dataset, which Ray Data splits into equal shards, one per worker;
+4. run ``train_loop_per_worker`` on ``scaling.num_workers`` workers with DeepSpeed;
+5. copy the exported Hugging Face model out of the final checkpoint into
+   ``<output_dir>/<name>/model``.
+
+Output layout under ``<output_dir>/<name>/``: ``groups/`` (Parquet + stats), ``ray/``
+(Ray Train's run storage: checkpoints, unless ``storage_path`` is given), ``model/`` (HF format,
+loadable by ``rerank_ray.models.load_reranker``), ``history.json`` (every metric report).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rerank_ray.config import ConfigError, RunConfig
+
+log = logging.getLogger("rerank_ray.train")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: Path
+    groups_path: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def plan_steps(cfg: RunConfig, n_groups: int) -> dict[str, int]:
+    """Optimizer steps per epoch and in total, given equal shards across workers."""
+    world = cfg.scaling.num_workers
+    per_worker = n_groups // world
+    batches = per_worker // cfg.train.micro_batch_groups
+    steps_per_epoch = batches // cfg.train.grad_accum
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"{n_groups} groups are too few for {world} workers x train.micro_batch_groups="
+            f"{cfg.train.micro_batch_groups} x train.grad_accum={cfg.train.grad_accum}: "
+            "not one optimizer step per epoch; build more groups or lower those values"
+        )
+    total = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps is not None:
+        total = min(total, cfg.train.max_steps)
+    return {"steps_per_epoch": steps_per_epoch, "total_steps": total, "n_groups": n_groups}
+
+
+def ensure_ray() -> None:
+    """Connect to the cluster in $RAY_ADDRESS, or start a local one (``ray.init()``)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+
+
+def load_training_frame(cfg: RunConfig, groups_path: Path) -> pd.DataFrame:
+    """The groups the workers will see, with teacher scores attached when the loss needs them."""
+    from rerank_ray.data.shards import attach_teacher_scores
+
+    frame = pd.read_parquet(groups_path)
+    if cfg.loss.needs_teacher:
+        if cfg.train.teacher_scores is None:
+            raise ConfigError(
+                f"loss.name={cfg.loss.name!r} needs teacher scores: set train.teacher_scores to a "
+                "Parquet file of (query_id, doc_id, score), e.g. from `rerank-ray score`"
+            )
+        frame = attach_teacher_scores(frame, cfg.train.teacher_scores)
+    # One seeded shuffle, so shards mix queries; per-epoch order comes from the local shuffle.
+    return frame.sample(frac=1.0, random_state=cfg.train.seed).reset_index(drop=True)
+
+
+def train(cfg: RunConfig, *, groups_path: Path | None = None, storage_path: Path | None = None) -> TrainResult:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rerank_ray.data.groups import build_groups
+    from rerank_ray.data.shards import groups_to_ray_dataset
+    from rerank_ray.train.loop import train_loop_per_worker
+
+    t0 = time.perf_counter()
+    run_dir = (Path(cfg.output_dir) / cfg.name).resolve()
+    if groups_path is None:
+        groups_path = build_groups(cfg, run_dir / "groups").path
+    frame = load_training_frame(cfg, Path(groups_path))
+    plan = plan_steps(cfg, len(frame))
+    log.info(
+        "training %s (%s, %s loss) on %d groups: %d steps on %d worker(s), ZeRO-%d",
+        cfg.name, cfg.model.source, cfg.loss.name, len(frame), plan["total_steps"],
+        cfg.scaling.num_workers, cfg.deepspeed.zero_stage,
+    )  # fmt: skip
+
+    ensure_ray()
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    storage = Path(storage_path) if storage_path else run_dir / "ray"
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": cfg.to_dict(), "plan": plan},
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+        ),
+        datasets={"train": groups_to_ray_dataset(frame)},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training {cfg.name} finished without a final checkpoint; see {storage}")
+
+    model_dir = run_dir / "model"
+    with result.checkpoint.as_directory() as d:
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        shutil.copytree(Path(d) / "hf", model_dir)
+        history = json.loads((Path(d) / "history.json").read_text())
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    metrics = {k: v for k, v in (result.metrics or {}).items() if k != "final"}
+    return TrainResult(
+        model_dir=model_dir,
+        groups_path=Path(groups_path),
+        metrics=metrics,
+        history=history,
+        wall_s=time.perf_counter() - t0,
+    )
