@@ -1,0 +1,180 @@
+"""Training groups: one positive + (group_size - 1) hard negatives from the first-stage run.
+
+``build_groups(cfg, out_dir)`` writes ``<out_dir>/groups.parquet`` and
+``<out_dir>/groups.stats.json`` and returns :class:`GroupsResult`.
+
+Parquet columns (one row per group):
+
+- ``query_id: str``, ``query: str`` (the query text),
+- ``doc_ids: list<str>`` of length ``groups.group_size``, **the positive at index 0**, then
+  the negatives in sampled order,
+- ``docs: list<str>``: the document texts, same order (``title text``),
+- ``group_id: int64``: 0..n-1 in file order,
+- ``dataset: str``: the dataset name the query comes from (as in ``data.train``).
+
+Sampling, per query of each dataset in ``data.train`` (split ``data.train_split``):
+
+- candidates = the first ``groups.depth`` documents of the run ``data.first_stage``;
+- positives = candidates judged ``>= groups.positive_min_label``;
+- negatives = candidates judged ``<= groups.negative_max_label``, plus unjudged candidates when
+  ``groups.unjudged_as_negatives``; a candidate judged in between is neither;
+- the query yields ``min(groups_per_query, #positives)`` groups: each positive (shuffled)
+  anchors at most one group, so no (query, positive) pair is repeated; each group draws its
+  negatives without replacement (a negative may recur across groups of the same query).
+
+Randomness comes from ``numpy.random.default_rng([groups.seed, hash(query_id)])``, so a query's
+groups do not depend on dataset order, ``max_queries`` or the other queries. Queries with no
+positive among the candidates, and queries with fewer than ``group_size - 1`` negatives, are
+skipped, counted and listed in the stats. ``groups.max_queries`` caps the queries considered
+(across datasets, in order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rerank_ray.config import GroupsConfig, RunConfig
+from rerank_ray.data.datasets import Collection, DataError, open_collection
+
+logger = logging.getLogger("rerank_ray.data")
+
+GROUPS_FILE = "groups.parquet"
+STATS_FILE = "groups.stats.json"
+
+SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("query", pa.string()),
+        ("doc_ids", pa.list_(pa.string())),
+        ("docs", pa.list_(pa.string())),
+        ("group_id", pa.int64()),
+        ("dataset", pa.string()),
+    ]
+)
+
+
+@dataclass
+class GroupStats:
+    queries_seen: int = 0
+    queries_with_groups: int = 0
+    queries_without_positive: int = 0
+    queries_without_enough_negatives: int = 0
+    groups_written: int = 0
+    # dataset -> skipped query ids
+    without_positive_ids: dict[str, list[str]] = field(default_factory=dict)
+    without_enough_negatives_ids: dict[str, list[str]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (
+            f"{self.groups_written} groups from {self.queries_with_groups} of {self.queries_seen} queries; "
+            f"skipped {self.queries_without_positive} without a positive among the candidates and "
+            f"{self.queries_without_enough_negatives} with too few negatives"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GroupsResult:
+    path: Path
+    stats: GroupStats
+
+
+def query_rng(seed: int, query_id: str) -> np.random.Generator:
+    """A generator that depends only on (seed, query_id) (Python's hash() is salted per process)."""
+    digest = int.from_bytes(hashlib.sha256(query_id.encode()).digest()[:8], "little")
+    return np.random.default_rng([seed, digest])
+
+
+def sample_query_groups(
+    cfg: GroupsConfig, query_id: str, candidates: list[str], judged: dict[str, int]
+) -> tuple[list[list[str]], str | None]:
+    """Groups of doc ids (positive first) for one query, or ([], reason) when it is skipped.
+
+    `candidates` are the first-stage doc ids in rank order; `judged` the query's qrels."""
+    candidates = candidates[: cfg.depth]
+    positives = [d for d in candidates if judged.get(d, -1) >= cfg.positive_min_label]
+
+    def is_negative(doc_id: str) -> bool:
+        if doc_id in judged:
+            return judged[doc_id] <= cfg.negative_max_label
+        return cfg.unjudged_as_negatives
+
+    negatives = [d for d in candidates if is_negative(d)]
+    if not positives:
+        return [], "no_positive"
+    if len(negatives) < cfg.group_size - 1:
+        return [], "few_negatives"
+    rng = query_rng(cfg.seed, query_id)
+    order = rng.permutation(len(positives))
+    groups = []
+    for i in order[: cfg.groups_per_query]:
+        picked = rng.choice(len(negatives), size=cfg.group_size - 1, replace=False)
+        groups.append([positives[i], *(negatives[j] for j in picked)])
+    return groups, None
+
+
+def build_groups(cfg: RunConfig, out_dir: str | Path) -> GroupsResult:
+    """Sample training groups for every dataset in ``cfg.data.train`` (see the module docstring)."""
+    out_dir = Path(out_dir)
+    stats = GroupStats()
+    rows: dict[str, list] = {name: [] for name in SCHEMA.names}
+    budget = cfg.groups.max_queries
+    for name in cfg.data.train:
+        if budget is not None and stats.queries_seen >= budget:
+            break
+        collection = open_collection(
+            name, root=cfg.data.root, split=cfg.data.train_split, first_stage=cfg.data.first_stage
+        )
+        _add_dataset(cfg.groups, collection, stats, rows, budget)
+
+    logger.info("training groups: %s", stats.summary())
+    if stats.groups_written == 0:
+        raise DataError(
+            f"no training groups from {list(cfg.data.train)} (split {cfg.data.train_split!r}, "
+            f"first stage {cfg.data.first_stage!r}): {stats.summary()}; check groups.positive_min_label, "
+            "groups.depth and groups.group_size against the data"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / GROUPS_FILE
+    pq.write_table(pa.Table.from_pydict(rows, schema=SCHEMA), path)
+    (out_dir / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2))
+    return GroupsResult(path=path, stats=stats)
+
+
+def _add_dataset(
+    cfg: GroupsConfig, collection: Collection, stats: GroupStats, rows: dict[str, list], budget: int | None
+) -> None:
+    run = collection.run
+    for query_id, query in collection.queries.items():
+        if budget is not None and stats.queries_seen >= budget:
+            return
+        stats.queries_seen += 1
+        candidates = [doc_id for doc_id, _ in run.get(query_id, [])]
+        groups, skipped = sample_query_groups(cfg, query_id, candidates, collection.qrels.get(query_id, {}))
+        if skipped == "no_positive":
+            stats.queries_without_positive += 1
+            stats.without_positive_ids.setdefault(collection.name, []).append(query_id)
+            continue
+        if skipped == "few_negatives":
+            stats.queries_without_enough_negatives += 1
+            stats.without_enough_negatives_ids.setdefault(collection.name, []).append(query_id)
+            continue
+        stats.queries_with_groups += 1
+        for doc_ids in groups:
+            rows["query_id"].append(query_id)
+            rows["query"].append(query)
+            rows["doc_ids"].append(doc_ids)
+            rows["docs"].append(collection.doc_texts(doc_ids))
+            rows["group_id"].append(stats.groups_written)
+            rows["dataset"].append(collection.name)
+            stats.groups_written += 1

@@ -1,0 +1,135 @@
+"""Evaluate a saved reranker (or the first stage itself) on named suites.
+
+``evaluate(model_path, suites, *, depth, batch_size, out_dir, root)`` writes, per suite,
+``<out_dir>/<suite>.run`` (TREC run of the reranked top ``depth``) and
+``<out_dir>/<suite>.per_query.tsv`` (``query_id measure value`` with a header), and once
+``<out_dir>/metrics.json``::
+
+    {"model_path": ..., "metrics": {mlflow_key: value},
+     "suites": {suite: {"dataset", "split", "first_stage", "depth", "queries",
+                        "measures": {display name: value}}}}
+
+``model_path=None`` evaluates the first-stage run cut at ``depth``, so the BM25 figures in
+``../shared/data/README.md`` can be checked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rerank_ray.data.datasets import open_collection
+from rerank_ray.evaluation.metrics import evaluate_run, mlflow_key
+from rerank_ray.evaluation.rerank import ScoreFn, first_stage, rerank, write_trec_run
+from rerank_ray.evaluation.suites import get_suite
+
+logger = logging.getLogger("rerank_ray.evaluation")
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class EvalResult:
+    # mlflow_key(suite, measure) -> value: what is logged to MLflow / reported to Ray Tune.
+    metrics: dict[str, float]
+    # suite -> {display measure name: value}
+    suites: dict[str, dict[str, float]] = field(default_factory=dict)
+    out_dir: Path | None = None
+
+
+def evaluate(
+    model_path: str | Path | None,
+    suites: Sequence[str],
+    *,
+    depth: int | None = None,
+    batch_size: int = 64,
+    out_dir: str | Path,
+    root: str | Path | None = None,
+    tag: str | None = None,
+) -> EvalResult:
+    """Rerank each suite with the reranker saved at `model_path` (None: no reranking).
+
+    `depth` None = each suite's own depth. `tag` names the run in the TREC files (default: the
+    model folder's name, or the first stage's)."""
+    score_fn: ScoreFn | None = None
+    if model_path is not None:
+        from rerank_ray.models import load_reranker
+
+        reranker = load_reranker(model_path)
+
+        def score_fn(queries: list[str], docs: list[str]) -> list[float]:
+            return reranker.score(queries, docs, batch_size)
+
+        tag = tag or Path(model_path).name
+    return evaluate_scorer(
+        score_fn,
+        suites,
+        depth=depth,
+        batch_size=batch_size,
+        out_dir=out_dir,
+        root=root,
+        tag=tag,
+        model_path=None if model_path is None else str(model_path),
+    )
+
+
+def evaluate_scorer(
+    score_fn: ScoreFn | None,
+    suites: Sequence[str],
+    *,
+    depth: int | None = None,
+    batch_size: int = 64,
+    out_dir: str | Path,
+    root: str | Path | None = None,
+    tag: str | None = None,
+    model_path: str | None = None,
+) -> EvalResult:
+    """:func:`evaluate` for any ``score_fn(queries, docs) -> scores`` (None: the first stage)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = EvalResult(metrics={}, out_dir=out_dir)
+    report: dict[str, dict] = {}
+    for name in suites:
+        suite = get_suite(name)
+        cut = depth or suite.depth
+        collection = open_collection(
+            suite.dataset, root=root, split=suite.split, first_stage=suite.first_stage
+        )
+        if score_fn is None:
+            run = first_stage(collection, cut)
+        else:
+            run = rerank(score_fn, collection, cut, batch_size, desc=f"rerank {name}")
+        write_trec_run(run, out_dir / f"{name}.run", tag or suite.first_stage)
+        aggregate, per_query = evaluate_run(collection.qrels, run, suite.measures)
+        _write_per_query(per_query, list(aggregate), out_dir / f"{name}.per_query.tsv")
+        result.suites[name] = aggregate
+        result.metrics.update({mlflow_key(name, m): v for m, v in aggregate.items()})
+        report[name] = {
+            "dataset": suite.dataset,
+            "split": suite.split,
+            "first_stage": suite.first_stage,
+            "depth": cut,
+            "queries": len(per_query),
+            "measures": aggregate,
+        }
+        logger.info(
+            "%s (%d queries, depth %d): %s",
+            name,
+            len(per_query),
+            cut,
+            ", ".join(f"{m} {v:.4f}" for m, v in aggregate.items()),
+        )
+    payload = {"model_path": model_path, "metrics": result.metrics, "suites": report}
+    (out_dir / METRICS_FILE).write_text(json.dumps(payload, indent=2))
+    return result
+
+
+def _write_per_query(per_query: dict[str, dict[str, float]], measures: list[str], path: Path) -> None:
+    with open(path, "w") as f:
+        f.write("query_id\tmeasure\tvalue\n")
+        for query_id in sorted(per_query):
+            for measure in measures:
+                f.write(f"{query_id}\t{measure}\t{per_query[query_id][measure]!r}\n")
