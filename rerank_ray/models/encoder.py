@@ -1,0 +1,199 @@
+"""Encoder family: a BERT-style cross-encoder with a one-logit head.
+
+Input: the tokenizer's own pair encoding ``[CLS] query [SEP] document [SEP]`` (``model.template``
+is not used by this family), truncated to ``model.max_length`` by cutting the document
+(``only_second``). A query that alone leaves no room for a document token is the exception:
+that pair is truncated ``longest_first``, per pair, so a score never depends on its batch.
+
+Score: ``AutoModelForSequenceClassification`` with ``num_labels=1``; the raw logit
+(float32, unnormalised, higher = more relevant).
+
+Size axis: ``model.num_layers = N`` keeps the first N transformer layers of the pretrained
+backbone (weights identical to the original's first N layers; the rest are dropped).
+``model.init = "random"`` builds the (possibly ``config_overrides``-shrunk) architecture with a
+fixed seed and no pretrained weights, still with the real tokenizer: tests and tiny models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from rerank_ray.config import ModelConfig
+from rerank_ray.models.base import Reranker
+from rerank_ray.models.sources import resolve_source
+
+# Seed for every freshly initialised weight (the head; everything when init="random"), so each
+# worker and each rebuild starts from the same model.
+INIT_SEED = 0
+
+
+class EncoderReranker(Reranker):
+    family = "encoder"
+
+    def __init__(self, cfg: ModelConfig, *, saved: Path | None = None) -> None:
+        """Build from `cfg`; with `saved`, load that folder's weights and tokenizer instead
+        (used by :meth:`from_saved`: the folder already has num_layers and overrides applied)."""
+        super().__init__(cfg)
+        if cfg.lora is not None:
+            raise ValueError("model.lora is not supported for model.family='encoder'; remove model.lora")
+        if saved is not None:
+            self.model = _load_head_model(str(saved), cfg, config=None, expect_missing=())
+            self.tokenizer = AutoTokenizer.from_pretrained(str(saved))
+        else:
+            source = resolve_source(cfg.source)
+            self.model = _build_model(cfg, source)
+            self.tokenizer = AutoTokenizer.from_pretrained(resolve_source(cfg.tokenizer or cfg.source))
+        self.tokenizer.padding_side = cfg.padding_side
+        _check_fit(cfg, self.model.config, self.tokenizer)
+        if cfg.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self._pair_specials = self.tokenizer.num_special_tokens_to_add(pair=True)
+
+    @classmethod
+    def from_saved(cls, path: Path, cfg: ModelConfig) -> EncoderReranker:
+        return cls(cfg, saved=Path(path))
+
+    def tokenize(self, queries: list[str], documents: list[str]) -> dict[str, torch.Tensor]:
+        if len(queries) != len(documents):
+            raise ValueError(f"tokenize() got {len(queries)} queries but {len(documents)} documents")
+        max_length = self.cfg.max_length
+        query_lengths = [len(ids) for ids in self.tokenizer(queries, add_special_tokens=False)["input_ids"]]
+        too_long = [n + self._pair_specials >= max_length for n in query_lengths]
+        if not any(too_long):
+            return dict(
+                self.tokenizer(
+                    queries,
+                    documents,
+                    truncation="only_second",
+                    max_length=max_length,
+                    padding=True,
+                    return_tensors="pt",
+                )
+            )
+        # Mixed batch: encode each pair with its own strategy, then pad together.
+        features = []
+        for query, document, long_query in zip(queries, documents, too_long, strict=True):
+            features.append(
+                self.tokenizer(
+                    query,
+                    document,
+                    truncation="longest_first" if long_query else "only_second",
+                    max_length=max_length,
+                )
+            )
+        return dict(self.tokenizer.pad(features, padding=True, return_tensors="pt"))
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+        """``Tensor[n_pairs]`` float32 raw logits."""
+        return self.model(**batch).logits.squeeze(-1).float()
+
+    def save_backbone(self, path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        self.model.save_pretrained(path, state_dict=state_dict)
+        self.tokenizer.save_pretrained(path)
+
+
+def _build_model(cfg: ModelConfig, source: str) -> PreTrainedModel:
+    config = AutoConfig.from_pretrained(source, **cfg.config_overrides)
+    if cfg.num_layers is not None:
+        if cfg.num_layers > config.num_hidden_layers:
+            raise ValueError(
+                f"model.num_layers={cfg.num_layers} but {cfg.source} has only "
+                f"{config.num_hidden_layers} layers; choose 1..{config.num_hidden_layers}"
+            )
+        config.num_hidden_layers = cfg.num_layers
+    config.num_labels = 1
+    if cfg.init == "random":
+        with _seeded():
+            return AutoModelForSequenceClassification.from_config(config, **_attn_kwargs(cfg))
+    # Only the new head may be missing; anything else means the checkpoint does not fit the
+    # architecture (for example an override changed hidden_size) and must not train silently.
+    return _load_head_model(source, cfg, config=config, expect_missing=("classifier.", "score."))
+
+
+def _attn_kwargs(cfg: ModelConfig) -> dict[str, str]:
+    return {} if cfg.attn_implementation is None else {"attn_implementation": cfg.attn_implementation}
+
+
+def _load_head_model(
+    source: str, cfg: ModelConfig, *, config: PretrainedConfig | None, expect_missing: tuple[str, ...]
+) -> PreTrainedModel:
+    kwargs = _attn_kwargs(cfg) | ({} if config is None else {"config": config})
+    with _seeded(), _quiet_load_report():
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            source, output_loading_info=True, **kwargs
+        )
+    missing = sorted(k for k in info["missing_keys"] if not k.startswith(expect_missing))
+    mismatched = sorted(str(k) for k in info["mismatched_keys"])
+    _own_memory(model)
+    if missing or mismatched:
+        raise ValueError(
+            f"weights in {source} do not fit the model built from its config: "
+            f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, mismatched {mismatched[:8]}; "
+            "config_overrides that change shapes need model.init='random'"
+        )
+    if info["unexpected_keys"] and config is None:
+        raise ValueError(
+            f"saved model {source} has unexpected weights: {sorted(info['unexpected_keys'])[:8]}"
+        )
+    return model
+
+
+def _check_fit(cfg: ModelConfig, config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}; "
+            "set model.config_overrides.vocab_size or use the source's own tokenizer"
+        )
+    if cfg.max_length > config.max_position_embeddings:
+        raise ValueError(
+            f"model.max_length={cfg.max_length} exceeds the model's "
+            f"max_position_embeddings={config.max_position_embeddings}; lower model.max_length"
+        )
+
+
+@contextlib.contextmanager
+def _seeded() -> Iterator[None]:
+    """Fixed-seed initialisation that leaves the caller's RNG state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    # transformers logs a table of every dropped layer when num_layers < the checkpoint's layers;
+    # the caller checks the loading info itself and raises on anything unexpected. Raise the
+    # level of the "transformers" parent logger, not of transformers.modeling_utils: a level set
+    # on that child makes transformers 5 log a spurious "layers were not sharded" TP warning.
+    log = logging.getLogger("transformers")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _own_memory(model: PreTrainedModel) -> PreTrainedModel:
+    """Copy every loaded tensor into freshly allocated memory.
+
+    Tensors loaded from safetensors are views into the file buffer at an offset that is not
+    64-byte aligned; CPU kernels take another path on unaligned memory and round differently in
+    the last bit, so a reloaded model would not score bit-identically to the one saved.
+    """
+    for tensor in (*model.parameters(), *model.buffers()):
+        tensor.data = tensor.data.clone()
+    return model
