@@ -1,0 +1,44 @@
+"""What a teacher-scoring job needs: which model scores, and how the Ray Data job is laid out."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from rerank_ray.config import Section
+
+
+class ScoringConfig(Section):
+    """The Ray Data batch job that scores (query, document) pairs with a teacher."""
+
+    # Size of the fixed actor pool; each actor holds one copy of the teacher.
+    actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    # Pairs per forward pass inside an actor (and per Ray Data batch).
+    batch_size: int = Field(64, ge=1)
+    # Pairs per output Parquet shard: the unit of resumption after an interruption.
+    shard_size: int = Field(2048, ge=1)
+    # float32 on CPU; bfloat16 halves memory on a GPU. Scores are stored as float64 either way.
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class TeacherModel(Section):
+    """A ready-to-score teacher.
+
+    - ``cross_encoder``: ``path`` is a saved reranker folder (``rerank_ray.json`` inside, as
+      written by ``Reranker.save``); its own max_length and template are used.
+    - ``bi_encoder``: ``path`` is a model source (local folder, weights package, hub id) of a
+      sentence embedding model; the score is ``scale * cos(mean_pool(q), mean_pool(d))``.
+    """
+
+    kind: Literal["cross_encoder", "bi_encoder"]
+    path: str
+    # Bi-encoder only: truncation of documents and queries (tokens).
+    max_length: int = Field(256, ge=8)
+    query_max_length: int = Field(64, ge=8)
+    # Bi-encoder only: cosine is in [-1, 1]; all-MiniLM-L6-v2 was trained with in-batch softmax
+    # over 20 * cosine (sentence-transformers MultipleNegativesRankingLoss, scale=20), so this
+    # turns cosines back into the logits the model was trained to produce.
+    scale: float = Field(20.0, gt=0)

