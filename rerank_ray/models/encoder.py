@@ -30,6 +30,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from rerank_ray.config import ModelConfig
 from rerank_ray.models.base import Reranker
@@ -132,12 +133,16 @@ def _load_head_model(
 ) -> PreTrainedModel:
     kwargs = _attn_kwargs(cfg) | ({} if config is None else {"config": config})
     with _seeded(), _quiet_load_report():
+        # ignore_mismatched_sizes: report mismatches below, in our words, instead of transformers
+        # raising "look at the above report" about a report that _quiet_load_report hid.
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            source, output_loading_info=True, **kwargs
+            source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )
     missing = sorted(k for k in info["missing_keys"] if not k.startswith(expect_missing))
-    mismatched = sorted(str(k) for k in info["mismatched_keys"])
-    _own_memory(model)
+    mismatched = sorted(f"{key} {tuple(ckpt)} -> {tuple(new)}" for key, ckpt, new in info["mismatched_keys"])
+    if not is_deepspeed_zero3_enabled():
+        # Under ZeRO-3 the parameters are partitioned placeholders that DeepSpeed owns.
+        _own_memory(model)
     if missing or mismatched:
         raise ValueError(
             f"weights in {source} do not fit the model built from its config: "
