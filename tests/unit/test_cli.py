@@ -1,0 +1,326 @@
+"""`rerank-ray`: parsing, --help, one-line errors with a log file, summaries.
+
+Library functions are replaced with stubs that record their arguments, so these tests check the
+CLI's own job (what it passes in, what it prints) in milliseconds and without Ray. `library`
+patches the real module when it is importable and a stand-in module otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from rerank_ray import cli
+from rerank_ray.config import ConfigError
+from rerank_ray.console import Summary, explain, format_duration, one_line
+
+
+@pytest.fixture
+def library(monkeypatch):
+    def patch(module: str, **attrs):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            mod = types.ModuleType(module)
+            monkeypatch.setitem(sys.modules, module, mod)
+        for name, value in attrs.items():
+            monkeypatch.setattr(mod, name, value, raising=False)
+        return mod
+
+    return patch
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch, capsys):
+    """Run `rerank-ray ARGS` in-process from tmp_path; return (exit code, stdout, stderr, log dir)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    log_dir = tmp_path / "logs"
+
+    def _run(*argv: str):
+        code = cli.main(["--log-dir", str(log_dir), *argv])
+        out, err = capsys.readouterr()
+        return code, out, err, log_dir
+
+    return _run
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def test_help_lists_every_verb_and_imports_no_library():
+    code = (
+        "import sys\n"
+        "from rerank_ray import cli\n"
+        "try:\n"
+        "    cli.main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in ('ray', 'torch', 'mlflow', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for verb in ("prepare", "train", "evaluate", "score", "study", "ui"):
+        assert f"    {verb} " in out
+
+
+def test_console_script_help():
+    exe = Path(sys.executable).parent / "rerank-ray"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "prepare" in out and "study" in out
+
+
+def test_files_and_overrides_are_split_in_order():
+    args = cli.build_parser().parse_args(
+        ["train", "-c", "a.yaml", "-c", "b.yaml", "c.yaml", "train.epochs=2", "loss.name=mix"]
+    )
+    paths, overrides = cli.split_config_args(args)
+    assert paths == [Path("a.yaml"), Path("b.yaml"), Path("c.yaml")]
+    assert overrides == ["train.epochs=2", "loss.name=mix"]
+
+
+def test_evaluate_needs_a_model_or_first_stage(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["evaluate"])
+    assert exit_.value.code == 2
+    assert "--model" in capsys.readouterr().err
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_config_error_is_one_line_plus_fix_and_log(run, tmp_path, library):
+    library("rerank_ray.data.groups", build_groups=lambda cfg, out: pytest.fail("must not run"))
+    bad = write(tmp_path / "bad.yaml", "groups:\n  group_sise: 8\n")
+    code, out, err, log_dir = run("prepare", "-c", str(bad))
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("rerank-ray prepare: error: invalid RunConfig: groups.group_sise: unknown key")
+    assert "group_size" in lines[0]  # the allowed keys are named
+    assert lines[1].startswith("  fix: ")
+    log = Path(lines[2].split("full traceback: ")[1])
+    assert log.parent == log_dir.resolve() and "Traceback" in log.read_text()
+    assert len(lines) == 3 and "Traceback" not in err
+
+
+def test_bad_override_and_bad_suite_fail_before_any_work(run, library):
+    calls = []
+    library("rerank_ray.train.driver", train=lambda *a, **k: calls.append(a))
+    code, _, err, _ = run("train", "train.learning_rate=-1")
+    assert code == 1 and "train.learning_rate" in err
+    code, _, err, _ = run("train", "--suite", "dl99")
+    assert code == 1 and "eval.suites" in err and "dl19" in err
+    assert calls == []
+
+
+def test_data_error_names_the_fix(run, library):
+    datasets = importlib.import_module("rerank_ray.data.datasets")
+
+    def build_groups(cfg, out):
+        raise datasets.DataError("qrels/test.tsv line 7: expected 3 tab-separated fields, found 2")
+
+    library("rerank_ray.data.groups", build_groups=build_groups)
+    code, _, err, _ = run("prepare")
+    assert code == 1
+    assert "qrels/test.tsv line 7" in err.splitlines()[0]
+    assert "data.root" in err.splitlines()[1]
+
+
+def test_unexpected_error_points_at_the_log(run, library):
+    def build_groups(cfg, out):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    library("rerank_ray.data.groups", build_groups=build_groups)
+    code, _, err, _ = run("prepare")
+    assert code == 1
+    assert "error: RuntimeError: disk on fire: second line" in err
+    assert "unexpected" in err
+
+
+def test_config_error_inside_a_training_worker_is_unwrapped():
+    from ray.train import ControllerError, WorkerGroupError
+
+    inner = ConfigError("loss.name='distillation' needs teacher scores")
+    wrapped = WorkerGroupError(
+        "rank 0 failed: long Ray traceback ...", {1: RuntimeError("peer gone"), 0: inner}
+    )
+    ex = explain(wrapped)
+    assert ex.known and ex.exc is inner and ex.error == str(inner)
+    assert explain(ControllerError(wrapped)).exc is inner
+
+
+def test_config_error_inside_a_ray_task_is_unwrapped():
+    from ray.exceptions import RayTaskError
+
+    inner = ConfigError("groups.group_size: must be >= 2")
+    dual = RayTaskError("f", "Traceback (most recent call last):\n ... wall ...", inner).as_instanceof_cause()
+    ex = explain(dual)
+    assert ex.error == "groups.group_size: must be >= 2"
+
+
+def test_chained_cause_is_found():
+    try:
+        try:
+            raise FileNotFoundError("outputs/run/groups/groups.parquet")
+        except FileNotFoundError as e:
+            raise RuntimeError("could not start training") from e
+    except RuntimeError as e:
+        ex = explain(e)
+    assert ex.known and "groups.parquet" in ex.error and "path" in ex.fix
+
+
+def test_one_line():
+    assert one_line("invalid RunConfig:\n  a.b: bad\n  c: worse") == "invalid RunConfig: a.b: bad; c: worse"
+    assert len(one_line("x" * 1000)) == 400
+
+
+# -- verbs and summaries ------------------------------------------------------------------------
+
+
+def test_summary_render():
+    s = Summary("train", log_path=Path("/tmp/x.log"))
+    s.ran.append("trained run: encoder m")
+    s.metrics.update({"dl19/nDCG_10": 0.51234, "step": 40})
+    s.outputs.update({"model": "outputs/run/model", "eval": "outputs/run/eval"})
+    s.mlflow.append("experiment 'e'")
+    text = s.render(elapsed=187.0)
+    assert text.splitlines()[0] == "== rerank-ray train: done in 3m07s =="
+    assert "  ran:     trained run: encoder m" in text
+    assert "dl19/nDCG_10 = 0.5123" in text and "step = 40" in text
+    assert "  outputs: model  outputs/run/model" in text
+    assert "           eval   outputs/run/eval" in text
+    assert "  mlflow:  experiment 'e'" in text and "  log:     /tmp/x.log" in text
+    assert [format_duration(t) for t in (4.25, 61, 3725)] == ["4.2s", "1m01s", "1h02m"]
+
+
+def test_prepare_passes_config_and_prints_summary(run, tmp_path, library):
+    seen = {}
+
+    def build_groups(cfg, out):
+        seen.update(cfg=cfg, out=out)
+        stats = SimpleNamespace(summary=lambda: "103 queries, 660 groups written, 2 without a positive")
+        return SimpleNamespace(path=Path(out) / "groups.parquet", stats=stats)
+
+    library("rerank_ray.data.groups", build_groups=build_groups)
+    base = write(tmp_path / "base.yaml", "name: small\ngroups:\n  group_size: 4\n")
+    code, out, _, _ = run("prepare", "-c", str(base), "groups.group_size=6")
+    assert code == 0
+    assert seen["cfg"].name == "small" and seen["cfg"].groups.group_size == 6
+    assert seen["out"] == Path("outputs/small/groups")
+    assert "== rerank-ray prepare: done in" in out
+    assert "660 groups written" in out and "outputs/small/groups/groups.parquet" in out
+
+
+def test_train_then_evaluates_on_the_config_suites(run, library, tmp_path):
+    calls = {}
+
+    def train(cfg, *, groups_path=None, storage_path=None):
+        calls["train"] = (cfg, groups_path)
+        return SimpleNamespace(
+            model_dir=tmp_path / "outputs/run/model",
+            groups_path=tmp_path / "g.parquet",
+            metrics={"loss": 0.25, "step": 80, "lr": 0.0},
+        )
+
+    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root):
+        calls["evaluate"] = (model_path, suites, out_dir)
+        return SimpleNamespace(metrics={"dl19/nDCG_10": 0.517, "scifact/nDCG_10": 0.61})
+
+    library("rerank_ray.train.driver", train=train)
+    library("rerank_ray.evaluation.evaluate", evaluate=evaluate)
+    code, out, _, _ = run("train", "--suite", "dl19", "--suite", "scifact", "train.epochs=2")
+    assert code == 0
+    assert calls["train"][0].train.epochs == 2 and calls["train"][1] is None
+    assert calls["evaluate"] == (
+        str(tmp_path / "outputs/run/model"),
+        ["dl19", "scifact"],
+        tmp_path / "outputs/run/eval",
+    )
+    assert "loss = 0.2500" in out and "dl19/nDCG_10 = 0.5170" in out and "lr" not in out
+
+
+def test_evaluate_first_stage(run, library):
+    seen = {}
+
+    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root):
+        seen.update(model_path=model_path, suites=suites, depth=depth)
+        return SimpleNamespace(metrics={"dl19/nDCG_10": 0.5058})
+
+    library("rerank_ray.evaluation.evaluate", evaluate=evaluate)
+    code, out, _, _ = run("evaluate", "--first-stage", "--suite", "dl19", "eval.depth=50")
+    assert code == 0 and seen == {"model_path": None, "suites": ["dl19"], "depth": 50}
+    assert "evaluated the first-stage run on dl19" in out and "0.5058" in out
+
+
+def test_study_dry_run_plans_and_starts_nothing(run, library, tmp_path):
+    plan = SimpleNamespace(
+        name="contrastive-L2-s0", strategy="contrastive", student="L2", teacher=None, seed=0,
+        resources={"CPU": 2, "GPU": 0},
+    )  # fmt: skip
+    loaded = {}
+
+    def load_study(paths, overrides):
+        loaded.update(paths=paths, overrides=overrides)
+        return "study"
+
+    library(
+        "rerank_ray.tune.study",
+        load_study=load_study,
+        plan_study=lambda cfg: [plan],
+        run_study=lambda cfg: pytest.fail("--dry-run must not run the study"),
+    )
+    study = write(tmp_path / "s.yaml", "{}\n")
+    code, out, _, _ = run("study", str(study), "seeds=[0]", "--dry-run")
+    assert code == 0
+    assert loaded == {"paths": [study], "overrides": ["seeds=[0]"]}
+    assert "contrastive-L2-s0  contrastive  L2       -        0     CPU=2, GPU=0" in out
+    assert "planned 1 trial(s)" in out
+
+
+def test_study_summary_names_report_and_mlflow_run(run, library):
+    result = SimpleNamespace(
+        report_md=Path("outputs/study/report.md"),
+        plot_png=Path("outputs/study/plot.png"),
+        table_markdown="| strategy | nDCG@10 |\n| contrastive | 0.51 |",
+        tracking_uri="sqlite:///x/mlflow.db",
+        experiment="quickstart",
+        parent_run_id="abc123",
+        trials=[SimpleNamespace(status="TERMINATED"), SimpleNamespace(status="TERMINATED")],
+    )
+    library(
+        "rerank_ray.tune.study", load_study=lambda p, o: "s", plan_study=list, run_study=lambda cfg: result
+    )
+    code, out, _, _ = run("study")
+    assert code == 0
+    assert "| contrastive | 0.51 |" in out
+    assert "study quickstart: 2 trial(s), 2 TERMINATED" in out
+    assert "outputs/study/report.md" in out
+    assert "experiment 'quickstart', parent run abc123" in out and "rerank-ray ui" in out
+
+
+def test_ui_serves_the_project_store_on_localhost(run, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(cmd):
+        seen["cmd"] = cmd
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    code, out, _, _ = run("ui", "--port", "5077")
+    assert code == 0
+    cmd = seen["cmd"]
+    assert cmd[1:4] == ["-m", "mlflow", "server"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5077"
+    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert "MLflow UI at http://127.0.0.1:5077" in out
