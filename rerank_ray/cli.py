@@ -8,7 +8,7 @@ train      ``train.driver.train`` (groups if needed, DeepSpeed training, HF expo
            ``evaluation.evaluate.evaluate`` on ``eval.suites`` unless ``--no-eval``
 evaluate   ``evaluation.evaluate.evaluate``: a saved model, or ``--first-stage`` (BM25)
 score      ``teacher.score.score_groups``: teacher scores for a groups file
-study      ``tune.study.run_study`` (``--dry-run``: ``tune.study.plan_study``)
+study      ``tune.study.run_study`` (``--dry-run``: ``tune.plan.plan_study``)
 ui         ``mlflow server`` on 127.0.0.1 over the project's tracking store
 =========  ==========================================================================
 
@@ -170,32 +170,51 @@ def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
     summary.outputs["eval"] = str(out)
 
 
+def score_job_class() -> type:
+    """``teacher:`` (a TeacherModel) + ``scoring:`` (the Ray Data job layout): the score verb's YAML."""
+    from rerank_ray.config import Section
+    from rerank_ray.teacher.config import ScoringConfig, TeacherModel
+
+    class ScoreJob(Section):
+        teacher: TeacherModel
+        scoring: ScoringConfig = ScoringConfig()
+
+    return ScoreJob
+
+
 def cmd_score(args: argparse.Namespace, summary: Summary) -> None:
     from rerank_ray.config import load_config
-    from rerank_ray.teacher.config import ScoreConfig
     from rerank_ray.teacher.score import score_groups
 
     paths, overrides = split_config_args(args)
-    cfg = load_config(paths, overrides, cls=ScoreConfig)
-    out = Path(args.out)
-    result = score_groups(Path(args.groups), cfg.teacher, out, scoring=cfg.scoring)
+    job = load_config(paths, overrides, cls=score_job_class())
+    result = score_groups(Path(args.groups), job.teacher, Path(args.out), scoring=job.scoring)
     summary.ran.append(
-        f"teacher scores for {args.groups} with {cfg.teacher.kind} {cfg.teacher.path} "
-        f"({cfg.scoring.actors} actor(s))"
+        f"{'reused' if result.reused else 'computed'} teacher scores for {args.groups} with "
+        f"{job.teacher.kind} {job.teacher.path} ({job.scoring.actors} actor(s))"
     )
-    summary.outputs["scores"] = str(result.path)
+    summary.metrics["pairs"] = result.manifest["count"]
+    if not result.reused and result.manifest["cost"]["pairs_per_s"]:
+        summary.metrics["pairs_per_s"] = result.manifest["cost"]["pairs_per_s"]
+    summary.outputs["scores"] = f"{result.path}  (set train.teacher_scores to this)"
 
 
 def cmd_study(args: argparse.Namespace, summary: Summary) -> None:
-    from rerank_ray.tune.study import load_study, plan_study, run_study
+    from rerank_ray.tune.config import load_study
+    from rerank_ray.tune.plan import plan_study
 
     paths, overrides = split_config_args(args)
     study = load_study(paths, overrides)
+    plans = plan_study(study)
     if args.dry_run:
-        plans = plan_study(study)
         print(format_plan(plans))
-        summary.ran.append(f"planned {len(plans)} trial(s); nothing was started (--dry-run)")
+        summary.ran.append(
+            f"planned study {study.name}: {len(plans)} trial(s), at most "
+            f"{study.tune.max_concurrent_trials} at a time; nothing was started (--dry-run)"
+        )
         return
+    from rerank_ray.tune.study import run_study
+
     result = run_study(study)
     statuses: dict[str, int] = {}
     for trial in result.trials:
@@ -211,16 +230,27 @@ def cmd_study(args: argparse.Namespace, summary: Summary) -> None:
 
 
 def format_plan(plans: list[Any]) -> str:
-    """One line per planned trial: name, strategy, student, teacher, seed, resources."""
+    """One row per planned trial: its grid coordinates and the Ray resources it reserves."""
 
-    def resources(r: Any) -> str:
-        return ", ".join(f"{k}={v}" for k, v in r.items()) if isinstance(r, dict) else str(r)
+    def resources(r: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:g}" for k, v in r.items())
 
-    rows = [("trial", "strategy", "student", "teacher", "seed", "resources")]
-    rows += [(p.name, p.strategy, p.student, p.teacher or "-", p.seed, resources(p.resources)) for p in plans]
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    rows = [("trial", "strategy", "student", "teacher", "seed", "trial process", "train workers")]
+    rows += [
+        (
+            p.name,
+            p.strategy,
+            p.student,
+            p.teacher or "-",
+            str(p.seed),
+            resources(p.resources),
+            resources(p.train_resources),
+        )
+        for p in plans
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
-        "  ".join(f"{str(v):<{w}}" for v, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        "  ".join(f"{v:<{w}}" for v, w in zip(row, widths, strict=True)).rstrip() for row in rows
     )
 
 

