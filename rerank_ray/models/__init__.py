@@ -13,13 +13,15 @@ from pathlib import Path
 
 from rerank_ray.config import ModelConfig, validate
 from rerank_ray.models.base import META_FILE, Reranker
+from rerank_ray.models.decoder import DecoderReranker
 from rerank_ray.models.encoder import EncoderReranker
+from rerank_ray.models.recurrent import RecurrentReranker
 from rerank_ray.models.sources import resolve_gguf, resolve_source
 
 MODELS: dict[str, type[Reranker]] = {
     "encoder": EncoderReranker,
-    # "decoder": DecoderReranker,      (decoder family: rerank_ray/models/decoder.py)
-    # "recurrent": RecurrentReranker,  (recurrent family: rerank_ray/models/recurrent.py)
+    "decoder": DecoderReranker,
+    "recurrent": RecurrentReranker,
 }
 
 __all__ = ["MODELS", "Reranker", "build_model", "load_reranker", "resolve_gguf", "resolve_source"]
