@@ -148,6 +148,11 @@ def test_attach_teacher_scores(tmp_path):
     out = attach_teacher_scores(_groups(), tmp_path / "scores.parquet")
     assert out["teacher_scores"].tolist() == [[1.0, 2.0, 3.0], [5.0, -1.0]]
     assert "teacher_scores" not in _groups()
+    # A folder of Parquet shards (what `rerank-ray score` writes) reads the same.
+    (tmp_path / "scores").mkdir()
+    scores[:3].to_parquet(tmp_path / "scores" / "part-0.parquet")
+    scores[3:].to_parquet(tmp_path / "scores" / "part-1.parquet")
+    assert attach_teacher_scores(_groups(), tmp_path / "scores").equals(out)
 
 
 def test_missing_teacher_scores(tmp_path):
