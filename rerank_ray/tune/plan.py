@@ -1,0 +1,131 @@
+"""From a StudyConfig to the list of trials: what ``rerank-ray study --dry-run`` prints.
+
+Each :class:`TrialPlan` carries the full, validated RunConfig of its trial, so the Tune
+``param_space`` is just ``grid_search`` over the plans' plain dicts: the trial function rebuilds
+everything from that dict (nothing else crosses into the trial).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rerank_ray.config import RunConfig, deep_merge, validate
+from rerank_ray.teacher.score import SCORES_DIR
+from rerank_ray.tune.config import StudyConfig
+
+NO_TEACHER = "none"
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    name: str
+    strategy: str
+    student: str
+    teacher: str | None
+    seed: int
+    # Reserved by the Tune trial process itself (it evaluates the student).
+    resources: dict[str, float]
+    # Reserved by the trial's Ray Train workers, in addition.
+    train_resources: dict[str, float]
+    run: RunConfig = field(repr=False)
+
+    def tags(self) -> dict[str, str]:
+        """The MLflow tags (and report keys) of this trial."""
+        return {
+            "strategy": self.strategy,
+            "student": self.student,
+            "teacher": self.teacher or NO_TEACHER,
+            "seed": str(self.seed),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "strategy": self.strategy,
+            "student": self.student,
+            "teacher": self.teacher,
+            "seed": self.seed,
+            "resources": self.resources,
+            "train_resources": self.train_resources,
+            "run": self.run.to_dict(),
+        }
+
+    def describe(self) -> str:
+        res = ", ".join(f"{k} {v:g}" for k, v in self.resources.items())
+        workers = ", ".join(f"{k} {v:g}" for k, v in self.train_resources.items())
+        return f"{self.name}: trial {res}; train workers {workers}"
+
+
+def teacher_scores_dir(cfg: StudyConfig, teacher: str) -> Path:
+    """Where teacher `teacher`'s scoring job writes (``score_groups`` out_dir)."""
+    return cfg.study_dir / "teachers" / teacher / "scores"
+
+
+def trial_name(strategy: str, student: str, teacher: str | None, seed: int) -> str:
+    parts = [strategy, student] + ([teacher] if teacher else []) + [f"s{seed}"]
+    return "-".join(parts)
+
+
+def plan_study(cfg: StudyConfig) -> list[TrialPlan]:
+    """Every trial of the study's grid, in a stable order, without running anything."""
+    seen: set[tuple[str, str, str | None, int]] = set()
+    plans: list[TrialPlan] = []
+    resources = {"CPU": cfg.tune.cpus_per_trial}
+    if cfg.tune.gpus_per_trial:
+        resources["GPU"] = cfg.tune.gpus_per_trial
+    scaling = cfg.base.scaling
+    train_resources = {"CPU": scaling.num_workers * scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        train_resources["GPU"] = scaling.num_workers * scaling.gpus_per_worker
+    for block in cfg.blocks():
+        for strategy in block.strategies or tuple(cfg.strategies):
+            loss = cfg.strategies[strategy]
+            teachers: tuple[str | None, ...] = (
+                (block.teachers if block.teachers is not None else tuple(cfg.teachers))
+                if loss.needs_teacher
+                else (None,)
+            )
+            for student in block.students or tuple(cfg.students):
+                for teacher in teachers:
+                    for seed in block.seeds or cfg.seeds:
+                        key = (strategy, student, teacher, seed)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        name = trial_name(strategy, student, teacher, seed)
+                        plans.append(
+                            TrialPlan(
+                                name=name,
+                                strategy=strategy,
+                                student=student,
+                                teacher=teacher,
+                                seed=seed,
+                                resources=dict(resources),
+                                train_resources=dict(train_resources),
+                                run=trial_run(cfg, name, strategy, student, teacher, seed),
+                            )
+                        )
+    return plans
+
+
+def trial_run(
+    cfg: StudyConfig, name: str, strategy: str, student: str, teacher: str | None, seed: int
+) -> RunConfig:
+    """base + the student's model + the strategy's loss + the seed (+ the teacher's scores)."""
+    update: dict[str, Any] = {
+        "name": name,
+        "output_dir": str(cfg.study_dir / "trials"),
+        "model": cfg.students[student].model_dump(mode="json"),
+        "loss": cfg.strategies[strategy].model_dump(mode="json"),
+        "train": {
+            "seed": seed,
+            "teacher_scores": str(teacher_scores_dir(cfg, teacher) / SCORES_DIR) if teacher else None,
+        },
+    }
+    return validate(RunConfig, deep_merge(cfg.base.model_dump(mode="json"), update))
+
+
+def teachers_used(plans: list[TrialPlan]) -> list[str]:
+    return list(dict.fromkeys(p.teacher for p in plans if p.teacher))

@@ -1,0 +1,107 @@
+"""StudyConfig loading, name checks and the trial plan (no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rerank_ray.config import ConfigError
+from rerank_ray.tune.config import StudyConfig, load_study
+from rerank_ray.tune.plan import plan_study
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+STUDY = {
+    "name": "s",
+    "base": {"model": {"max_length": 128}, "loss": {"teacher_temperature": 2.0}},
+    "teachers": {
+        "ce-l6": {"kind": "cross_encoder", "model": {"num_layers": 6}, "overrides": {"train": {"epochs": 2}}},
+        "bi": {"kind": "bi_encoder"},
+    },
+    "students": {"l1": {"num_layers": 1}, "l2": {"num_layers": 2, "max_length": 64}},
+    "strategies": ["contrastive", "distillation"],
+    "seeds": [0, 1],
+    "eval": {"in_domain": ["dl19"], "out_of_domain": ["scifact"], "depth": {"scifact": 20}},
+}
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_students_strategies_and_teachers_merge_over_base(tmp_path):
+    cfg = load_study([write(tmp_path, STUDY)])
+    assert cfg.students["l1"].max_length == 128 and cfg.students["l1"].num_layers == 1
+    assert cfg.students["l2"].max_length == 64
+    assert cfg.strategies["distillation"].name == "distillation"
+    assert cfg.strategies["distillation"].teacher_temperature == 2.0
+    teacher = cfg.teacher_run("ce-l6")
+    assert teacher.loss.name == "contrastive" and teacher.model.num_layers == 6
+    assert teacher.model.max_length == 128 and teacher.train.epochs == 2
+    # A dumped config reloads to the same thing.
+    assert StudyConfig.model_validate(cfg.to_dict()) == cfg
+
+
+def test_plan_crosses_teachers_only_for_teacher_strategies(tmp_path):
+    plans = plan_study(load_study([write(tmp_path, STUDY)]))
+    # contrastive: 2 students x 2 seeds; distillation: 2 students x 2 teachers x 2 seeds.
+    assert len(plans) == 4 + 8
+    names = [p.name for p in plans]
+    assert len(set(names)) == len(names)
+    assert "contrastive-l1-s0" in names and "distillation-l2-bi-s1" in names
+    distil = next(p for p in plans if p.name == "distillation-l1-ce-l6-s1")
+    assert distil.run.loss.name == "distillation" and distil.run.train.seed == 1
+    assert str(distil.run.train.teacher_scores).endswith("teachers/ce-l6/scores/scores")
+    contrastive = next(p for p in plans if p.strategy == "contrastive")
+    assert contrastive.teacher is None and contrastive.run.train.teacher_scores is None
+    assert contrastive.tags()["teacher"] == "none"
+
+
+def test_grid_blocks_select_combinations(tmp_path):
+    study = {
+        **STUDY,
+        "students": {**STUDY["students"], "l6": {"num_layers": 6}},
+        "grid": [
+            {"students": ["l1"], "teachers": ["bi"], "seeds": [0]},
+            {"strategies": ["distillation"], "students": ["l6"], "teachers": ["ce-l6"], "seeds": [0]},
+        ],
+    }
+    names = [p.name for p in plan_study(load_study([write(tmp_path, study)]))]
+    assert names == ["contrastive-l1-s0", "distillation-l1-bi-s0", "distillation-l6-ce-l6-s0"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("grid=[{students: [l1, minilm-l9]}]", "unknown name 'minilm-l9'; known students: l1, l2"),
+        ("grid=[{teachers: [cross]}]", "known teachers: ce-l6, bi"),
+        (
+            "strategies=[contrastive, distilation]",
+            "known strategies: contrastive, distillation, mix, margin_mse",
+        ),
+        ("eval.in_domain=[dl99]", "eval.in_domain.0"),
+        ("teachers.ce-l6.overrides={train: {epoch: 2}}", "teachers.ce-l6.overrides"),
+        ("students.l1.num_layer=1", "students.l1.num_layer"),
+    ],
+)
+def test_unknown_names_fail_at_load_listing_known_names(tmp_path, override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_study([write(tmp_path, STUDY)], [override])
+    assert expected in str(err.value)
+
+
+def test_distillation_without_teacher_fails(tmp_path):
+    study = {k: v for k, v in STUDY.items() if k != "teachers"}
+    with pytest.raises(ConfigError, match="need a teacher"):
+        load_study([write(tmp_path, study)])
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "paper-miniature.yaml"])
+def test_shipped_studies_load_and_plan(name):
+    cfg = load_study([EXPERIMENTS / name])
+    plans = plan_study(cfg)
+    assert plans and {p.strategy for p in plans} >= {"contrastive", "distillation"}
