@@ -1,0 +1,330 @@
+"""``rerank-ray study <file.yaml>``: teachers once, teacher scores once, a Tune grid, a report.
+
+``run_study(cfg)`` runs, in the driver:
+
+0. the plan (``plan_study``; every name was checked when the config loaded), a local Ray
+   (``tune.num_cpus`` logical CPUs) unless ``$RAY_ADDRESS`` names a cluster, the MLflow
+   experiment and the study's parent run;
+1. the training groups, built once from ``base`` and shared by every teacher and trial (so the
+   only differences between trials are the grid's axes), and the first-stage evaluation;
+2. each teacher the plan uses, once: a study-trained cross-encoder is trained contrastively
+   (a child run, ``role=teacher``) and evaluated; a given checkpoint or a bi-encoder is only
+   evaluated. A teacher already trained with the same config under the study folder is reused;
+3. teacher scores for the groups (``teacher.score.score_groups``: resumable, reused when up to
+   date), one job per teacher;
+4. the trials, as a Ray Tune grid over the plans (``tune/trial.py``), at most
+   ``tune.max_concurrent_trials`` at a time; a failed trial is recorded and the others go on;
+5. the report (``tune/report.py``), written to ``<study>/report/`` and logged to the parent run.
+
+Layout under ``<base.output_dir>/<name>/``: ``groups/``, ``first_stage/``,
+``teachers/<teacher>/`` (``teacher-<name>/`` training run, ``eval/``, ``scores/``),
+``trials/<trial>/``, ``tune/`` (Ray Tune's storage), ``report/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rerank_ray.config import resolve_tracking_uri
+from rerank_ray.teacher.config import TeacherModel
+from rerank_ray.tune.config import BiEncoderTeacher, CrossEncoderTeacher, StudyConfig, load_study
+from rerank_ray.tune.plan import TrialPlan, plan_study, teacher_scores_dir, teachers_used
+from rerank_ray.tune.report import EvalRecord, TrialRecord, build_report, read_per_query
+from rerank_ray.tune.tracking import child_tags, ensure_experiment, flatten_params, numeric
+from rerank_ray.tune.trial import SUMMARY, evaluate_suites, run_trial, train_and_evaluate
+
+__all__ = ["StudyResult", "TrialStatus", "load_study", "plan_study", "run_study"]
+
+log = logging.getLogger("rerank_ray.tune")
+
+
+@dataclass
+class TrialStatus:
+    name: str
+    strategy: str
+    student: str
+    teacher: str | None
+    seed: int
+    status: str  # "ok" | "error"
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class StudyResult:
+    report_md: Path
+    plot_png: Path
+    table_markdown: str
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    trials: list[TrialStatus]
+
+
+def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
+    import mlflow
+
+    plans = plan_study(cfg)
+    study_dir = cfg.study_dir
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "study.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _start_ray(cfg)
+
+    tracking_uri = resolve_tracking_uri(cfg.base.mlflow)
+    experiment = cfg.base.mlflow.experiment
+    experiment_id = ensure_experiment(tracking_uri, experiment)
+    mlflow.set_tracking_uri(tracking_uri)
+    log.info(
+        "study %s: %d trial(s); MLflow %s, experiment %r", cfg.name, len(plans), tracking_uri, experiment
+    )
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=cfg.name, tags={"role": "study", "study": cfg.name}
+    ) as parent:
+        parent_id = parent.info.run_id
+        mlflow.log_params(
+            {
+                "students": ",".join(cfg.students),
+                "strategies": ",".join(cfg.strategies),
+                "teachers": ",".join(cfg.teachers) or "none",
+                "seeds": ",".join(map(str, cfg.seeds)),
+                "trials": len(plans),
+                **flatten_params(cfg.base.to_dict(), prefix="base."),
+            }
+        )
+        mlflow.log_artifact(str(study_dir / "study.yaml"))
+
+        groups_path = _groups(cfg)
+        first_stage = _evaluation_record(
+            evaluate_suites(None, cfg.eval, study_dir / "first_stage", root=cfg.base.data.root), cfg
+        )
+        mlflow.log_metrics({f"first_stage/{k}": v for k, v in _keys(first_stage, cfg).items()})
+
+        teacher_records: dict[str, EvalRecord] = {}
+        teacher_costs: dict[str, dict[str, float]] = {}
+        for name in teachers_used(plans):
+            record, cost = _teacher(cfg, name, groups_path, parent_id)
+            teacher_records[name], teacher_costs[name] = record, cost
+            mlflow.log_metrics({f"teacher/{name}/{k}": v for k, v in _keys(record, cfg).items()})
+
+        statuses = _run_trials(cfg, plans, groups_path, tracking_uri, experiment_id, parent_id)
+        records = [_trial_record(cfg, plan, status) for plan, status in zip(plans, statuses, strict=True)]
+        report = build_report(
+            cfg,
+            records,
+            first_stage=first_stage,
+            teachers=teacher_records,
+            teacher_costs=teacher_costs,
+            out_dir=study_dir / "report",
+            command=command or " ".join(["rerank-ray", *sys.argv[1:]]),
+        )
+        mlflow.log_artifacts(str(study_dir / "report"), "report")
+        failed = [s.name for s in statuses if s.status != "ok"]
+        mlflow.set_tags({"trials_failed": str(len(failed)), "trials_ok": str(len(statuses) - len(failed))})
+    if failed:
+        log.warning(
+            "study %s: %d trial(s) failed: %s (see the report)", cfg.name, len(failed), ", ".join(failed)
+        )
+    return StudyResult(
+        report_md=report.markdown_path,
+        plot_png=report.plot_path,
+        table_markdown=report.table_markdown,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        parent_run_id=parent_id,
+        trials=statuses,
+    )
+
+
+def _start_ray(cfg: StudyConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(num_cpus=cfg.tune.num_cpus, include_dashboard=False)
+
+
+def _groups(cfg: StudyConfig) -> Path:
+    import mlflow
+
+    from rerank_ray.data.groups import build_groups
+
+    groups = build_groups(cfg.base, cfg.study_dir / "groups")
+    log.info("groups: %s", groups.stats.summary())
+    mlflow.log_param("groups", groups.stats.summary())
+    return groups.path
+
+
+def _teacher(
+    cfg: StudyConfig, name: str, groups_path: Path, parent_id: str
+) -> tuple[EvalRecord, dict[str, float]]:
+    """Train (or load) teacher `name`, evaluate it and score the groups with it, in a child run."""
+    import mlflow
+
+    from rerank_ray.teacher.score import TeacherScorer, score_groups
+
+    spec = cfg.teachers[name]
+    teacher_dir = cfg.study_dir / "teachers" / name
+    cost: dict[str, float] = {}
+    tags = child_tags(cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind)
+    with mlflow.start_run(run_name=f"teacher-{name}", nested=True, tags=tags):
+        if isinstance(spec, CrossEncoderTeacher) and spec.model is not None:
+            run = cfg.teacher_run(name)
+            summary = _reusable_teacher(run)
+            if summary is None:
+                summary = train_and_evaluate(
+                    run, groups_path=groups_path, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
+                )
+            else:
+                log.info(
+                    "teacher %s: reusing the model trained with the same config in %s",
+                    name,
+                    summary["model_dir"],
+                )
+                mlflow.log_metrics(summary["metrics"])
+            cost.update({k: v for k, v in summary["cost"].items() if v is not None})
+            scorer = TeacherModel(kind="cross_encoder", path=summary["model_dir"])
+            evaluation = summary
+        elif isinstance(spec, CrossEncoderTeacher):
+            assert spec.path is not None
+            scorer = TeacherModel(kind="cross_encoder", path=spec.path)
+            evaluation = evaluate_suites(
+                spec.path, cfg.eval, teacher_dir / "eval", root=cfg.base.data.root, tag=name
+            )
+        else:
+            assert isinstance(spec, BiEncoderTeacher)
+            scorer = spec.scorer()
+            model = TeacherScorer(scorer.model_dump(), batch_size=cfg.scoring.batch_size)
+
+            def score_fn(queries: list[str], docs: list[str]) -> list[float]:
+                import pandas as pd
+
+                ids = [str(i) for i in range(len(queries))]
+                batch = pd.DataFrame({"query_id": ids, "doc_id": ids, "query": queries, "doc": docs})
+                return model(batch)["score"].tolist()
+
+            evaluation = evaluate_suites(
+                score_fn, cfg.eval, teacher_dir / "eval", root=cfg.base.data.root, tag=name
+            )
+            mlflow.log_params(flatten_params(spec.model_dump(mode="json"), prefix="teacher."))
+        if not (isinstance(spec, CrossEncoderTeacher) and spec.model is not None):
+            mlflow.log_metrics(evaluation["metrics"])
+            mlflow.log_artifacts(evaluation["eval_dir"], "eval")
+
+        scores = score_groups(groups_path, scorer, teacher_scores_dir(cfg, name), scoring=cfg.scoring)
+        mlflow.log_artifact(str(scores.path.parent / "manifest.json"), "teacher_scores")
+        scoring = scores.manifest["cost"]
+        cost.update({f"scoring_{k}": v for k, v in scoring.items() if k != "actors"})
+        mlflow.log_metrics({f"cost/{k}": v for k, v in numeric(cost).items()})
+    return _evaluation_record(evaluation, cfg), cost
+
+
+def _reusable_teacher(run: Any) -> dict[str, Any] | None:
+    """The summary of a teacher trained earlier with exactly `run`'s config, if its model exists."""
+    path = Path(run.output_dir).resolve() / run.name / SUMMARY
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    if summary.get("run_config") != run.to_dict() or not Path(summary["model_dir"]).is_dir():
+        return None
+    return summary
+
+
+def _run_trials(
+    cfg: StudyConfig,
+    plans: list[TrialPlan],
+    groups_path: Path,
+    tracking_uri: str,
+    experiment_id: str,
+    parent_id: str,
+) -> list[TrialStatus]:
+    from ray import tune
+
+    study_ctx = {
+        "name": cfg.name,
+        "tracking_uri": tracking_uri,
+        "experiment_id": experiment_id,
+        "parent_run_id": parent_id,
+        "groups_path": str(groups_path),
+        "eval": cfg.eval.model_dump(mode="json"),
+    }
+    resources = plans[0].resources if plans else {"CPU": cfg.tune.cpus_per_trial}
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, resources={k.lower(): v for k, v in resources.items()}),
+        param_space={"trial": tune.grid_search([p.to_dict() for p in plans]), "study": study_ctx},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=cfg.tune.max_concurrent_trials,
+            trial_name_creator=lambda t: t.config["trial"]["name"],
+            trial_dirname_creator=lambda t: t.config["trial"]["name"],
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=str(cfg.study_dir / "tune"),
+            failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
+        ),
+    )
+    grid = tuner.fit()
+    by_name: dict[str, TrialStatus] = {}
+    for result in grid:
+        plan = result.config["trial"]
+        by_name[plan["name"]] = TrialStatus(
+            name=plan["name"],
+            strategy=plan["strategy"],
+            student=plan["student"],
+            teacher=plan["teacher"],
+            seed=plan["seed"],
+            status="error" if result.error is not None else "ok",
+            metrics=numeric(result.metrics or {}),
+            error=None if result.error is None else f"{type(result.error).__name__}: {result.error}",
+        )
+    return [
+        by_name.get(p.name)
+        or TrialStatus(p.name, p.strategy, p.student, p.teacher, p.seed, "error", error="no result from Tune")
+        for p in plans
+    ]
+
+
+def _evaluation_record(evaluation: dict[str, Any], cfg: StudyConfig) -> EvalRecord:
+    eval_dir = Path(evaluation["eval_dir"])
+    return EvalRecord(
+        scores=dict(evaluation["scores"]),
+        per_query={
+            s: read_per_query(eval_dir / f"{s}.per_query.tsv", cfg.eval.measure) for s in cfg.eval.suites
+        },
+    )
+
+
+def _keys(record: EvalRecord, cfg: StudyConfig) -> dict[str, float]:
+    from rerank_ray.evaluation.metrics import mlflow_key
+
+    return {mlflow_key(suite, cfg.eval.measure): value for suite, value in record.scores.items()}
+
+
+def _trial_record(cfg: StudyConfig, plan: TrialPlan, status: TrialStatus) -> TrialRecord:
+    record = TrialRecord(
+        name=plan.name,
+        strategy=plan.strategy,
+        student=plan.student,
+        teacher=plan.teacher,
+        seed=plan.seed,
+        status=status.status,
+        error=status.error,
+    )
+    summary_path = Path(plan.run.output_dir) / plan.name / SUMMARY
+    if status.status == "ok" and summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        record.eval = _evaluation_record(summary, cfg)
+        record.cost = {k: v for k, v in summary["cost"].items() if v is not None}
+    elif status.status == "ok":
+        record.status, record.error = "error", f"finished without {summary_path}"
+    return record

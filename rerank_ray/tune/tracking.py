@@ -1,0 +1,57 @@
+"""MLflow conventions of a study, in one place.
+
+- One experiment (``base.mlflow.experiment``), created by the driver before any trial starts
+  (concurrent trials would race to create it).
+- One parent run per study (tag ``role=study``); one nested child run per trial (``role=trial``)
+  and per study teacher (``role=teacher``), linked by MLflow's ``mlflow.parentRunId`` tag.
+- Child tags: ``study``, ``strategy``, ``student``, ``teacher`` (``none`` for contrastive) and
+  ``seed``, the same words as the YAML and the report.
+- Params: the run's resolved config flattened with dots (``loss.name``, ``model.num_layers``).
+- Metrics: evaluation keys from ``rerank_ray.evaluation.metrics.mlflow_key``
+  (``dl19/nDCG_10``); training history under ``train/``; cost under ``cost/``.
+- Artifacts: ``config/run_config.yaml``, ``eval/`` (TREC runs, per-query metrics,
+  metrics.json), ``teacher_scores/manifest.json``; on the parent: ``study.yaml``, the report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PARENT_TAG = "mlflow.parentRunId"
+ROLE = "role"
+
+
+def flatten_params(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists become their string form."""
+    out: dict[str, str] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def ensure_experiment(tracking_uri: str, name: str) -> str:
+    """The experiment's id, created when missing (in the driver, before trials start)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    return client.create_experiment(name)
+
+
+def child_tags(study: str, parent_run_id: str, role: str, **extra: str) -> dict[str, str]:
+    return {PARENT_TAG: parent_run_id, ROLE: role, "study": study, **extra}
+
+
+def numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    """The finite numeric entries of a metrics dict (what MLflow's log_metrics accepts)."""
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+    }

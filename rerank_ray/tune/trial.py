@@ -1,0 +1,161 @@
+"""One trial: train a reranker (Ray Train), evaluate it on the study's suites, log it to MLflow.
+
+``run_trial(config)`` is the Ray Tune function trainable. Under Ray 2.x with Train V2, Tune
+runs a *function* that calls ``train()`` (which starts its own ``TorchTrainer``), rather than
+taking a trainer directly. Its ``config`` is plain data: ``{"trial": TrialPlan.to_dict(),
+"study": {...}}``; everything is rebuilt from it.
+
+Files, under ``<study>/trials/<trial>/`` (the ``train()`` run folder): ``model/``, ``ray/``,
+``history.json``, ``eval/`` (``<suite>.run``, ``<suite>.per_query.tsv``, ``metrics.json`` per
+depth group, ``eval.json`` for all suites) and ``trial.json``, the summary the report reads:
+``{"name", "metrics": {mlflow_key: value}, "scores": {suite: measure value}, "cost": {...},
+"model_dir", "eval_dir"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rerank_ray.config import RunConfig
+from rerank_ray.tune.config import StudyEvalConfig
+from rerank_ray.tune.tracking import child_tags, flatten_params, numeric
+
+log = logging.getLogger("rerank_ray.tune")
+
+SUMMARY = "trial.json"
+
+
+def evaluate_suites(
+    model: str | Any | None,
+    eval_cfg: StudyEvalConfig,
+    out_dir: Path,
+    *,
+    root: Path | None,
+    tag: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate a saved reranker folder (str), a ``score_fn(queries, docs)``, or the first stage
+    (None) on every suite, one ``evaluate`` call per rerank depth. Writes ``eval.json``."""
+    from rerank_ray.evaluation.evaluate import evaluate, evaluate_scorer
+
+    by_depth: dict[int | None, list[str]] = {}
+    for suite in eval_cfg.suites:
+        by_depth.setdefault(eval_cfg.depth.get(suite), []).append(suite)
+    metrics: dict[str, float] = {}
+    scores: dict[str, float] = {}
+    for depth, suites in by_depth.items():
+        common = {
+            "depth": depth,
+            "batch_size": eval_cfg.batch_size,
+            "out_dir": out_dir,
+            "root": root,
+            "tag": tag,
+        }
+        if model is None or callable(model):
+            result = evaluate_scorer(model, suites, **common)
+        else:
+            result = evaluate(model, suites, **common)
+        metrics.update(result.metrics)
+        scores.update({suite: result.suites[suite][eval_cfg.measure] for suite in suites})
+    summary = {"metrics": metrics, "scores": scores, "measure": eval_cfg.measure, "eval_dir": str(out_dir)}
+    (out_dir / "eval.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def train_and_evaluate(
+    cfg: RunConfig,
+    *,
+    groups_path: Path,
+    eval_cfg: StudyEvalConfig,
+    trial_cpus: float,
+    trial_gpus: float,
+) -> dict[str, Any]:
+    """Train `cfg`, evaluate the model, and log both to the active MLflow run."""
+    import mlflow
+
+    from rerank_ray.train.driver import train
+
+    run_dir = (Path(cfg.output_dir) / cfg.name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.log_params(flatten_params(cfg.to_dict()))
+    mlflow.log_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config/run_config.yaml")
+    if cfg.train.teacher_scores is not None:
+        mlflow.log_artifact(str(Path(cfg.train.teacher_scores).parent / "manifest.json"), "teacher_scores")
+
+    t0 = time.perf_counter()
+    result = train(cfg, groups_path=groups_path)
+    train_s = time.perf_counter() - t0
+    for record in result.history:
+        mlflow.log_metrics(
+            {f"train/{k}": v for k, v in numeric(record).items()}, step=int(record.get("step", 0))
+        )
+
+    evaluation = evaluate_suites(
+        str(result.model_dir), eval_cfg, run_dir / "eval", root=cfg.data.root, tag=cfg.name
+    )
+    wall_s = time.perf_counter() - t0
+    scaling = cfg.scaling
+    worker_gpus = scaling.num_workers * scaling.gpus_per_worker if scaling.use_gpu else 0.0
+    cost = {
+        "wall_s": wall_s,
+        "train_wall_s": train_s,
+        "pairs_per_s": result.metrics.get("pairs_per_s"),
+        # Train workers for the training time, plus the trial process for the whole trial.
+        "cpu_hours": (train_s * scaling.num_workers * scaling.cpus_per_worker + wall_s * trial_cpus) / 3600,
+        "gpu_hours": (train_s * worker_gpus + wall_s * trial_gpus) / 3600,
+    }
+    mlflow.log_metrics(evaluation["metrics"])
+    mlflow.log_metrics({f"cost/{k}": v for k, v in numeric(cost).items()})
+    mlflow.log_artifacts(str(run_dir / "eval"), "eval")
+    summary = {
+        "name": cfg.name,
+        "metrics": evaluation["metrics"],
+        "scores": evaluation["scores"],
+        "cost": cost,
+        "model_dir": str(result.model_dir),
+        "eval_dir": str(run_dir / "eval"),
+        "run_config": cfg.to_dict(),
+    }
+    (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one (strategy, student, teacher, seed) trial."""
+    from ray import tune
+    from ray.air.integrations.mlflow import setup_mlflow
+
+    plan, study = config["trial"], config["study"]
+    cfg = RunConfig.from_dict(plan["run"])
+    eval_cfg = StudyEvalConfig.model_validate(study["eval"])
+    tags = {
+        "strategy": plan["strategy"],
+        "student": plan["student"],
+        "teacher": plan["teacher"] or "none",
+        "seed": str(plan["seed"]),
+    }
+    # experiment_id must be passed: inside Tune, setup_mlflow otherwise uses the trial id as one.
+    mlflow = setup_mlflow(
+        tracking_uri=study["tracking_uri"],
+        experiment_id=study["experiment_id"],
+        run_name=plan["name"],
+        tags=child_tags(study["name"], study["parent_run_id"], "trial", **tags),
+    )
+    status = "FAILED"
+    try:
+        summary = train_and_evaluate(
+            cfg,
+            groups_path=Path(study["groups_path"]),
+            eval_cfg=eval_cfg,
+            trial_cpus=plan["resources"].get("CPU", 0.0),
+            trial_gpus=plan["resources"].get("GPU", 0.0),
+        )
+        tune.report({**summary["metrics"], **{f"cost/{k}": v for k, v in numeric(summary["cost"]).items()}})
+        status = "FINISHED"
+    finally:
+        mlflow.end_run(status)

@@ -1,0 +1,87 @@
+"""The teacher-scoring job on local Ray: coverage, resumption after a partial output, reuse."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from rerank_ray.config import ModelConfig
+from rerank_ray.models import build_model
+from rerank_ray.teacher.config import ScoringConfig, TeacherModel
+from rerank_ray.teacher.score import pairs_from_groups, score_groups, shard_path
+from tests.conftest import TINY_BERT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tiny_teacher(tmp_path):
+    """A tiny random cross-encoder saved as a study would save a trained teacher."""
+    import torch
+
+    torch.manual_seed(0)
+    return str(build_model(ModelConfig.model_validate(TINY_BERT)).save(tmp_path / "teacher"))
+
+
+@pytest.fixture
+def groups_path(tmp_path):
+    rows = []
+    for q in range(5):
+        doc_ids = [f"d{q}-{i}" for i in range(4)]
+        rows.append(
+            {
+                "query_id": f"q{q}",
+                "query": f"query number {q}",
+                "doc_ids": doc_ids,
+                "docs": [f"document {d} about topic {q}" for d in doc_ids],
+                "group_id": q,
+                "dataset": "toy",
+            }
+        )
+    path = tmp_path / "groups.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def test_interrupted_scoring_resumes_only_missing_shards(ray_local, tmp_path, tiny_teacher, groups_path):
+    teacher = TeacherModel(kind="cross_encoder", path=tiny_teacher)
+    scoring = ScoringConfig(actors=2, cpus_per_actor=0.5, batch_size=3, shard_size=6)
+    out = tmp_path / "scores"
+
+    first = score_groups(groups_path, teacher, out, scoring=scoring)
+    assert first.shards_scored == 4 and not first.reused  # 20 pairs / 6 per shard
+    scores = pd.read_parquet(first.path).sort_values(["query_id", "doc_id"], ignore_index=True)
+    pairs = pairs_from_groups(pd.read_parquet(groups_path))
+    assert list(zip(scores.query_id, scores.doc_id, strict=True)) == list(
+        zip(pairs.query_id, pairs.doc_id, strict=True)
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["count"] == 20 and manifest["coverage"]["pairs_scored"] == 20
+    assert len(manifest["teacher"]["fingerprint"]) == 64 and manifest["dtype"] == "float32"
+    assert manifest["max_length"] == TINY_BERT["max_length"]
+
+    # Simulate an interruption: two shards and the manifest never got written.
+    kept = {i: shard_path(out, i).stat().st_mtime_ns for i in (0, 3)}
+    for i in (1, 2):
+        shard_path(out, i).unlink()
+    (out / "manifest.json").unlink()
+
+    resumed = score_groups(groups_path, teacher, out, scoring=scoring)
+    assert resumed.shards_scored == 2 and not resumed.reused
+    assert {i: shard_path(out, i).stat().st_mtime_ns for i in kept} == kept
+    again = pd.read_parquet(resumed.path).sort_values(["query_id", "doc_id"], ignore_index=True)
+    pd.testing.assert_frame_equal(again, scores, atol=1e-5)
+
+    # A finished job with the same provenance is reused as it is.
+    reused = score_groups(groups_path, teacher, out, scoring=scoring)
+    assert reused.reused and reused.shards_scored == 0
+
+    # Another shard size is another provenance: old shards are replaced, never mixed.
+    other = score_groups(groups_path, teacher, out, scoring=scoring.model_copy(update={"shard_size": 10}))
+    assert other.shards_scored == 2
+    assert sorted(p.name for p in other.path.glob("part-*.parquet")) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+    ]
