@@ -18,8 +18,8 @@ key) and trailing arguments, each either a YAML file (stacked after the ``-c`` f
 ``rerank-ray --help`` stays fast and works while a heavy optional dependency is missing.
 
 Every verb ends with a summary (``rerank_ray.console.Summary``). Errors print one line and the
-fix; the full traceback goes to the log file the message names; the exit code is 1 (130 on
-Ctrl-C, 2 for a command-line usage error).
+fix; the full traceback goes to the log file the message names; the exit code is 1 (also for a
+study with a failed trial, after its summary), 130 on Ctrl-C, 2 for a command-line usage error.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def cmd_score(args: argparse.Namespace, summary: Summary) -> None:
     summary.outputs["scores"] = f"{result.path}  (set train.teacher_scores to this)"
 
 
-def cmd_study(args: argparse.Namespace, summary: Summary) -> None:
+def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
     from rerank_ray.tune.config import load_study
     from rerank_ray.tune.plan import plan_study
 
@@ -212,21 +212,26 @@ def cmd_study(args: argparse.Namespace, summary: Summary) -> None:
             f"planned study {study.name}: {len(plans)} trial(s), at most "
             f"{study.tune.max_concurrent_trials} at a time; nothing was started (--dry-run)"
         )
-        return
+        return 0
     from rerank_ray.tune.study import run_study
 
-    result = run_study(study)
+    result = run_study(study, command=" ".join(["rerank-ray", *sys.argv[1:]]))
     statuses: dict[str, int] = {}
     for trial in result.trials:
-        statuses[str(trial.status)] = statuses.get(str(trial.status), 0) + 1
+        statuses[trial.status] = statuses.get(trial.status, 0) + 1
     summary.ran.append(
-        f"study {result.experiment}: {len(result.trials)} trial(s), "
+        f"study {study.name}: {len(result.trials)} trial(s), "
         + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
     )
+    for trial in result.trials:
+        if trial.status != "ok":
+            summary.ran.append(f"  {trial.name} failed: {trial.error}")
     print(result.table_markdown)
     summary.outputs["report"] = str(result.report_md)
     summary.outputs["plot"] = str(result.plot_png)
     summary.mlflow += mlflow_lines(result.tracking_uri, result.experiment, result.parent_run_id)
+    # A study with failed trials still writes its report, but the job must not read as a success.
+    return 1 if any(t.status != "ok" for t in result.trials) else 0
 
 
 def format_plan(plans: list[Any]) -> str:
@@ -300,7 +305,7 @@ def cmd_ui(args: argparse.Namespace, summary: Summary) -> None:
 # ---------------------------------------------------------------------------------------------
 # Parser and entry point.
 
-VERBS: dict[str, tuple[Callable[[argparse.Namespace, Summary], None], str]] = {
+VERBS: dict[str, tuple[Callable[[argparse.Namespace, Summary], int | None], str]] = {
     "prepare": (cmd_prepare, "build training groups (1 positive + hard negatives) as Parquet"),
     "train": (cmd_train, "train a reranker with Ray Train + DeepSpeed, export it, evaluate it"),
     "evaluate": (cmd_evaluate, "evaluate a saved model (or the first-stage run) on named suites"),
@@ -376,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = Summary(args.verb, log_path=log_path)
     log.debug("rerank-ray %s", " ".join(sys.argv[1:] if argv is None else argv))
     try:
-        args.handler(args, summary)
+        code = args.handler(args, summary) or 0
     except KeyboardInterrupt:
         log.debug("interrupted", exc_info=True)
         print(f"rerank-ray {args.verb}: interrupted; log: {log_path}", file=sys.stderr)
@@ -385,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         report_error(args.verb, exc, log_path)
         return 1
     print(summary.render(), flush=True)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -332,15 +332,19 @@ def test_study_summary_names_report_and_mlflow_run(run, library):
         tracking_uri="sqlite:///x/mlflow.db",
         experiment="quickstart",
         parent_run_id="abc123",
-        trials=[SimpleNamespace(status="TERMINATED"), SimpleNamespace(status="TERMINATED")],
+        trials=[
+            SimpleNamespace(name="contrastive-l1-s0", status="ok", error=None),
+            SimpleNamespace(name="contrastive-l2-s0", status="error", error="ConfigError: bad"),
+        ],
     )
-    library("rerank_ray.tune.config", load_study=lambda p, o: "s")
+    library("rerank_ray.tune.config", load_study=lambda p, o: SimpleNamespace(name="quickstart"))
     library("rerank_ray.tune.plan", plan_study=lambda cfg: [])
-    library("rerank_ray.tune.study", run_study=lambda cfg: result)
+    library("rerank_ray.tune.study", run_study=lambda cfg, command: result)
     code, out, _, _ = run("study")
-    assert code == 0
+    assert code == 1  # a failed trial fails the command (and so the Ray job), after the summary
     assert "| contrastive | 0.51 |" in out
-    assert "study quickstart: 2 trial(s), 2 TERMINATED" in out
+    assert "study quickstart: 2 trial(s), 1 error, 1 ok" in out
+    assert "contrastive-l2-s0 failed: ConfigError: bad" in out
     assert "outputs/study/report.md" in out
     assert "experiment 'quickstart', parent run abc123" in out and "rerank-ray ui" in out
 
