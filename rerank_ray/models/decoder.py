@@ -52,6 +52,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
+    GgufConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -106,6 +107,8 @@ class DecoderReranker(Reranker):
             if saved is not None:
                 self.score_head.load_state_dict(load_file(str(Path(saved) / HEAD_FILE)))
         if cfg.gradient_checkpointing:
+            # transformers 5 renames this activation_checkpointing_enable (the old name warns);
+            # switch once pyproject requires transformers>=5.
             self.backbone.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
@@ -347,11 +350,21 @@ def _saved_tokenizer(path: Path) -> PreTrainedTokenizerBase:
 def _load(
     auto: Any, folder: str, gguf_file: str | None, config: PretrainedConfig, cfg: ModelConfig, **kwargs: Any
 ) -> PreTrainedModel:
-    gguf = {} if gguf_file is None else {"gguf_file": gguf_file}
+    # GGUF weights are dequantised to float32 at load (trainable, and save as plain safetensors);
+    # without dequantize=True, transformers keeps them packed when the `kernels` package is there.
+    gguf = (
+        {}
+        if gguf_file is None
+        else {"gguf_file": gguf_file, "quantization_config": GgufConfig(dequantize=True)}
+    )
     with _quiet_load_report():
         model, info = auto.from_pretrained(
             folder, config=config, dtype=torch.float32, output_loading_info=True, **gguf, **kwargs
         )
+    if gguf_file is not None:
+        # Dequantised weights are ordinary tensors; drop the GGUF quantizer, which would refuse
+        # save_pretrained ("quantized with gguf and is not serializable").
+        model.hf_quantizer.remove_quantization_config(model)
     # A checkpoint that does not fit its architecture must not train silently. Dropped layers
     # (num_layers) and an unused LM head (AutoModel) show up as unexpected keys: those are fine.
     missing = sorted(info["missing_keys"] - model.all_tied_weights_keys.keys())

@@ -13,8 +13,9 @@ real token is zero); the fused CUDA training kernel (``mamba_inner_fn``, used wh
 ``mamba-ssm`` is installed) skips the second zeroing, so keep ``padding_side: right`` on GPUs.
 
 No attention: ``model.attn_implementation`` must stay unset, and there are no position ids.
-LoRA's ``target_modules`` must name Mamba's layers (``in_proj``, ``x_proj``, ``out_proj``;
-Mamba-2: ``in_proj``, ``out_proj``), not the attention default.
+LoRA's ``target_modules`` must name Mamba's layers, not the attention default: ``in_proj``,
+``x_proj``, ``dt_proj`` (Mamba-2: ``in_proj``). peft refuses ``out_proj`` and ``conv1d`` on
+Mamba models, because the fused CUDA kernel reads their weights directly.
 """
 
 from __future__ import annotations
