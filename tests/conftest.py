@@ -55,20 +55,20 @@ TINY_BERT = {
 
 @pytest.fixture
 def tiny_run_overrides(tmp_path):
-    """key=value overrides for a tiny encoder trained on the tiny-scifact fixture."""
+    """key=value overrides for a tiny encoder trained on the tiny-dl19 fixture (32 groups)."""
     return [
         f"output_dir={tmp_path / 'out'}",
-        "data.train=[fixtures/tiny-scifact]",
-        "data.train_split=train",
-        "data.first_stage=bm25-top10",
-        "groups.depth=10",
+        "data.train=[fixtures/tiny-dl19]",
+        "data.train_split=test",
+        "data.first_stage=bm25-top20",
+        "groups.depth=20",
         "groups.group_size=4",
         "groups.groups_per_query=4",
         "groups.positive_min_label=1",
         f"model={TINY_BERT}".replace("'", '"'),
-        "train.learning_rate=1e-3",
+        "train.learning_rate=5e-3",
         "train.warmup_ratio=0.0",
         "train.micro_batch_groups=2",
         "train.log_every_steps=1",
-        "eval.suites=[tiny-scifact]",
+        "eval.suites=[tiny-dl19]",
     ]

@@ -60,7 +60,8 @@ def deepspeed_config(cfg: RunConfig, *, total_steps: int, world_size: int) -> di
             "params": {
                 "warmup_min_lr": 0.0,
                 "warmup_max_lr": tr.learning_rate,
-                "warmup_num_steps": max(warmup, 0),
+                # DeepSpeed requires at least one warmup step.
+                "warmup_num_steps": max(warmup, 1),
                 "warmup_type": "linear",
                 "total_num_steps": max(total_steps, 1),
             },

@@ -109,20 +109,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     t_start = time.perf_counter()
 
     def report(extra_checkpoint: bool) -> None:
+        """Report the metrics of the window since the last report (every rank calls this)."""
         loss = torch.tensor([window["loss"], float(window["n"])], dtype=torch.float64)
         if world > 1:
             torch.distributed.all_reduce(loss)
-        elapsed = max(time.perf_counter() - window["t0"], 1e-9)
-        metrics = {
-            "loss": float(loss[0] / max(loss[1], 1.0)),
-            "lr": float(engine.get_lr()[0]),
-            "pairs_per_s": window["pairs"] * world / elapsed,
-            "tokens_per_s": window["tokens"] * world / elapsed,
-            "epoch": state["epoch"],
-            "step": state["step"],
-            "wall_s": time.perf_counter() - t_start,
-        }
-        history.append(metrics)
+        if loss[1] > 0:
+            elapsed = max(time.perf_counter() - window["t0"], 1e-9)
+            history.append(
+                {
+                    "loss": float(loss[0] / loss[1]),
+                    "lr": float(engine.get_lr()[0]),
+                    "pairs_per_s": window["pairs"] * world / elapsed,
+                    "tokens_per_s": window["tokens"] * world / elapsed,
+                    "epoch": state["epoch"],
+                    "step": state["step"],
+                    "wall_s": time.perf_counter() - t_start,
+                }
+            )
+        metrics = {**(history[-1] if history else {}), "epoch": state["epoch"], "step": state["step"]}
         window.update(loss=0.0, n=0, pairs=0, tokens=0, t0=time.perf_counter())
         if not extra_checkpoint:
             ray.train.report(metrics)

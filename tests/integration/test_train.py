@@ -42,7 +42,7 @@ def test_two_worker_zero2_loss_falls_and_every_parameter_changes(ray_local, tiny
         overrides=[
             *tiny_run_overrides,
             "name=zero2",
-            "train.epochs=4",
+            "train.epochs=6",
             "scaling.num_workers=2",
             "scaling.cpus_per_worker=1",
             "deepspeed.zero_stage=2",

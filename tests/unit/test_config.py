@@ -117,6 +117,8 @@ def test_deepspeed_config_rendering():
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert ds["bf16"]["enabled"] is False  # CPU: fp32
     assert ds["scheduler"]["params"]["warmup_num_steps"] == 25
+    no_warmup = load_config(overrides=["train.warmup_ratio=0"])
+    assert deepspeed_config(no_warmup, total_steps=10, world_size=1)["scheduler"]["params"]["warmup_num_steps"] == 1
     assert ds["scheduler"]["params"]["total_num_steps"] == 100
     assert ds["optimizer"]["params"]["torch_adam"] is True
     gpu = load_config(overrides=["scaling.use_gpu=true", "deepspeed.zero_stage=3", "deepspeed.offload_optimizer=true"])
