@@ -350,8 +350,10 @@ def _saved_tokenizer(path: Path) -> PreTrainedTokenizerBase:
 def _load(
     auto: Any, folder: str, gguf_file: str | None, config: PretrainedConfig, cfg: ModelConfig, **kwargs: Any
 ) -> PreTrainedModel:
-    # GGUF weights are dequantised to float32 at load (trainable, and save as plain safetensors);
-    # without dequantize=True, transformers keeps them packed when the `kernels` package is there.
+    # GGUF weights are dequantised to float32 at load: trainable, and saved as plain safetensors.
+    # With dequantize=True transformers also drops its GGUF quantizer after loading; without it,
+    # the weights stay packed when the `kernels` package is installed, and even dequantised ones
+    # keep a quantizer that refuses save_pretrained ("quantized with gguf and is not serializable").
     gguf = (
         {}
         if gguf_file is None
@@ -361,10 +363,6 @@ def _load(
         model, info = auto.from_pretrained(
             folder, config=config, dtype=torch.float32, output_loading_info=True, **gguf, **kwargs
         )
-    if gguf_file is not None:
-        # Dequantised weights are ordinary tensors; drop the GGUF quantizer, which would refuse
-        # save_pretrained ("quantized with gguf and is not serializable").
-        model.hf_quantizer.remove_quantization_config(model)
     # A checkpoint that does not fit its architecture must not train silently. Dropped layers
     # (num_layers) and an unused LM head (AutoModel) show up as unexpected keys: those are fine.
     missing = sorted(info["missing_keys"] - model.all_tied_weights_keys.keys())
