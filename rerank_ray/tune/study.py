@@ -110,7 +110,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
         teacher_records: dict[str, EvalRecord] = {}
         teacher_costs: dict[str, dict[str, float]] = {}
         for name in teachers_used(plans):
-            record, cost = _teacher(cfg, name, groups_path, parent_id)
+            record, cost = _teacher(cfg, name, groups_path, experiment_id, parent_id)
             teacher_records[name], teacher_costs[name] = record, cost
             mlflow.log_metrics({f"teacher/{name}/{k}": v for k, v in _keys(record, cfg).items()})
 
@@ -166,7 +166,7 @@ def _groups(cfg: StudyConfig) -> Path:
 
 
 def _teacher(
-    cfg: StudyConfig, name: str, groups_path: Path, parent_id: str
+    cfg: StudyConfig, name: str, groups_path: Path, experiment_id: str, parent_id: str
 ) -> tuple[EvalRecord, dict[str, float]]:
     """Train (or load) teacher `name`, evaluate it and score the groups with it, in a child run."""
     import mlflow
@@ -177,7 +177,8 @@ def _teacher(
     teacher_dir = cfg.study_dir / "teachers" / name
     cost: dict[str, float] = {}
     tags = child_tags(cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind)
-    with mlflow.start_run(run_name=f"teacher-{name}", nested=True, tags=tags):
+    # experiment_id is explicit: a nested run does not inherit its parent's experiment.
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"teacher-{name}", nested=True, tags=tags):
         if isinstance(spec, CrossEncoderTeacher) and spec.model is not None:
             run = cfg.teacher_run(name)
             summary = _reusable_teacher(run)
