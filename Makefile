@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install quickstart test test-unit lint mlflow-ui test-gpu clean
+.PHONY: install quickstart test test-unit lint mlflow-ui browser-deps test-gpu clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,8 +36,19 @@ test-unit: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check rerank_ray tests bench
 
+# The MLflow UI on http://127.0.0.1:5000 over the project's store (mlflow.db); PORT=... to move it.
+PORT ?= 5000
 mlflow-ui: $(STAMP)
-	$(BIN)/rerank-ray ui
+	$(BIN)/rerank-ray ui --port $(PORT)
+
+# What tests/integration/test_mlflow_ui.py drives: Debian's chromium + chromedriver (apt, as root
+# or through sudo) and Selenium in the venv. The test runs this target when something is missing.
+SELENIUM ?= selenium==4.51.0
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser-deps:
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || \
+	  { $(SUDO) apt-get update -q && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+	@$(BIN)/python -c "import selenium" 2>/dev/null || $(BIN)/pip install -q '$(SELENIUM)'
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest tests/gpu -q -m gpu -s
