@@ -213,7 +213,10 @@ def test_study_submitted_as_a_job_logs_its_trials_to_mlflow(ray_head, tmp_path, 
     experiment = client.get_experiment_by_name("tiny-study")
     assert experiment is not None, [e.name for e in client.search_experiments()]
     runs = client.search_runs([experiment.experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents = [r for r in runs if r.data.tags.get("role") == "study"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert sorted(r.data.tags["student"] for r in children) == ["tiny-l1", "tiny-l2"]
     assert {r.data.tags["strategy"] for r in children} == {"contrastive"}
     for run in children:
