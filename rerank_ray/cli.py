@@ -127,6 +127,9 @@ def cmd_train(args: argparse.Namespace, summary: Summary) -> None:
             summary.metrics[key] = result.metrics[key]
     summary.outputs["model"] = str(result.model_dir)
     summary.outputs["groups"] = str(result.groups_path)
+    summary.mlflow.append(
+        "not logged: `rerank-ray train` writes files only; `rerank-ray study` logs to MLflow"
+    )
     if args.no_eval:
         return
     from rerank_ray.evaluation.evaluate import evaluate

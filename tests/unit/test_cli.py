@@ -248,6 +248,7 @@ def test_train_then_evaluates_on_the_config_suites(run, library, tmp_path):
         tmp_path / "outputs/run/eval",
     )
     assert "loss = 0.2500" in out and "dl19/nDCG_10 = 0.5170" in out and "lr" not in out
+    assert "mlflow:  not logged" in out
 
 
 def test_evaluate_first_stage(run, library):
