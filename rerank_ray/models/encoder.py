@@ -102,6 +102,10 @@ class EncoderReranker(Reranker):
         return self.model(**batch).logits.squeeze(-1).float()
 
     def save_backbone(self, path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        if state_dict is not None:
+            # Keys come as this module's state_dict() (e.g. ZeRO-3's consolidated weights):
+            # strip the "model." prefix to get the backbone's own keys.
+            state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
         self.model.save_pretrained(path, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)
 

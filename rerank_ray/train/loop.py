@@ -78,6 +78,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     _seed_everything(cfg.train.seed)
 
+    # Ray Train already built the torch process group; DeepSpeed's comm layer wraps it.
+    deepspeed.init_distributed(dist_backend="nccl" if cfg.scaling.use_gpu else "gloo")
     ds_config = deepspeed_config(cfg, total_steps=plan["total_steps"], world_size=world)
     # Keep this object alive while the model is built: transformers then partitions weights at
     # load time under ZeRO-3 (zero.Init), so no worker materialises the whole model.
