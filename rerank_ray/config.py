@@ -25,7 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 ModelFamily = Literal["encoder", "decoder", "recurrent"]
 LossName = Literal["contrastive", "distillation", "mix", "margin_mse"]
-SuiteName = Literal["dl19", "dl20", "dl21", "scifact", "cranfield", "tiny-dl19", "tiny-scifact"]
+SuiteName = Literal[
+    "dl19", "dl20", "dl21", "scifact", "cranfield", "tiny-dl19", "tiny-scifact", "msmarco-dev-small",
+    "beir-trec-covid", "beir-nfcorpus", "beir-fiqa", "beir-arguana", "beir-scidocs",
+    "beir-climate-fever", "beir-dbpedia-entity", "beir-webis-touche2020",
+]  # fmt: skip
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -307,7 +311,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def merge_sources(paths: list[Path] | tuple[Path, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def merge_sources(
+    paths: list[Path] | tuple[Path, ...] = (), overrides: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for path in paths:
         merged = deep_merge(merged, read_yaml(Path(path)))

@@ -30,6 +30,7 @@ Malformed input (wrong column count, non-integer label, bad JSON, missing field)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -334,12 +335,14 @@ class Collection:
 
     Parts load on first access and are then kept, so opening a collection is cheap."""
 
-    def __init__(self, name: str, dataset_id: str) -> None:
+    def __init__(self, name: str, dataset_id: str, run_file: Path | None = None) -> None:
         self.name = name
         self.dataset_id = dataset_id
+        # A TREC run read instead of the dataset's scoreddocs (ids without one, such as BEIR).
+        self.run_file = run_file
 
     def __repr__(self) -> str:
-        return f"Collection(name={self.name!r}, dataset_id={self.dataset_id!r})"
+        return f"Collection(name={self.name!r}, dataset_id={self.dataset_id!r}, run_file={self.run_file!r})"
 
     @functools.cached_property
     def dataset(self) -> Any:
@@ -347,21 +350,31 @@ class Collection:
 
     @functools.cached_property
     def queries(self) -> dict[str, str]:
-        return {q.query_id: q.default_text() for q in self.dataset.queries_iter()}
+        with self._fetching("queries"):
+            return {q.query_id: q.default_text() for q in self.dataset.queries_iter()}
 
     @functools.cached_property
     def qrels(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
-        for qrel in self.dataset.qrels_iter():
-            out.setdefault(qrel.query_id, {})[qrel.doc_id] = int(qrel.relevance)
+        with self._fetching("qrels"):
+            for qrel in self.dataset.qrels_iter():
+                out.setdefault(qrel.query_id, {})[qrel.doc_id] = int(qrel.relevance)
         return out
 
     @functools.cached_property
     def run(self) -> dict[str, list[tuple[str, float]]]:
-        if not self.dataset.has_scoreddocs():
-            raise DataError(f"{self.dataset_id} has no first-stage run (scoreddocs) to rerank or sample from")
+        if self.run_file is not None:
+            scoreddocs = TrecRunScoredDocs(LocalDownload(self.run_file, mkdir=False)).scoreddocs_iter()
+        elif self.dataset.has_scoreddocs():
+            with self._fetching("scoreddocs"):
+                scoreddocs = list(self.dataset.scoreddocs_iter())
+        else:
+            raise DataError(
+                f"{self.dataset_id} has no first-stage run (scoreddocs) to rerank or sample from; "
+                "give one as a TREC run file (a suite's run_file, or a study's eval.run_files)"
+            )
         out: dict[str, list[tuple[str, float]]] = {}
-        for sd in self.dataset.scoreddocs_iter():
+        for sd in scoreddocs:
             out.setdefault(sd.query_id, []).append((sd.doc_id, float(sd.score)))
         for ranked in out.values():
             ranked.sort(key=lambda pair: -pair[1])  # stable: ties keep file order
@@ -369,14 +382,34 @@ class Collection:
 
     @functools.cached_property
     def docs_store(self) -> Any:
-        return self.dataset.docs_store()
+        with self._fetching("docs"):
+            return self.dataset.docs_store()
+
+    @contextlib.contextmanager
+    def _fetching(self, part: str) -> Iterator[None]:
+        """ir_datasets downloads a missing part on first read; offline that is an OSError
+        (requests' ConnectionError), turned into a DataError that says how to get the data."""
+        try:
+            yield
+        except OSError as e:
+            if self.dataset_id.startswith(f"{NAMESPACE}/"):
+                raise
+            home = ir_datasets.util.home_path()
+            raise DataError(
+                f"{self.name}: ir_datasets id {self.dataset_id!r} ({part}) is not downloaded under "
+                f"{home} and could not be fetched ({type(e).__name__}: {str(e)[:160]}). On a machine "
+                f"with internet run `ir_datasets export {self.dataset_id} {part} > /dev/null` (and the "
+                f"same for docs, queries and qrels), then copy {home} here or point $IR_DATASETS_HOME "
+                "at a copy; see https://ir-datasets.com"
+            ) from e
 
     def doc_text(self, doc_id: str) -> str:
         return self.doc_texts([doc_id])[0]
 
     def doc_texts(self, doc_ids: list[str]) -> list[str]:
         """Texts of many documents (one docstore lookup), in the order given."""
-        found = self.docs_store.get_many(doc_ids)
+        with self._fetching("docs"):  # the store downloads and builds itself on first use
+            found = self.docs_store.get_many(doc_ids)
         missing = [d for d in doc_ids if d not in found]
         if missing:
             raise DataError(
@@ -399,14 +432,40 @@ def _signature(dataset_id: str) -> tuple[Any, ...]:
 
 
 def open_collection(
-    name: str, *, root: Path | str | None = None, split: str = "test", first_stage: str = "bm25-top100"
+    name: str,
+    *,
+    root: Path | str | None = None,
+    split: str = "test",
+    first_stage: str = "bm25-top100",
+    run_file: Path | str | None = None,
 ) -> Collection:
     """The collection `name` (a folder under `root`, default the configured data root, or an
     ir_datasets id). The same arguments give the same object while the files are unchanged,
-    so parsed queries, qrels and run are shared within a process."""
+    so parsed queries, qrels and run are shared within a process.
+
+    `run_file` (a TREC run; relative paths are under `root`) replaces the first-stage run; an
+    ir_datasets id without scoreddocs (BEIR) needs one to be reranked."""
     root = default_data_root() if root is None else Path(root)
+    run_path = None
+    if run_file is not None:
+        run_path = Path(run_file) if Path(run_file).is_absolute() or root is None else root / run_file
+        if not run_path.is_file():
+            raise DataError(
+                f"{name}: first-stage run file {run_path} does not exist. Write a TREC run "
+                "(`query_id Q0 doc_id rank score tag`) for this dataset there, for example "
+                "Pyserini's BM25 (`python -m pyserini.search.lucene --index beir-v1.0.0-<name>.flat "
+                "--topics beir-v1.0.0-<name>-test --bm25 --hits 100 --remove-query --output <file>`), "
+                "or give another path (a study's eval.run_files)"
+            )
     dataset_id = resolve_dataset_id(name, root=root, split=split, first_stage=first_stage)
-    key = (name, dataset_id, _signature(dataset_id))
+    key = (name, dataset_id, _signature(dataset_id), run_path, _file_signature(run_path))
     if key not in _OPEN:
-        _OPEN[key] = Collection(name, dataset_id)
+        _OPEN[key] = Collection(name, dataset_id, run_path)
     return _OPEN[key]
+
+
+def _file_signature(path: Path | None) -> tuple[Any, ...]:
+    if path is None:
+        return ()
+    stat = path.stat()
+    return (stat.st_size, stat.st_mtime_ns)

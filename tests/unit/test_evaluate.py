@@ -122,3 +122,48 @@ def test_evaluate_loads_the_saved_model(tmp_path, monkeypatch):
 def test_run_tag_must_be_one_word(tmp_path):
     with pytest.raises(ValueError, match="one non-empty word"):
         write_trec_run({"q": [("d", 1.0)]}, tmp_path / "x.run", "two words")
+
+
+def test_paper_suites_are_ir_datasets_ids_and_beir_needs_a_run_file(tmp_path, data_root):
+    import ir_datasets
+
+    from rerank_ray.data.datasets import DataError
+    from rerank_ray.evaluation.suites import SUITES
+
+    paper = {n: s for n, s in SUITES.items() if n == "msmarco-dev-small" or n.startswith("beir-")}
+    assert len(paper) == 9
+    for suite in paper.values():  # registered ids; nothing is downloaded by asking
+        dataset = ir_datasets.registry[suite.dataset]
+        assert dataset.has_qrels() and (suite.run_file is not None) != dataset.has_scoreddocs()
+    with pytest.raises(DataError, match=r"runs/beir-nfcorpus-test\.bm25\.run does not exist.*pyserini"):
+        evaluate(None, ["beir-nfcorpus"], out_dir=tmp_path, root=data_root)
+
+
+def test_missing_ir_datasets_download_names_the_id_and_the_fix(monkeypatch):
+    import requests
+
+    from rerank_ray.data.datasets import Collection, DataError
+
+    class Offline:
+        def queries_iter(self):
+            raise requests.ConnectionError("Failed to resolve 'msmarco.z22.web.core.windows.net'")
+
+    collection = Collection("msmarco-dev-small", "msmarco-passage/dev/small")
+    collection.__dict__["dataset"] = Offline()
+    with pytest.raises(DataError) as err:
+        _ = collection.queries
+    assert "'msmarco-passage/dev/small' (queries) is not downloaded" in str(err.value)
+    assert "ir_datasets export msmarco-passage/dev/small queries" in str(err.value)
+
+
+def test_run_file_replaces_the_first_stage(tmp_path, data_root):
+    run = tmp_path / "mine.run"
+    lines = (data_root / "fixtures/tiny-dl19/bm25-top20.test.run").read_text().splitlines()
+    run.write_text("\n".join(lines[:3]) + "\n")
+    collection = open_collection(
+        "fixtures/tiny-dl19", root=data_root, split="test", first_stage="bm25-top20", run_file=run
+    )
+    assert sum(len(r) for r in collection.run.values()) == 3
+    result = evaluate(None, ["tiny-dl19"], out_dir=tmp_path / "eval", run_files={"tiny-dl19": run})
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())["suites"]["tiny-dl19"]
+    assert report["run_file"] == str(run) and result.metrics["tiny-dl19/nDCG_10"] > 0

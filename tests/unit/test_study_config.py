@@ -105,3 +105,67 @@ def test_shipped_studies_load_and_plan(name):
     cfg = load_study([EXPERIMENTS / name])
     plans = plan_study(cfg)
     assert plans and {p.strategy for p in plans} >= {"contrastive", "distillation"}
+
+
+def test_student_long_form_overrides_reach_its_trials_only(tmp_path):
+    study = {
+        **STUDY,
+        "base": {**STUDY["base"], "scaling": {"num_workers": 2, "use_gpu": True, "gpus_per_worker": 1}},
+        "students": {
+            "l1": {"num_layers": 1},
+            "big": {
+                "model": {"num_layers": 6},
+                "overrides": {
+                    "train": {"learning_rate": 1e-4, "micro_batch_groups": 1, "grad_accum": 4},
+                    "scaling": {"num_workers": 8, "gpus_per_worker": 0.5},
+                    "deepspeed": {"zero_stage": 3},
+                },
+            },
+        },
+    }
+    cfg = load_study([write(tmp_path, study)])
+    assert cfg.students["big"].num_layers == 6 and cfg.students["big"].max_length == 128
+    assert StudyConfig.model_validate(cfg.to_dict()) == cfg
+    plans = {p.name: p for p in plan_study(cfg)}
+    big, small = plans["distillation-big-ce-l6-s1"].run, plans["distillation-l1-ce-l6-s1"].run
+    assert (big.train.learning_rate, big.train.grad_accum, big.deepspeed.zero_stage) == (1e-4, 4, 3)
+    assert big.loss.name == "distillation" and big.train.seed == 1 and big.train.teacher_scores
+    assert (small.train.learning_rate, small.deepspeed.zero_stage, small.scaling.num_workers) == (3e-5, 2, 2)
+    assert plans["contrastive-big-s0"].train_resources == {"CPU": 8, "GPU": 4}
+    assert plans["contrastive-l1-s0"].train_resources == {"CPU": 2, "GPU": 2}
+    assert "ZeRO-3, micro 1 x accum 4" in plans["contrastive-big-s0"].describe()
+
+
+@pytest.mark.parametrize(
+    ("student", "expected"),
+    [
+        ({"model": {}, "overrides": {"train": {"epoch": 2}}}, "students.big.overrides"),
+        ({"model": {}, "overrides": {"loss": {"name": "mix"}}}, "['loss'] are set by the study"),
+        ({"overrides": {"train": {"seed": 3}}}, "['train.seed'] are set by the study"),
+        ({"num_layers": 2, "overrides": {}}, "long form takes only `model` and `overrides`"),
+        ({"overrides": {"deepspeed": {"zero_stage": 0, "offload_optimizer": True}}}, "offload_optimizer"),
+    ],
+)
+def test_bad_student_overrides_fail_at_load(tmp_path, student, expected):
+    with pytest.raises(ConfigError) as err:
+        load_study([write(tmp_path, {**STUDY, "students": {"big": student}})])
+    assert expected in str(err.value)
+
+
+def test_files_are_read_relative_to_the_study_file(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "base.yaml").write_text("name: ignored-by-trials\ntrain: {epochs: 3}\n")
+    (tmp_path / "runs" / "big.yaml").write_text(
+        "name: dropped\nmodel: {num_layers: 6}\ndeepspeed: {zero_stage: 3}\n"
+    )
+    study = {
+        **STUDY,
+        "base": {"files": ["runs/base.yaml"], "model": {"max_length": 96}},
+        "students": {"big": {"files": "runs/big.yaml", "model": {"max_length": 64}}},
+    }
+    cfg = load_study([write(tmp_path, study)])
+    assert cfg.base.train.epochs == 3 and cfg.students["big"].num_layers == 6
+    assert cfg.students["big"].max_length == 64
+    assert cfg.student_run("big").deepspeed.zero_stage == 3 and cfg.student_run("big").train.epochs == 3
+    with pytest.raises(ConfigError, match="missing.yaml does not exist"):
+        load_study([write(tmp_path, {**study, "students": {"x": {"files": "runs/missing.yaml"}}})])
