@@ -136,6 +136,10 @@ class ModelConfig(Section):
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None
+    # Scoring dtype for evaluation (load_reranker(..., inference=True)): auto =
+    # bfloat16 for decoder/recurrent models when CUDA is available (a 7B in fp32 is 30 GB), else
+    # float32. Training ignores it: DeepSpeed casts by deepspeed.precision.
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

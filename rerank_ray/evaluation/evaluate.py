@@ -61,7 +61,8 @@ def evaluate(
     if model_path is not None:
         from rerank_ray.models import load_reranker
 
-        reranker = load_reranker(model_path)
+        # On a GPU, decoder/recurrent models score in bf16 (model.dtype, default auto).
+        reranker = load_reranker(model_path, inference=True)
 
         def score_fn(queries: list[str], docs: list[str]) -> list[float]:
             return reranker.score(queries, docs, batch_size)

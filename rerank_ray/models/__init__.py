@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from rerank_ray.config import ModelConfig, validate
 from rerank_ray.models.base import META_FILE, Reranker
 from rerank_ray.models.decoder import DecoderReranker
@@ -38,8 +40,19 @@ def build_model(cfg: ModelConfig) -> Reranker:
     return model_class(cfg.family)(cfg)
 
 
-def load_reranker(path: str | Path) -> Reranker:
-    """Reload a reranker written by ``Reranker.save``: same weights, template, length and scoring."""
+def inference_dtype(cfg: ModelConfig, *, cuda: bool) -> torch.dtype:
+    """``model.dtype`` resolved: auto = bfloat16 for decoder/recurrent models on CUDA, else float32
+    (encoders are small, and bf16 matmuls on CPU are slow)."""
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if cuda and cfg.family in ("decoder", "recurrent") else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+
+
+def load_reranker(path: str | Path, *, inference: bool = False) -> Reranker:
+    """Reload a reranker written by ``Reranker.save``: same weights, template, length and scoring.
+
+    Weights load as float32 on the CPU; ``inference=True`` (evaluation) moves the model to the
+    GPU when there is one, casts it to :func:`inference_dtype` and sets eval mode."""
     path = Path(path)
     meta_path = path / META_FILE
     if not meta_path.is_file():
@@ -51,4 +64,8 @@ def load_reranker(path: str | Path) -> Reranker:
     cfg = validate(ModelConfig, meta["model"])
     if meta["family"] != cfg.family:
         raise ValueError(f"{meta_path}: family {meta['family']!r} disagrees with model.family {cfg.family!r}")
-    return model_class(cfg.family).from_saved(path, cfg)
+    model = model_class(cfg.family).from_saved(path, cfg)
+    if not inference:
+        return model
+    cuda = torch.cuda.is_available()
+    return model.to("cuda" if cuda else "cpu", inference_dtype(cfg, cuda=cuda)).eval()

@@ -107,7 +107,8 @@ def test_evaluate_loads_the_saved_model(tmp_path, monkeypatch):
         def score(self, queries, docs, batch_size):
             return [-float(len(d)) for d in docs]
 
-    def load_reranker(path):
+    def load_reranker(path, *, inference=False):
+        assert inference  # evaluation scores on the GPU in model.dtype when there is one
         loaded.append(path)
         return FakeReranker()
 

@@ -130,3 +130,33 @@ def test_load_reranker_errors(tmp_path):
     (tmp_path / META_FILE).write_text(json.dumps({"family": "encoder", "model": {"max_lenght": 64}}))
     with pytest.raises(ConfigError, match="max_lenght"):
         load_reranker(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("family", "dtype", "cuda", "expected"),
+    [
+        ("decoder", "auto", True, torch.bfloat16),
+        ("recurrent", "auto", True, torch.bfloat16),
+        ("decoder", "auto", False, torch.float32),
+        ("encoder", "auto", True, torch.float32),
+        ("encoder", "bfloat16", False, torch.bfloat16),
+        ("decoder", "float32", True, torch.float32),
+    ],
+)
+def test_inference_dtype(family, dtype, cuda, expected):
+    from rerank_ray.models import inference_dtype
+
+    assert inference_dtype(ModelConfig(family=family, dtype=dtype), cuda=cuda) is expected
+
+
+def test_load_for_inference_casts_to_model_dtype(tmp_path):
+    from rerank_ray.config import validate
+
+    with pytest.raises(ConfigError, match="dtype: Input should be 'auto', 'float32' or 'bfloat16'"):
+        validate(ModelConfig, {"dtype": "float16"})
+    build_model(TINY.model_copy(update={"dtype": "bfloat16"})).save(tmp_path / "m")
+    assert next(load_reranker(tmp_path / "m").parameters()).dtype is torch.float32  # training form
+    model = load_reranker(tmp_path / "m", inference=True)
+    assert not model.training and {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    scores = model.score(["a query"] * 2, ["a document", "another one"])
+    assert all(torch.isfinite(torch.tensor(scores)))
