@@ -243,7 +243,17 @@ def format_plan(plans: list[Any]) -> str:
     def resources(r: dict[str, float]) -> str:
         return ", ".join(f"{k} {v:g}" for k, v in r.items())
 
-    rows = [("trial", "strategy", "student", "teacher", "seed", "trial process", "train workers")]
+    def memory(p: Any) -> str:
+        run = p.run
+        lora = f", LoRA r={run.model.lora.r}" if run.model.lora else ""
+        return (
+            f"{run.scaling.num_workers}w ZeRO-{run.deepspeed.zero_stage} "
+            f"micro {run.train.micro_batch_groups}x{run.train.grad_accum}{lora}"
+        )
+
+    rows = [
+        ("trial", "strategy", "student", "teacher", "seed", "trial process", "train workers", "training")
+    ]
     rows += [
         (
             p.name,
@@ -253,6 +263,7 @@ def format_plan(plans: list[Any]) -> str:
             str(p.seed),
             resources(p.resources),
             resources(p.train_resources),
+            memory(p),
         )
         for p in plans
     ]

@@ -187,6 +187,9 @@ class TrainConfig(Section):
     checkpoint_every_steps: int | None = Field(None, ge=1)
     # Ray Train's FailureConfig: restarts after a worker failure resume from the last checkpoint.
     max_failures: int = Field(0, ge=-1)
+    # Ray Train's run storage (checkpoints): a local path, or s3:// / gs:// / NFS on a
+    # multi-node cluster, where every node must reach it. None = <output_dir>/<name>/ray.
+    storage_path: str | None = None
     log_every_steps: int = Field(10, ge=1)
     # Fault injection for testing resume: rank 0 raises once after this many optimizer steps,
     # on the first attempt only (a restarted attempt has a checkpoint and does not raise).

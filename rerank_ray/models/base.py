@@ -81,7 +81,7 @@ class Reranker(torch.nn.Module):
             batch = self.tokenize([queries[i] for i in idx], [documents[i] for i in idx])
             batch = {k: v.to(self.device) for k, v in batch.items()}
             scores = self(**batch).float().cpu().tolist()
-            for i, s in zip(idx, scores):
+            for i, s in zip(idx, scores, strict=True):
                 out[i] = s
         self.train(was_training)
         return out

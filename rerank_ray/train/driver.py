@@ -12,7 +12,8 @@
    ``<output_dir>/<name>/model``.
 
 Output layout under ``<output_dir>/<name>/``: ``groups/`` (Parquet + stats), ``ray/``
-(Ray Train's run storage: checkpoints, unless ``storage_path`` is given), ``model/`` (HF format,
+(Ray Train's run storage: checkpoints, unless ``train.storage_path`` or the
+``storage_path`` argument names shared storage, as a multi-node cluster needs), ``model/`` (HF format,
 loadable by ``rerank_ray.models.load_reranker``), ``history.json`` (every metric report).
 """
 
@@ -60,12 +61,23 @@ def plan_steps(cfg: RunConfig, n_groups: int) -> dict[str, int]:
     return {"steps_per_epoch": steps_per_epoch, "total_steps": total, "n_groups": n_groups}
 
 
-def ensure_ray() -> None:
-    """Connect to the cluster in $RAY_ADDRESS, or start a local one (``ray.init()``)."""
+def ensure_ray(cfg: RunConfig) -> None:
+    """Connect to the cluster in $RAY_ADDRESS, or start a local one.
+
+    A local Ray gets two logical CPUs beyond what the training workers take: Ray Data needs a
+    slot to feed the workers, and a run whose workers take every CPU waits forever.
+    """
+    import os
+
     import ray
 
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    workers = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    ray.init(num_cpus=int(max(os.cpu_count() or 1, workers)) + 2, include_dashboard=False)
 
 
 def load_training_frame(cfg: RunConfig, groups_path: Path) -> pd.DataFrame:
@@ -84,7 +96,9 @@ def load_training_frame(cfg: RunConfig, groups_path: Path) -> pd.DataFrame:
     return frame.sample(frac=1.0, random_state=cfg.train.seed).reset_index(drop=True)
 
 
-def train(cfg: RunConfig, *, groups_path: Path | None = None, storage_path: Path | None = None) -> TrainResult:
+def train(
+    cfg: RunConfig, *, groups_path: Path | None = None, storage_path: str | Path | None = None
+) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -104,11 +118,11 @@ def train(cfg: RunConfig, *, groups_path: Path | None = None, storage_path: Path
         cfg.scaling.num_workers, cfg.deepspeed.zero_stage,
     )  # fmt: skip
 
-    ensure_ray()
+    ensure_ray(cfg)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
-    storage = Path(storage_path) if storage_path else run_dir / "ray"
+    storage = storage_path or cfg.train.storage_path or run_dir / "ray"
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": cfg.to_dict(), "plan": plan},

@@ -77,6 +77,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     _seed_everything(cfg.train.seed)
+    if not cfg.scaling.use_gpu:
+        # Ray gives a worker OMP_NUM_THREADS = its CPU count; make torch use what it was given.
+        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
 
     # Ray Train already built the torch process group; DeepSpeed's comm layer wraps it.
     deepspeed.init_distributed(dist_backend="nccl" if cfg.scaling.use_gpu else "gloo")

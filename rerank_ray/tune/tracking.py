@@ -41,7 +41,8 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
-    return client.create_experiment(name)
+    # Without this tag MLflow 3 opens the experiment on its GenAI overview, not the runs table.
+    return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
 
 
 def child_tags(study: str, parent_run_id: str, role: str, **extra: str) -> dict[str, str]:
