@@ -77,7 +77,7 @@ def ensure_ray(cfg: RunConfig) -> None:
         ray.init()
         return
     workers = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
-    ray.init(num_cpus=int(max(os.cpu_count() or 1, workers)) + 2, include_dashboard=False)
+    ray.init(num_cpus=int(max(os.cpu_count() or 1, workers)) + 2)
 
 
 def load_training_frame(cfg: RunConfig, groups_path: Path) -> pd.DataFrame:

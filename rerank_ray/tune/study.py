@@ -151,7 +151,7 @@ def _start_ray(cfg: StudyConfig) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(num_cpus=cfg.tune.num_cpus, include_dashboard=False)
+        ray.init(num_cpus=cfg.tune.num_cpus)
 
 
 def _groups(cfg: StudyConfig) -> Path:
