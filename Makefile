@@ -28,7 +28,8 @@ quickstart: $(STAMP)
 	$(BIN)/rerank-ray study experiments/quickstart.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests -x -q --timeout=900 -p no:cacheprovider
+	$(BIN)/ruff check rerank_ray tests bench
+	$(BIN)/python -m pytest tests -q --timeout=900 -p no:cacheprovider --durations=15
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q

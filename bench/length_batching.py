@@ -37,7 +37,11 @@ def main() -> None:
     args = parser.parse_args()
 
     collection = open_collection("trec-dl-2019", split="test", first_stage="bm25-top100")
-    pairs = [(collection.queries[q], collection.doc_text(d)) for q, ranked in collection.run.items() for d, _ in ranked]
+    pairs = [
+        (collection.queries[q], collection.doc_text(d))
+        for q, ranked in collection.run.items()
+        for d, _ in ranked
+    ]
     queries, docs = map(list, zip(*pairs[: args.pairs], strict=True))
     model = build_model(ModelConfig(num_layers=args.layers, max_length=args.max_length))
 

@@ -251,9 +251,7 @@ def format_plan(plans: list[Any]) -> str:
             f"micro {run.train.micro_batch_groups}x{run.train.grad_accum}{lora}"
         )
 
-    rows = [
-        ("trial", "strategy", "student", "teacher", "seed", "trial process", "train workers", "training")
-    ]
+    rows = [("trial", "strategy", "student", "teacher", "seed", "trial process", "train workers", "training")]
     rows += [
         (
             p.name,

@@ -180,12 +180,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if state["batches_in_epoch"] % accum:
                 continue
             state["step"] += 1
-            if (
-                first_attempt
-                and cfg.train.inject_failure_at_step == state["step"]
-                and rank == 0
-            ):
-                raise InjectedFailure(f"injected failure at step {state['step']} (train.inject_failure_at_step)")
+            if first_attempt and cfg.train.inject_failure_at_step == state["step"] and rank == 0:
+                raise InjectedFailure(
+                    f"injected failure at step {state['step']} (train.inject_failure_at_step)"
+                )
             every = cfg.train.checkpoint_every_steps
             if every and state["step"] % every == 0:
                 report(extra_checkpoint=True)

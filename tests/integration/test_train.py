@@ -96,7 +96,12 @@ def test_distillation_needs_aligned_teacher_scores(ray_local, tiny_run_overrides
     pairs.iloc[3:].to_parquet(partial)
 
     bad = load_config(
-        overrides=[*tiny_run_overrides, "name=kd", "loss.name=distillation", f"train.teacher_scores={partial}"]
+        overrides=[
+            *tiny_run_overrides,
+            "name=kd",
+            "loss.name=distillation",
+            f"train.teacher_scores={partial}",
+        ]
     )
     with pytest.raises(MissingTeacherScores, match="3"):
         train(bad, groups_path=groups.path)

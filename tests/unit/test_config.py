@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing
 
 import pytest
+from pydantic import ValidationError
 
 from rerank_ray.config import (
     ConfigError,
@@ -31,7 +32,9 @@ def test_defaults_load_and_round_trip():
 
 
 def test_stacked_files_and_overrides(tmp_path):
-    a = write(tmp_path, "a.yaml", "train:\n  epochs: 2\n  learning_rate: 1.0e-4\nloss:\n  name: distillation\n")
+    a = write(
+        tmp_path, "a.yaml", "train:\n  epochs: 2\n  learning_rate: 1.0e-4\nloss:\n  name: distillation\n"
+    )
     b = write(tmp_path, "b.yaml", "train:\n  epochs: 3\n")
     cfg = load_config([a, b], ["groups.group_size=4", "loss.teacher_temperature=2"])
     assert cfg.train.epochs == 3  # later file wins
@@ -42,7 +45,7 @@ def test_stacked_files_and_overrides(tmp_path):
 
 def test_config_is_frozen():
     cfg = load_config()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.train.epochs = 5  # type: ignore[misc]
 
 
@@ -118,10 +121,15 @@ def test_deepspeed_config_rendering():
     assert ds["bf16"]["enabled"] is False  # CPU: fp32
     assert ds["scheduler"]["params"]["warmup_num_steps"] == 25
     no_warmup = load_config(overrides=["train.warmup_ratio=0"])
-    assert deepspeed_config(no_warmup, total_steps=10, world_size=1)["scheduler"]["params"]["warmup_num_steps"] == 1
+    assert (
+        deepspeed_config(no_warmup, total_steps=10, world_size=1)["scheduler"]["params"]["warmup_num_steps"]
+        == 1
+    )
     assert ds["scheduler"]["params"]["total_num_steps"] == 100
     assert ds["optimizer"]["params"]["torch_adam"] is True
-    gpu = load_config(overrides=["scaling.use_gpu=true", "deepspeed.zero_stage=3", "deepspeed.offload_optimizer=true"])
+    gpu = load_config(
+        overrides=["scaling.use_gpu=true", "deepspeed.zero_stage=3", "deepspeed.offload_optimizer=true"]
+    )
     ds = deepspeed_config(gpu, total_steps=10, world_size=8)
     assert ds["bf16"]["enabled"] is True
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
