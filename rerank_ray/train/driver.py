@@ -14,11 +14,13 @@
 Output layout under ``<output_dir>/<name>/``: ``groups/`` (Parquet + stats), ``ray/``
 (Ray Train's run storage: checkpoints, unless ``train.storage_path`` or the
 ``storage_path`` argument names shared storage, as a multi-node cluster needs), ``model/`` (HF format,
-loadable by ``rerank_ray.models.load_reranker``), ``history.json`` (every metric report).
+loadable by ``rerank_ray.models.load_reranker``), ``history.json`` (every metric report),
+``train_result.json`` (the run's fingerprint: an identical finished run is reused, not retrained).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -59,6 +61,18 @@ def plan_steps(cfg: RunConfig, n_groups: int) -> dict[str, int]:
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
     return {"steps_per_epoch": steps_per_epoch, "total_steps": total, "n_groups": n_groups}
+
+
+def run_fingerprint(cfg: RunConfig, groups_path: Path) -> str:
+    """Identity of a training run: its whole config and its groups file.
+
+    Ray Train restores a run from the latest checkpoint under ``<storage>/<name>``; naming the
+    Ray run ``<name>-<fingerprint>`` makes a restarted identical run resume, while a changed
+    config (another seed, learning rate, student) starts fresh instead of loading a checkpoint
+    of different training.
+    """
+    payload = json.dumps({"run": cfg.to_dict(), "groups": str(Path(groups_path).resolve())}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 def ensure_ray(cfg: RunConfig) -> None:
@@ -110,6 +124,19 @@ def train(
     run_dir = (Path(cfg.output_dir) / cfg.name).resolve()
     if groups_path is None:
         groups_path = build_groups(cfg, run_dir / "groups").path
+    fingerprint = run_fingerprint(cfg, Path(groups_path))
+    done_file = run_dir / "train_result.json"
+    if done_file.exists() and (run_dir / "model").is_dir():
+        done = json.loads(done_file.read_text())
+        if done["fingerprint"] == fingerprint:
+            log.info("training %s: reusing the finished identical run in %s", cfg.name, run_dir)
+            return TrainResult(
+                model_dir=run_dir / "model",
+                groups_path=Path(groups_path),
+                metrics=done["metrics"],
+                history=json.loads((run_dir / "history.json").read_text()),
+                wall_s=done["wall_s"],
+            )
     frame = load_training_frame(cfg, Path(groups_path))
     plan = plan_steps(cfg, len(frame))
     log.info(
@@ -133,7 +160,7 @@ def train(
             resources_per_worker=resources,
         ),
         run_config=ray.train.RunConfig(
-            name=cfg.name,
+            name=f"{cfg.name}-{fingerprint}",
             storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
         ),
@@ -151,10 +178,8 @@ def train(
         history = json.loads((Path(d) / "history.json").read_text())
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     metrics = {k: v for k, v in (result.metrics or {}).items() if k != "final"}
+    wall_s = time.perf_counter() - t0
+    done_file.write_text(json.dumps({"fingerprint": fingerprint, "metrics": metrics, "wall_s": wall_s}))
     return TrainResult(
-        model_dir=model_dir,
-        groups_path=Path(groups_path),
-        metrics=metrics,
-        history=history,
-        wall_s=time.perf_counter() - t0,
+        model_dir=model_dir, groups_path=Path(groups_path), metrics=metrics, history=history, wall_s=wall_s
     )

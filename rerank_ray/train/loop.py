@@ -104,6 +104,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
+            if not (Path(d) / STATE_FILE).exists():
+                raise RuntimeError(
+                    f"the run's latest checkpoint ({checkpoint.path}) is a finished run's export, "
+                    "not a training state: this exact run already finished; use its model/, or "
+                    "delete the run's Ray storage to train it again"
+                )
             engine.load_checkpoint(d, tag=CKPT_TAG)
             state = json.loads((Path(d) / STATE_FILE).read_text())
             history = state.pop("history", [])

@@ -120,23 +120,32 @@ def test_distillation_needs_aligned_teacher_scores(ray_local, tiny_run_overrides
 
 
 def test_resume_after_worker_failure_and_checkpoint_round_trip(ray_local, tiny_run_overrides, tmp_path):
-    cfg = load_config(
-        overrides=[
-            *tiny_run_overrides,
-            "name=resume",
-            "train.epochs=2",
-            "deepspeed.zero_stage=2",
-            "train.checkpoint_every_steps=2",
-            "train.inject_failure_at_step=3",
-            "train.max_failures=1",
-        ]
-    )
+    cfg_overrides = [
+        *tiny_run_overrides,
+        "name=resume",
+        "train.epochs=2",
+        "deepspeed.zero_stage=2",
+        "train.checkpoint_every_steps=2",
+        "train.inject_failure_at_step=3",
+        "train.max_failures=1",
+    ]
+    cfg = load_config(overrides=cfg_overrides)
     result = train(cfg)
     steps = [h["step"] for h in result.history]
     # The restarted attempt resumed from the step-2 checkpoint: the history holds each step once.
     assert steps == sorted(set(steps)), steps
     assert steps[-1] == result.metrics["step"]
     assert 3 in steps and 1 in steps
+
+    # The identical run again is reused, not retrained (nor restored from its final export) ...
+    again = train(cfg)
+    assert again.model_dir == result.model_dir and again.history == result.history
+    # ... while a changed config trains from scratch instead of resuming the other run.
+    changed = train(
+        load_config(overrides=[*cfg_overrides, "train.inject_failure_at_step=null", "train.epochs=1"])
+    )
+    assert [h["step"] for h in changed.history][0] == 1
+    assert changed.metrics["step"] < result.metrics["step"]
 
     # Save -> load gives identical scores.
     model = load_reranker(result.model_dir)
