@@ -286,6 +286,7 @@ def test_study_dry_run_plans_and_starts_nothing(run, library, tmp_path):
         "process",
         "train",
         "workers",
+        "training",
     ]
     assert rows[1].split() == [
         "contrastive-minilm-l1-s0",
@@ -297,6 +298,10 @@ def test_study_dry_run_plans_and_starts_nothing(run, library, tmp_path):
         "0.5",
         "CPU",
         "2",
+        "2w",
+        "ZeRO-2",
+        "micro",
+        "2x1",
     ]
     assert len([r for r in rows if r.startswith("contrastive-")]) == 4
     assert "planned study tiny: 4 trial(s), at most 1 at a time; nothing was started (--dry-run)" in out
