@@ -18,7 +18,10 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,32 @@ import torch
 from rerank_ray.config import ModelConfig
 
 META_FILE = "rerank_ray.json"
+# Seed of every random initialisation (heads, init="random" backbones, LoRA adapters), so a
+# model built from the same config is the same model on every worker and in every test.
+INIT_SEED = 0
+
+
+@contextlib.contextmanager
+def seeded_init() -> Iterator[None]:
+    """Fixed-seed initialisation that leaves the caller's RNG state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        yield
+
+
+@contextlib.contextmanager
+def quiet_load_report() -> Iterator[None]:
+    """Hide transformers' table of dropped/missing layers; callers check the loading info
+    themselves and raise on anything unexpected. The level is raised on the "transformers"
+    parent logger, not on transformers.modeling_utils: a level set on that child makes
+    transformers 5 log a spurious "layers were not sharded" TP warning."""
+    log = logging.getLogger("transformers")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 class Reranker(torch.nn.Module):

@@ -36,12 +36,9 @@ re-applied on reload.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
-import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +58,11 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
 from rerank_ray.config import ModelConfig
-from rerank_ray.models.base import Reranker
+from rerank_ray.models.base import Reranker, quiet_load_report, seeded_init
 from rerank_ray.models.sources import resolve_gguf, resolve_source
 
 # Seed for every freshly initialised weight (the score head; everything when init="random"), so
 # each worker and each rebuild starts from the same model.
-INIT_SEED = 0
 HEAD_FILE = "score_head.safetensors"
 # model_type values that belong to model.family='recurrent' (rerank_ray.models.recurrent).
 RECURRENT_MODEL_TYPES = ("mamba", "mamba2")
@@ -102,7 +98,7 @@ class DecoderReranker(Reranker):
         self.score_head: torch.nn.Linear | None = None
         if cfg.scoring == "head":
             dtype = next(self.backbone.parameters()).dtype
-            with _seeded():
+            with seeded_init():
                 self.score_head = torch.nn.Linear(self.backbone.config.hidden_size, 1, dtype=dtype)
             if saved is not None:
                 self.score_head.load_state_dict(load_file(str(Path(saved) / HEAD_FILE)))
@@ -148,7 +144,7 @@ class DecoderReranker(Reranker):
     def _build_backbone(self, cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
         kwargs = {} if cfg.attn_implementation is None else {"attn_implementation": cfg.attn_implementation}
         if cfg.init == "random":
-            with _seeded():
+            with seeded_init():
                 return self._auto_class().from_config(config, dtype=torch.float32, **kwargs)
         gguf = resolve_gguf(cfg.source)
         folder, gguf_file = gguf if gguf is not None else (resolve_source(cfg.source), None)
@@ -359,7 +355,7 @@ def _load(
         if gguf_file is None
         else {"gguf_file": gguf_file, "quantization_config": GgufConfig(dequantize=True)}
     )
-    with _quiet_load_report():
+    with quiet_load_report():
         model, info = auto.from_pretrained(
             folder, config=config, dtype=torch.float32, output_loading_info=True, **gguf, **kwargs
         )
@@ -437,26 +433,5 @@ def _wrap_lora(model: PreTrainedModel, cfg: ModelConfig) -> torch.nn.Module:
         lora_dropout=cfg.lora.dropout,
         target_modules=list(cfg.lora.target_modules),
     )
-    with _seeded():
+    with seeded_init():
         return get_peft_model(model, lora)
-
-
-@contextlib.contextmanager
-def _seeded() -> Iterator[None]:
-    """Fixed-seed initialisation that leaves the caller's RNG state untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(INIT_SEED)
-        yield
-
-
-@contextlib.contextmanager
-def _quiet_load_report() -> Iterator[None]:
-    # transformers logs a table of every dropped layer and unused LM head; _load checks the
-    # loading info itself and raises on anything that matters.
-    log = logging.getLogger("transformers")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)

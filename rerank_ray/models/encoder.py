@@ -16,9 +16,6 @@ fixed seed and no pretrained weights, still with the real tokenizer: tests and t
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -33,12 +30,11 @@ from transformers import (
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from rerank_ray.config import ModelConfig
-from rerank_ray.models.base import Reranker
+from rerank_ray.models.base import Reranker, quiet_load_report, seeded_init
 from rerank_ray.models.sources import resolve_source
 
 # Seed for every freshly initialised weight (the head; everything when init="random"), so each
 # worker and each rebuild starts from the same model.
-INIT_SEED = 0
 
 
 class EncoderReranker(Reranker):
@@ -121,7 +117,7 @@ def _build_model(cfg: ModelConfig, source: str) -> PreTrainedModel:
         config.num_hidden_layers = cfg.num_layers
     config.num_labels = 1
     if cfg.init == "random":
-        with _seeded():
+        with seeded_init():
             return AutoModelForSequenceClassification.from_config(config, **_attn_kwargs(cfg))
     # Only the new head may be missing; anything else means the checkpoint does not fit the
     # architecture (for example an override changed hidden_size) and must not train silently.
@@ -136,9 +132,9 @@ def _load_head_model(
     source: str, cfg: ModelConfig, *, config: PretrainedConfig | None, expect_missing: tuple[str, ...]
 ) -> PreTrainedModel:
     kwargs = _attn_kwargs(cfg) | ({} if config is None else {"config": config})
-    with _seeded(), _quiet_load_report():
+    with seeded_init(), quiet_load_report():
         # ignore_mismatched_sizes: report mismatches below, in our words, instead of transformers
-        # raising "look at the above report" about a report that _quiet_load_report hid.
+        # raising "look at the above report" about a report that quiet_load_report hid.
         model, info = AutoModelForSequenceClassification.from_pretrained(
             source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )
@@ -171,29 +167,6 @@ def _check_fit(cfg: ModelConfig, config: PretrainedConfig, tokenizer: PreTrained
             f"model.max_length={cfg.max_length} exceeds the model's "
             f"max_position_embeddings={config.max_position_embeddings}; lower model.max_length"
         )
-
-
-@contextlib.contextmanager
-def _seeded() -> Iterator[None]:
-    """Fixed-seed initialisation that leaves the caller's RNG state untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(INIT_SEED)
-        yield
-
-
-@contextlib.contextmanager
-def _quiet_load_report() -> Iterator[None]:
-    # transformers logs a table of every dropped layer when num_layers < the checkpoint's layers;
-    # the caller checks the loading info itself and raises on anything unexpected. Raise the
-    # level of the "transformers" parent logger, not of transformers.modeling_utils: a level set
-    # on that child makes transformers 5 log a spurious "layers were not sharded" TP warning.
-    log = logging.getLogger("transformers")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def _own_memory(model: PreTrainedModel) -> PreTrainedModel:
