@@ -22,12 +22,12 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import ir_measures
+import numpy as np
 from ir_measures import Measure
 
 from rerank_ray.data.datasets import DataError
@@ -43,18 +43,20 @@ def parse_measures(measures: Iterable[str | Measure]) -> list[Measure]:
 
 
 def strictly_decreasing(ranked: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
-    """`ranked` sorted by score, descending, ties in the given order (a stable sort), each tied
-    score replaced by the next float below the one above it (``math.nextafter``): so any tool
-    that sorts by score (trec_eval, ir_measures) ranks ties by their position in `ranked`, and
-    a score moves by at most a few ulps."""
+    """`ranked` sorted by score, descending, ties in the given order (a stable sort), the scores
+    made strictly decreasing **as float32**: trec_eval (and pytrec_eval, which ir_measures runs)
+    holds a score as a C ``float``, so doubles that differ only beyond float32 precision tie
+    there and are ranked by doc_id. Each score is rounded to float32, and one that is not below
+    the one above it becomes the next float32 below that one (``numpy.nextafter``). Any tool that
+    sorts by score then ranks ties by their position in `ranked`."""
     out: list[tuple[str, float]] = []
-    above = math.inf
+    above = np.float32(np.inf)
     for doc_id, score in sorted(ranked, key=lambda pair: -pair[1]):
-        score = float(score)
-        if not score < above:
-            score = math.nextafter(above, -math.inf)
-        out.append((doc_id, score))
-        above = score
+        value = np.float32(score)
+        if not value < above:
+            value = np.nextafter(above, np.float32(-np.inf))
+        out.append((doc_id, float(value)))
+        above = value
     return out
 
 

@@ -9,8 +9,8 @@ keep first-stage order). Only the reranked top ``depth`` is returned;
 first-stage order, below the reranked ones: the full list that is evaluated and written.
 
 Ties are broken one way everywhere: by first-stage rank. ``write_trec_run`` writes the scores
-made strictly decreasing (``metrics.strictly_decreasing``: sorted by score, and a tied score
-becomes the next float below the one above it), and ``metrics.evaluate_run`` ranks a list the
+made strictly decreasing (``metrics.strictly_decreasing``: sorted by score, rounded to float32,
+trec_eval's precision, and a tied score becomes the next float32 below the one above it), and ``metrics.evaluate_run`` ranks a list the
 same way, so the metric computed in memory is the metric of the written file.
 """
 
@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from rerank_ray.data.datasets import Collection, DataError
@@ -90,8 +91,8 @@ def first_stage(collection: Collection, depth: int | None = None) -> dict[str, l
 
 def write_trec_run(run: Mapping[str, Sequence[tuple[str, float]]], path: str | Path, tag: str) -> Path:
     """``query_id Q0 doc_id rank score tag`` lines, ranked by score (ties in the given order) with
-    the scores made strictly decreasing (``metrics.strictly_decreasing``) and written at full
-    precision, so trec_eval on the file ranks exactly as ``metrics.evaluate_run`` does."""
+    the scores made strictly decreasing float32 values (``metrics.strictly_decreasing``, written
+    exactly), so trec_eval on the file ranks exactly as ``metrics.evaluate_run`` does."""
     if not tag or any(c.isspace() for c in tag):
         raise ValueError(f"a TREC run tag must be one non-empty word, got {tag!r}")
     path = Path(path)
@@ -99,5 +100,6 @@ def write_trec_run(run: Mapping[str, Sequence[tuple[str, float]]], path: str | P
     with open(path, "w") as f:
         for query_id, ranked in run.items():
             for rank, (doc_id, score) in enumerate(strictly_decreasing(ranked), start=1):
-                f.write(f"{query_id} Q0 {doc_id} {rank} {score!r} {tag}\n")
+                # The shortest text that reads back as the same float32 (trec_eval's precision).
+                f.write(f"{query_id} Q0 {doc_id} {rank} {np.float32(score)} {tag}\n")
     return path
