@@ -39,6 +39,7 @@ from typing import Any
 
 import pandas as pd
 
+from rerank_ray.data.shards import MissingTeacherScores
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
 
 log = logging.getLogger("rerank_ray.teacher")
@@ -48,10 +49,6 @@ SCORE_COLUMNS = ["query_id", "doc_id", "score"]
 MANIFEST = "manifest.json"
 JOB = "job.json"
 SCORES_DIR = "scores"
-
-
-class CoverageError(RuntimeError):
-    """Some (query_id, doc_id) pairs of the groups have no teacher score."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +302,7 @@ def score_pairs(
     scores = pd.read_parquet(out_dir / SCORES_DIR)
     coverage = verify_coverage(pairs, scores)
     if not coverage.complete:
-        raise CoverageError(
+        raise MissingTeacherScores(
             f"teacher scores in {out_dir}: {coverage.summary()}. Delete the shards that hold them "
             f"(or the whole folder) and rerun to rescore"
         )

@@ -332,3 +332,29 @@ def test_float_formatted_string_ids_are_named_as_such(tmp_path):
     assert "4 of 4 (query_id, doc_id) pairs" in message
     assert "float-formatted ids (('19335.0', '1') for the groups' ('19335', '1'))" in message
     assert "ids must be strings" in message
+
+
+def test_scoring_job_gaps_are_missing_teacher_scores_with_a_hint(tmp_path):
+    # One error class for "pairs without a (finite) teacher score", with one console hint, whether
+    # found when attaching scores to groups or at the end of a scoring job (was CoverageError).
+    from rerank_ray.console import explain
+    from rerank_ray.teacher.config import ScoringConfig, TeacherModel
+    from rerank_ray.teacher.score import SCORES_DIR, score_pairs, shard_path
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "rerank_ray.json").write_text(json.dumps({"model": {"max_length": 64}}))
+    pairs = pd.DataFrame(
+        {"query_id": ["q1", "q1"], "doc_id": ["d1", "d2"], "query": ["a", "a"], "doc": ["x", "y"]}
+    )
+    out = tmp_path / "scores"
+    (out / SCORES_DIR).mkdir(parents=True)
+    # A shard already on disk (so no Ray job runs) that lacks one pair.
+    pd.DataFrame({"query_id": ["q1"], "doc_id": ["d1"], "score": [1.0]}).to_parquet(shard_path(out, 0))
+    with pytest.raises(MissingTeacherScores) as err:
+        score_pairs(
+            pairs, TeacherModel(kind="cross_encoder", path=str(teacher)), out, scoring=ScoringConfig()
+        )
+    assert "1 of 2 pairs have no teacher score, e.g. [('q1', 'd2')]" in str(err.value)
+    explained = explain(err.value)
+    assert explained.known and "rerun it" in explained.fix and "rerank-ray score" in explained.fix
