@@ -39,7 +39,8 @@ def rerank(
     missing = [q for q in collection.run if q not in collection.queries]
     if missing:
         raise DataError(
-            f"{collection.name}: the run has {len(missing)} queries without text, e.g. {missing[:5]}"
+            f"{collection.name}: the run has {len(missing)} queries without text, e.g. {missing[:5]}; "
+            "add their texts to the queries file, or drop them from the run"
         )
     pairs = [
         (query_id, doc_id) for query_id, ranked in collection.run.items() for doc_id, _ in ranked[:depth]

@@ -358,3 +358,12 @@ def test_scoring_job_gaps_are_missing_teacher_scores_with_a_hint(tmp_path):
     assert "1 of 2 pairs have no teacher score, e.g. [('q1', 'd2')]" in str(err.value)
     explained = explain(err.value)
     assert explained.known and "rerun it" in explained.fix and "rerank-ray score" in explained.fix
+
+
+def test_run_queries_without_text_stop_reranking_with_the_fix(tmp_path, monkeypatch):
+    from rerank_ray.evaluation.rerank import rerank
+
+    queries = [line for line in _tiny_text("queries.jsonl").splitlines() if '"19335"' not in line]
+    root, name = _copy_tiny(tmp_path, monkeypatch, **{"queries_jsonl": "\n".join(queries) + "\n"})
+    with pytest.raises(DataError, match=r"1 queries without text, e.g. \['19335'\]; add their texts"):
+        rerank(lambda q, d: [0.0] * len(d), _open(root, name), depth=20, batch_size=8)
