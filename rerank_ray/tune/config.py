@@ -109,8 +109,8 @@ TeacherSpec = Annotated[CrossEncoderTeacher | BiEncoderTeacher, Field(discrimina
 class GridBlock(Section):
     """One cartesian product of names; None = every name defined in the study.
 
-    The teacher axis applies to teacher-needing strategies only (distillation, mix,
-    margin_mse); contrastive trials ignore it and run once per (student, seed)."""
+    The teacher axis applies to teacher-needing strategies only (``TEACHER_LOSSES`` in
+    rerank_ray.losses); contrastive trials ignore it and run once per (student, seed)."""
 
     strategies: tuple[str, ...] | None = None
     students: tuple[str, ...] | None = None
