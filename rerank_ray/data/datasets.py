@@ -55,7 +55,7 @@ from ir_datasets.util import LocalDownload
 
 from rerank_ray.config import default_data_root
 
-logger = logging.getLogger("rerank_ray.data")
+log = logging.getLogger("rerank_ray.data")
 
 NAMESPACE = "rerank-ray"
 QRELS_HEADER = ("query-id", "corpus-id", "score")

@@ -26,7 +26,7 @@ from rerank_ray.evaluation.metrics import evaluate_run, mlflow_key
 from rerank_ray.evaluation.rerank import ScoreFn, first_stage, rerank, write_trec_run
 from rerank_ray.evaluation.suites import get_suite
 
-logger = logging.getLogger("rerank_ray.evaluation")
+log = logging.getLogger("rerank_ray.evaluation")
 
 METRICS_FILE = "metrics.json"
 
@@ -123,7 +123,7 @@ def evaluate_scorer(
             "queries": len(per_query),
             "measures": aggregate,
         }
-        logger.info(
+        log.info(
             "%s (%d queries, depth %d): %s",
             name,
             len(per_query),

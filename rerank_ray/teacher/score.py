@@ -141,17 +141,6 @@ def pairs_from_groups(groups: pd.DataFrame) -> pd.DataFrame:
     return flat[PAIR_COLUMNS].sort_values(["query_id", "doc_id"], ignore_index=True)
 
 
-def pairs_from_run(collection: Any, depth: int) -> pd.DataFrame:
-    """The unique pairs of a first-stage run (``data.datasets.Collection``), top `depth` per query."""
-    rows = [
-        (str(qid), str(did), collection.queries[qid], collection.doc_text(did))
-        for qid, ranked in collection.run.items()
-        for did, _ in ranked[:depth]
-    ]
-    frame = pd.DataFrame(rows, columns=PAIR_COLUMNS).drop_duplicates(["query_id", "doc_id"])
-    return frame.sort_values(["query_id", "doc_id"], ignore_index=True)
-
-
 def data_fingerprint(pairs: pd.DataFrame) -> str:
     """sha256 of the pairs, ids and texts, in their (sorted) order."""
     h = hashlib.sha256()
