@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ModelFamily = Literal["encoder", "decoder", "recurrent"]
-LossName = Literal["contrastive", "distillation", "mix", "margin_mse", "hinge"]
+LossName = Literal["contrastive", "distillation", "mix", "margin_mse"]
 SuiteName = Literal[
     "dl19", "dl20", "dl21", "scifact", "cranfield", "tiny-dl19", "tiny-scifact", "msmarco-dev-small",
     "beir-trec-covid", "beir-nfcorpus", "beir-fiqa", "beir-arguana", "beir-scidocs",

@@ -28,7 +28,6 @@ from typing import Protocol
 import torch
 
 from rerank_ray.config import LossConfig
-from rerank_ray.losses.hinge import Hinge
 from rerank_ray.losses.listwise import Contrastive, Distillation, Mix
 from rerank_ray.losses.pairwise import MarginMSE
 
@@ -53,7 +52,6 @@ LOSSES: dict[str, type[Loss]] = {
     "distillation": Distillation,
     "mix": Mix,
     "margin_mse": MarginMSE,
-    "hinge": Hinge,
 }
 # The losses that read teacher scores: the one source of LossConfig.needs_teacher.
 TEACHER_LOSSES: frozenset[str] = frozenset(name for name, cls in LOSSES.items() if cls.needs_teacher)

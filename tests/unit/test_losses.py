@@ -131,10 +131,3 @@ def test_margin_mse_ignores_a_per_query_offset():
     teacher = torch.tensor([[5.0, 2.0, 4.0], [0.0, -1.0, 1.0]])
     shifted = teacher + torch.tensor([[10.0], [-3.0]])
     assert loss("margin_mse")(shifted, teacher).item() == pytest.approx(0.0, abs=1e-6)
-
-
-def test_hinge_hand_value():
-    # margins s_0 - s_j: query 1: 1.5, 3.0 (both past the margin: 0, 0); query 2: -1.0, -0.3
-    # (1 - m = 2.0, 1.3); mean over the 4 pairs = 3.3 / 4.
-    scores = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.3]])
-    assert loss("hinge")(scores, None).item() == pytest.approx(3.3 / 4, rel=1e-6)
