@@ -20,7 +20,8 @@ NO_TEACHER = "none"
 # Adding a study axis (today: strategy, student, teacher, seed) touches these places; the
 # words are the same in the YAML, the trial name, the MLflow tags and the report:
 #  1. tune/config.py: the StudyConfig field (name -> spec), the GridBlock field, the unknown-name
-#     check in StudyConfig._check, and the module docstring's YAML example;
+#     check in StudyConfig._check, and the module docstring's YAML example (plus
+#     tune/study_yaml.merge_base when the axis's entries merge over `base`);
 #  2. this file: a TrialPlan field, TrialPlan.tags / to_dict / describe, the loop and the
 #     de-duplication key in plan_study, trial_name, and what the axis changes in trial_run;
 #  3. tune/trial.py: the MLflow tags run_trial sets on the trial's run;
