@@ -54,7 +54,7 @@ from rerank_ray.data.formats import (
     TrecRunScoredDocs,
 )
 
-logger = logging.getLogger("rerank_ray.data")
+log = logging.getLogger("rerank_ray.data")
 
 DUPLICATE_POLICIES = ("dedupe", "error")
 

@@ -31,7 +31,7 @@ from rerank_ray.evaluation.metrics import evaluate_run, mlflow_key, query_covera
 from rerank_ray.evaluation.rerank import ScoreFn, first_stage, rerank, with_first_stage_tail, write_trec_run
 from rerank_ray.evaluation.suites import get_suite
 
-logger = logging.getLogger("rerank_ray.evaluation")
+log = logging.getLogger("rerank_ray.evaluation")
 
 METRICS_FILE = "metrics.json"
 
@@ -141,7 +141,7 @@ def evaluate_scorer(
             "run_duplicates_dropped": collection.run_duplicates,
             "measures": aggregate,
         }
-        logger.info(
+        log.info(
             "%s (%d queries, depth %d): %s",
             name,
             len(per_query),
