@@ -181,7 +181,7 @@ def _add_dataset(
     if without_text:
         stats.queries_without_text += len(without_text)
         stats.without_text_ids[collection.name] = without_text
-        logger.warning(
+        log.warning(
             "%s: %d judged or retrieved queries have no text in the queries file, so they give no "
             "training groups, e.g. %s; add them to queries.jsonl",
             collection.name, len(without_text), without_text[:5],

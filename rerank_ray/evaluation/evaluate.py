@@ -149,7 +149,7 @@ def evaluate_scorer(
             ", ".join(f"{m} {v:.4f}" for m, v in aggregate.items()),
         )
         if coverage.without_candidates or coverage.unjudged:
-            logger.warning("%s: %s", name, coverage.summary())
+            log.warning("%s: %s", name, coverage.summary())
     payload = {"model_path": model_path, "metrics": result.metrics, "suites": report}
     (out_dir / METRICS_FILE).write_text(json.dumps(payload, indent=2))
     return result

@@ -34,6 +34,7 @@ CHOICES = (
     {"auto", "fp32", "bf16"},  # DeepSpeedConfig.precision
     {"float32", "bfloat16"},  # ScoringConfig.dtype
     {"randomization", "ttest"},  # the report's significance test
+    {"dedupe", "error"},  # DataConfig.duplicate_run_entries
 )
 
 
