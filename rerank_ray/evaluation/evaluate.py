@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from rerank_ray.data.datasets import open_collection
 from rerank_ray.evaluation.metrics import evaluate_run, mlflow_key
 from rerank_ray.evaluation.rerank import ScoreFn, first_stage, rerank, write_trec_run
 from rerank_ray.evaluation.suites import get_suite
+from rerank_ray.io import write_json
 
 logger = logging.getLogger("rerank_ray.evaluation")
 
@@ -131,7 +131,7 @@ def evaluate_scorer(
             ", ".join(f"{m} {v:.4f}" for m, v in aggregate.items()),
         )
     payload = {"model_path": model_path, "metrics": result.metrics, "suites": report}
-    (out_dir / METRICS_FILE).write_text(json.dumps(payload, indent=2))
+    write_json(out_dir / METRICS_FILE, payload)
     return result
 
 
