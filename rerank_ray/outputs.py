@@ -95,7 +95,7 @@ def check_identity(folder: Path, identity: dict[str, Any], *, force: bool, finis
             if old is None:
                 why = "written without an identity record (an older version or another tool)"
             elif old.get("kind") != identity["kind"]:
-                why = f"a {old.get('kind')}'s, not a {identity['kind']}'s"
+                why = f"of a {old.get('kind')}, not of a {identity['kind']}"
             else:
                 keys = [k.rstrip(".") for k in differing_keys(old, identity)]
                 why = f"from another config (differs at {', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"
