@@ -6,8 +6,10 @@ it is waiting, so a hang is never silent.
             ...
             beat()          # progress: the quiet period restarts
 
-A daemon thread logs one WARNING per quiet period of ``every_s`` seconds (default
-``$RERANK_RAY_HEARTBEAT_S``, else 300) and stops when the block exits.
+A daemon thread logs one INFO line per quiet period of ``every_s`` seconds (default
+``$RERANK_RAY_HEARTBEAT_S``, else 300) and stops when the block exits. A stage that cannot
+report progress (a blocking ``trainer.fit()``) logs one line per period: how long it has run,
+and what it is waiting on.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ class Heartbeat:
             now = time.monotonic()
             if now - self.last >= self.every_s:
                 self.warnings += 1
-                log.warning(
-                    "%s: no progress for %.0f s (%.0f s in this stage); waiting on %s",
+                log.info(
+                    "%s: no progress reported for %.0f s (%.0f s in this stage); waiting on %s",
                     self.stage, now - self.last, now - self.started, self.waiting_on,
                 )  # fmt: skip
                 self.last = now

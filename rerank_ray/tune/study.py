@@ -168,6 +168,7 @@ def _teacher(
     """Train (or load) teacher `name`, evaluate it and score the groups with it, in a child run."""
     import mlflow
 
+    from rerank_ray.heartbeat import heartbeat
     from rerank_ray.teacher.score import TeacherScorer, score_groups
 
     spec = cfg.teachers[name]
@@ -219,7 +220,8 @@ def _teacher(
             mlflow.log_metrics(evaluation["metrics"])
             mlflow.log_artifacts(evaluation["eval_dir"], "eval")
 
-        scores = score_groups(groups_path, scorer, teacher_scores_dir(cfg, name), scoring=cfg.scoring)
+        with heartbeat(f"scoring with teacher {name}", waiting_on="the Ray Data scoring job"):
+            scores = score_groups(groups_path, scorer, teacher_scores_dir(cfg, name), scoring=cfg.scoring)
         mlflow.log_artifact(str(scores.path.parent / "manifest.json"), "teacher_scores")
         scoring = scores.manifest["cost"]
         cost.update({f"scoring_{k}": v for k, v in scoring.items() if k != "actors"})
