@@ -105,7 +105,7 @@ def train(
     from rerank_ray.train.loop import train_loop_per_worker
 
     t0 = time.perf_counter()
-    run_dir = (Path(cfg.output_dir) / cfg.name).resolve()
+    run_dir = cfg.run_dir
     if groups_path is None:
         groups_path = build_groups(cfg, run_dir / "groups").path
     fingerprint = run_fingerprint(cfg, Path(groups_path))

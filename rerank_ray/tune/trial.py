@@ -81,7 +81,7 @@ def train_and_evaluate(
 
     from rerank_ray.train.driver import train
 
-    run_dir = (Path(cfg.output_dir) / cfg.name).resolve()
+    run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     mlflow.log_params(flatten_params(cfg.to_dict()))
     mlflow.log_text(yaml.safe_dump(redact_config(cfg.to_dict()), sort_keys=False), "config/run_config.yaml")
