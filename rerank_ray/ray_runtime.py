@@ -43,6 +43,10 @@ class ResourceError(RuntimeError):
     """The cluster cannot provide what a trial or training run needs at once."""
 
 
+class StaleBuildLock(RuntimeError):
+    """A torch-extensions build lock left behind by a killed compile."""
+
+
 @dataclass(frozen=True)
 class Need:
     """What one unit of work (a trial with its training workers) holds at the same time.
@@ -234,7 +238,7 @@ def check_extension_lock(name: str, *, max_age_s: float = STALE_LOCK_S) -> None:
         return
     age = time.time() - lock.stat().st_mtime
     if age > max_age_s:
-        raise RuntimeError(
+        raise StaleBuildLock(
             f"stale torch-extensions lock {lock} ({age / 60:.0f} min old; compiling {name} takes "
             f"under a minute): an earlier run was killed while compiling it, and every run would "
             f"wait on it forever. Fix: rm {lock}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def test_writers_round_trip_and_leave_no_temp_file(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "f.parquet"), frame)
     assert pd.read_parquet(tmp_path / "t.parquet")["x"].tolist() == [1, 2, 3]
     assert sorted(p.name for p in tmp_path.rglob("*") if p.name.startswith(".")) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() gives
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):

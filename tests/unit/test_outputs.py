@@ -139,6 +139,7 @@ def test_cli_train_refuses_to_replace_another_configs_model_without_force(
     assert main("name=r", "train.epochs=2") == 1
     err = capsys.readouterr().err
     assert "holds finished outputs (model) from another config (differs at config.train.epochs)" in err
+    assert "fix: rerun with the config that wrote the folder, choose another name=, or pass --force" in err
     assert len(fake_train) == 2
     assert main("name=r", "train.epochs=2", "--force") == 0 and len(fake_train) == 3
 
