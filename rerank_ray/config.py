@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ModelFamily = Literal["encoder", "decoder", "recurrent"]
 LossName = Literal["contrastive", "distillation", "mix", "margin_mse"]
@@ -36,6 +37,47 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 class ConfigError(ValueError):
     """A config could not be loaded; the message names the key path and the fix."""
+
+
+# A name becomes a folder and an MLflow/Tune run name: letters, digits, '-', '_' and '.', not
+# starting with '.' (so never '..', a hidden folder or a path).
+NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+# '+' joins the parts of a study trial's run name (tune/plan.py); no name contains it, so two
+# different (strategy, student, teacher, seed) never share a trial name.
+NAME_JOIN = "+"
+
+
+def check_name(value: str) -> str:
+    """`value` when it is a name (see NAME_RE), else a ValueError saying what is allowed."""
+    if not NAME_RE.fullmatch(value) or len(value) > 100:
+        raise ValueError(
+            f"{value!r} is not a valid name: use 1-100 letters, digits, '-', '_' or '.', "
+            "not starting with '.' (names become folders and run names)"
+        )
+    return value
+
+
+def check_run_name(value: str) -> str:
+    """A run name: a name, or names joined by NAME_JOIN (a study trial)."""
+    for part in value.split(NAME_JOIN):
+        check_name(part)
+    return value
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+RunName = Annotated[str, AfterValidator(check_run_name)]
+
+
+def under(root: Path, *parts: str) -> Path:
+    """``root/parts...`` resolved; a ConfigError when it leaves ``root`` (e.g. by a symlink)."""
+    base = Path(root).resolve()
+    path = base.joinpath(*parts).resolve()
+    if not path.is_relative_to(base):
+        raise ConfigError(
+            f"output path {base.joinpath(*parts)} resolves to {path}, outside the output "
+            f"directory {base}; choose another name or remove the link"
+        )
+    return path
 
 
 class Section(BaseModel):
@@ -245,7 +287,7 @@ class MlflowConfig(Section):
 class RunConfig(Section):
     """One training + evaluation run."""
 
-    name: str = "run"
+    name: RunName = "run"
     output_dir: Path = Path("outputs")
     data: DataConfig = DataConfig()
     groups: GroupsConfig = GroupsConfig()
@@ -264,6 +306,11 @@ class RunConfig(Section):
                 "deepspeed.precision='bf16' needs scaling.use_gpu=true; on CPU use 'fp32' or 'auto'"
             )
         return self
+
+    @property
+    def run_dir(self) -> Path:
+        """``<output_dir>/<name>``, resolved, and checked to stay under ``output_dir``."""
+        return under(self.output_dir, self.name)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict: what crosses into Ray workers."""

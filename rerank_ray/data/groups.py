@@ -35,17 +35,16 @@ candidates. ``groups.max_queries`` caps the queries considered
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from rerank_ray.config import GroupsConfig, RunConfig
 from rerank_ray.data.datasets import Collection, DataError, open_collection
+from rerank_ray.io import write_json, write_parquet
 
 log = logging.getLogger("rerank_ray.data")
 
@@ -167,8 +166,8 @@ def build_groups(cfg: RunConfig, out_dir: str | Path) -> GroupsResult:
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / GROUPS_FILE
-    pq.write_table(pa.Table.from_pydict(rows, schema=SCHEMA), path)
-    (out_dir / STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=2))
+    write_parquet(path, pa.Table.from_pydict(rows, schema=SCHEMA))
+    write_json(out_dir / STATS_FILE, stats.to_dict())
     return GroupsResult(path=path, stats=stats)
 
 

@@ -20,7 +20,6 @@ BM25 figures in ``../shared/data/README.md`` can be checked.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from rerank_ray.data.datasets import open_collection
 from rerank_ray.evaluation.metrics import evaluate_run, mlflow_key, query_coverage
 from rerank_ray.evaluation.rerank import ScoreFn, first_stage, rerank, with_first_stage_tail, write_trec_run
 from rerank_ray.evaluation.suites import get_suite
+from rerank_ray.io import write_json
 
 log = logging.getLogger("rerank_ray.evaluation")
 
@@ -151,7 +151,7 @@ def evaluate_scorer(
         if coverage.without_candidates or coverage.unjudged:
             log.warning("%s: %s", name, coverage.summary())
     payload = {"model_path": model_path, "metrics": result.metrics, "suites": report}
-    (out_dir / METRICS_FILE).write_text(json.dumps(payload, indent=2))
+    write_json(out_dir / METRICS_FILE, payload)
     return result
 
 

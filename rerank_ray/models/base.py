@@ -19,7 +19,6 @@ Contract:
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 
 from rerank_ray.config import ModelConfig
+from rerank_ray.io import write_json
 
 META_FILE = "rerank_ray.json"
 # Seed of every random initialisation (heads, init="random" backbones, LoRA adapters), so a
@@ -75,7 +75,7 @@ class Reranker(torch.nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         self.save_backbone(path, state_dict)
         meta: dict[str, Any] = {"family": self.family, "model": self.cfg.model_dump(mode="json")}
-        (path / META_FILE).write_text(json.dumps(meta, indent=2))
+        write_json(path / META_FILE, meta)
         return path
 
     @property

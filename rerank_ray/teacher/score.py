@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,6 +39,7 @@ from typing import Any
 import pandas as pd
 
 from rerank_ray.data.shards import MissingTeacherScores
+from rerank_ray.io import write_json, write_parquet
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
 
 log = logging.getLogger("rerank_ray.teacher")
@@ -310,7 +310,7 @@ def score_pairs(
         },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    manifest_path.write_text(json.dumps(manifest, indent=2))
+    write_json(manifest_path, manifest)
     log.info("teacher scores: %s -> %s", coverage.summary(), out_dir / SCORES_DIR)
     return ScoreResult(path=out_dir / SCORES_DIR, manifest=manifest, shards_scored=len(todo))
 
@@ -325,7 +325,7 @@ def _claim(out_dir: Path, prov: dict[str, Any]) -> None:
         for path in stale:
             path.unlink()
     (out_dir / SCORES_DIR).mkdir(parents=True, exist_ok=True)
-    job.write_text(json.dumps(prov, indent=2))
+    write_json(job, prov)
 
 
 def _run_job(
@@ -365,6 +365,4 @@ def _run_job(
 def _write_shard(out_dir: Path, index: int, frame: pd.DataFrame) -> None:
     frame = frame[SCORE_COLUMNS].sort_values(["query_id", "doc_id"], ignore_index=True)
     final = shard_path(out_dir, index)
-    tmp = final.with_name(f".{final.name}.tmp")  # hidden: Parquet readers skip dot-files
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, final)
+    write_parquet(final, frame)  # the temp file is hidden: Parquet readers skip dot-files

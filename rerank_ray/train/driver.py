@@ -32,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from rerank_ray.config import ConfigError, RunConfig
+from rerank_ray.io import write_json
 
 log = logging.getLogger("rerank_ray.train")
 
@@ -75,25 +76,6 @@ def run_fingerprint(cfg: RunConfig, groups_path: Path) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def ensure_ray(cfg: RunConfig) -> None:
-    """Connect to the cluster in $RAY_ADDRESS, or start a local one.
-
-    A local Ray gets two logical CPUs beyond what the training workers take: Ray Data needs a
-    slot to feed the workers, and a run whose workers take every CPU waits forever.
-    """
-    import os
-
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    workers = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
-    ray.init(num_cpus=int(max(os.cpu_count() or 1, workers)) + 2)
-
-
 def load_training_frame(cfg: RunConfig, groups_path: Path) -> pd.DataFrame:
     """The groups the workers will see, with teacher scores attached when the loss needs them."""
     from rerank_ray.data.shards import attach_teacher_scores
@@ -118,10 +100,12 @@ def train(
 
     from rerank_ray.data.groups import build_groups
     from rerank_ray.data.shards import groups_to_ray_dataset
+    from rerank_ray.heartbeat import heartbeat
+    from rerank_ray.ray_runtime import local_train_cpus, run_need, start_ray
     from rerank_ray.train.loop import train_loop_per_worker
 
     t0 = time.perf_counter()
-    run_dir = (Path(cfg.output_dir) / cfg.name).resolve()
+    run_dir = cfg.run_dir
     if groups_path is None:
         groups_path = build_groups(cfg, run_dir / "groups").path
     fingerprint = run_fingerprint(cfg, Path(groups_path))
@@ -145,7 +129,7 @@ def train(
         cfg.scaling.num_workers, cfg.deepspeed.zero_stage,
     )  # fmt: skip
 
-    ensure_ray(cfg)
+    start_ray(num_cpus=local_train_cpus(cfg), needs=[run_need(cfg, f"training {cfg.name}")])
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
@@ -166,7 +150,8 @@ def train(
         ),
         datasets={"train": groups_to_ray_dataset(frame)},
     )
-    result = trainer.fit()
+    with heartbeat(f"training {cfg.name}", waiting_on=f"Ray Train workers (`ray status`; logs in {storage})"):
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training {cfg.name} finished without a final checkpoint; see {storage}")
 
@@ -176,10 +161,10 @@ def train(
             shutil.rmtree(model_dir)
         shutil.copytree(Path(d) / "hf", model_dir)
         history = json.loads((Path(d) / "history.json").read_text())
-    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    write_json(run_dir / "history.json", history, indent=1)
     metrics = {k: v for k, v in (result.metrics or {}).items() if k != "final"}
     wall_s = time.perf_counter() - t0
-    done_file.write_text(json.dumps({"fingerprint": fingerprint, "metrics": metrics, "wall_s": wall_s}))
+    write_json(done_file, {"fingerprint": fingerprint, "metrics": metrics, "wall_s": wall_s}, indent=None)
     return TrainResult(
         model_dir=model_dir, groups_path=Path(groups_path), metrics=metrics, history=history, wall_s=wall_s
     )

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rerank_ray.io import write_json
+
 CKPT_TAG = "engine"
 STATE_FILE = "train_state.json"
 
@@ -145,7 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             engine.save_checkpoint(tmp, tag=CKPT_TAG)
             if rank == 0:
-                (Path(tmp) / STATE_FILE).write_text(json.dumps({**state, "history": history}))
+                write_json(Path(tmp) / STATE_FILE, {**state, "history": history}, indent=None)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     done = False
@@ -224,7 +226,7 @@ def _export(engine: Any, reranker: Any, cfg: Any, rank: int, history: list[dict[
         if rank == 0:
             hf_dir = Path(tmp) / "hf"
             reranker.save(hf_dir, state_dict=state_dict)
-            (Path(tmp) / "history.json").write_text(json.dumps(history))
+            write_json(Path(tmp) / "history.json", history, indent=None)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         else:
             shutil.rmtree(tmp, ignore_errors=True)

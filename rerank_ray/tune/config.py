@@ -49,12 +49,14 @@ from rerank_ray.config import (
     LossConfig,
     LossName,
     ModelConfig,
+    Name,
     RunConfig,
     Section,
     SuiteName,
     deep_merge,
     parse_override,
     read_yaml,
+    under,
     validate,
 )
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
@@ -116,6 +118,19 @@ class GridBlock(Section):
     students: tuple[str, ...] | None = None
     teachers: tuple[str, ...] | None = None
     seeds: tuple[int, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> GridBlock:
+        if self.seeds is not None:
+            check_unique_seeds(self.seeds, "seeds")
+        return self
+
+
+def check_unique_seeds(seeds: tuple[int, ...], where: str) -> None:
+    """Refuse a repeated seed: it would be one trial, logged as two."""
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"{where} {list(seeds)} repeats {repeated}; list each seed once")
 
 
 class StudyEvalConfig(Section):
@@ -190,10 +205,10 @@ class ReportConfig(Section):
 
 
 class StudyConfig(Section):
-    name: str = "study"
+    name: Name = "study"
     base: RunConfig = RunConfig()
-    teachers: dict[str, TeacherSpec] = Field(default_factory=dict)
-    students: dict[str, ModelConfig]
+    teachers: dict[Name, TeacherSpec] = Field(default_factory=dict)
+    students: dict[Name, ModelConfig]
     # student -> RunConfig fields merged over base for its trials (the long form's `overrides`).
     student_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     strategies: dict[str, LossConfig]
@@ -219,6 +234,10 @@ class StudyConfig(Section):
             problems.append("strategies: name at least one strategy")
         if not self.seeds:
             problems.append("seeds: name at least one seed")
+        try:
+            check_unique_seeds(self.seeds, "seeds")
+        except ValueError as e:
+            problems.append(str(e))
         known = {"strategies": self.strategies, "students": self.students, "teachers": self.teachers}
         for i, block in enumerate(self.blocks()):
             where = f"grid[{i}]" if self.grid else "grid"
@@ -271,7 +290,8 @@ class StudyConfig(Section):
 
     @property
     def study_dir(self) -> Path:
-        return (Path(self.base.output_dir) / self.name).resolve()
+        """``<base.output_dir>/<name>``, resolved, and checked to stay under the output dir."""
+        return under(self.base.output_dir, self.name)
 
     def student_run(self, name: str) -> RunConfig:
         """``base`` with student `name`'s model and overrides: what its trials start from."""

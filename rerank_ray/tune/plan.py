@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rerank_ray.config import RunConfig, deep_merge, validate
+from rerank_ray.config import NAME_JOIN, ConfigError, RunConfig, deep_merge, validate
 from rerank_ray.teacher.score import SCORES_DIR
 from rerank_ray.tune.config import StudyConfig
 
@@ -87,13 +87,18 @@ def teacher_scores_dir(cfg: StudyConfig, teacher: str) -> Path:
 
 
 def trial_name(strategy: str, student: str, teacher: str | None, seed: int) -> str:
+    """``strategy+student[+teacher]+s<seed>``: names never contain ``+`` (config.NAME_JOIN), so
+    different trials never share a name (``x`` + ``x-t`` against ``t-y`` + ``y`` would with ``-``)."""
     parts = [strategy, student] + ([teacher] if teacher else []) + [f"s{seed}"]
-    return "-".join(parts)
+    return NAME_JOIN.join(parts)
 
 
 def plan_study(cfg: StudyConfig) -> list[TrialPlan]:
-    """Every trial of the study's grid, in a stable order, without running anything."""
-    seen: set[tuple[str, str, str | None, int]] = set()
+    """Every trial of the study's grid, in a stable order, without running anything.
+
+    Grid blocks are a union: a trial two blocks both name is planned once. Two different
+    trials with one name (they would share a folder) are a ConfigError."""
+    seen: dict[str, tuple[str, str, str | None, int]] = {}
     plans: list[TrialPlan] = []
     resources = {"CPU": cfg.tune.cpus_per_trial}
     if cfg.tune.gpus_per_trial:
@@ -110,10 +115,15 @@ def plan_study(cfg: StudyConfig) -> list[TrialPlan]:
                 for teacher in teachers:
                     for seed in block.seeds or cfg.seeds:
                         key = (strategy, student, teacher, seed)
-                        if key in seen:
-                            continue
-                        seen.add(key)
                         name = trial_name(strategy, student, teacher, seed)
+                        if seen.get(name) == key:
+                            continue
+                        if name in seen:
+                            raise ConfigError(
+                                f"trials {seen[name]} and {key} would both be named {name!r} and "
+                                "share one folder; rename a student or teacher"
+                            )
+                        seen[name] = key
                         run = trial_run(cfg, name, strategy, student, teacher, seed)
                         plans.append(
                             TrialPlan(

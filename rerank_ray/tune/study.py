@@ -25,20 +25,26 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rerank_ray.config import resolve_tracking_uri
+from rerank_ray.io import write_yaml
+from rerank_ray.ray_runtime import run_need, scoring_need, start_ray
 from rerank_ray.teacher.config import TeacherModel
 from rerank_ray.tune.config import BiEncoderTeacher, CrossEncoderTeacher, StudyConfig, load_study
 from rerank_ray.tune.plan import TrialPlan, plan_study, teacher_scores_dir, teachers_used
 from rerank_ray.tune.report import EvalRecord, TrialRecord, build_report, read_per_query
-from rerank_ray.tune.tracking import child_tags, ensure_experiment, flatten_params, numeric
+from rerank_ray.tune.tracking import (
+    child_tags,
+    ensure_experiment,
+    flatten_params,
+    numeric,
+    redact_config,
+    redact_uri,
+)
 from rerank_ray.tune.trial import SUMMARY, evaluate_suites, run_trial, train_and_evaluate
 
 __all__ = ["StudyResult", "TrialStatus", "load_study", "plan_study", "run_study"]
@@ -75,16 +81,17 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
     plans = plan_study(cfg)
     study_dir = cfg.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / "study.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    _start_ray(cfg)
+    write_yaml(study_dir / "study.yaml", redact_config(cfg.to_dict()))
+    needs = [run_need(p.run, f"trial {p.name}", p.resources) for p in plans] + [scoring_need(cfg.scoring)]
+    start_ray(num_cpus=cfg.tune.num_cpus, needs=needs)
 
     tracking_uri = resolve_tracking_uri(cfg.base.mlflow)
     experiment = cfg.base.mlflow.experiment
     experiment_id = ensure_experiment(tracking_uri, experiment)
     mlflow.set_tracking_uri(tracking_uri)
     log.info(
-        "study %s: %d trial(s); MLflow %s, experiment %r", cfg.name, len(plans), tracking_uri, experiment
-    )
+        "study %s: %d trial(s); MLflow %s, experiment %r", cfg.name, len(plans), redact_uri(tracking_uri), experiment
+    )  # fmt: skip
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=cfg.name, tags={"role": "study", "study": cfg.name}
     ) as parent:
@@ -143,17 +150,6 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
     )
 
 
-def _start_ray(cfg: StudyConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(num_cpus=cfg.tune.num_cpus)
-
-
 def _groups(cfg: StudyConfig) -> Path:
     import mlflow
 
@@ -171,6 +167,7 @@ def _teacher(
     """Train (or load) teacher `name`, evaluate it and score the groups with it, in a child run."""
     import mlflow
 
+    from rerank_ray.heartbeat import heartbeat
     from rerank_ray.teacher.score import TeacherScorer, score_groups
 
     spec = cfg.teachers[name]
@@ -222,7 +219,8 @@ def _teacher(
             mlflow.log_metrics(evaluation["metrics"])
             mlflow.log_artifacts(evaluation["eval_dir"], "eval")
 
-        scores = score_groups(groups_path, scorer, teacher_scores_dir(cfg, name), scoring=cfg.scoring)
+        with heartbeat(f"scoring with teacher {name}", waiting_on="the Ray Data scoring job"):
+            scores = score_groups(groups_path, scorer, teacher_scores_dir(cfg, name), scoring=cfg.scoring)
         mlflow.log_artifact(str(scores.path.parent / "manifest.json"), "teacher_scores")
         scoring = scores.manifest["cost"]
         cost.update({f"scoring_{k}": v for k, v in scoring.items() if k != "actors"})
@@ -251,6 +249,8 @@ def _run_trials(
 ) -> list[TrialStatus]:
     from ray import tune
 
+    from rerank_ray.heartbeat import heartbeat
+
     study_ctx = {
         "name": cfg.name,
         "tracking_uri": tracking_uri,
@@ -274,7 +274,8 @@ def _run_trials(
             failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
         ),
     )
-    grid = tuner.fit()
+    with heartbeat(f"study {cfg.name}", waiting_on=f"Tune trials (`ray status`; {cfg.study_dir / 'tune'})"):
+        grid = tuner.fit()
     by_name: dict[str, TrialStatus] = {}
     for result in grid:
         plan = result.config["trial"]

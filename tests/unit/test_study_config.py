@@ -52,8 +52,8 @@ def test_plan_crosses_teachers_only_for_teacher_strategies(tmp_path):
     assert len(plans) == 4 + 8
     names = [p.name for p in plans]
     assert len(set(names)) == len(names)
-    assert "contrastive-l1-s0" in names and "distillation-l2-bi-s1" in names
-    distil = next(p for p in plans if p.name == "distillation-l1-ce-l6-s1")
+    assert "contrastive+l1+s0" in names and "distillation+l2+bi+s1" in names
+    distil = next(p for p in plans if p.name == "distillation+l1+ce-l6+s1")
     assert distil.run.loss.name == "distillation" and distil.run.train.seed == 1
     assert str(distil.run.train.teacher_scores).endswith("teachers/ce-l6/scores/scores")
     contrastive = next(p for p in plans if p.strategy == "contrastive")
@@ -71,7 +71,7 @@ def test_grid_blocks_select_combinations(tmp_path):
         ],
     }
     names = [p.name for p in plan_study(load_study([write(tmp_path, study)]))]
-    assert names == ["contrastive-l1-s0", "distillation-l1-bi-s0", "distillation-l6-ce-l6-s0"]
+    assert names == ["contrastive+l1+s0", "distillation+l1+bi+s0", "distillation+l6+ce-l6+s0"]
 
 
 @pytest.mark.parametrize(
@@ -127,13 +127,13 @@ def test_student_long_form_overrides_reach_its_trials_only(tmp_path):
     assert cfg.students["big"].num_layers == 6 and cfg.students["big"].max_length == 128
     assert StudyConfig.model_validate(cfg.to_dict()) == cfg
     plans = {p.name: p for p in plan_study(cfg)}
-    big, small = plans["distillation-big-ce-l6-s1"].run, plans["distillation-l1-ce-l6-s1"].run
+    big, small = plans["distillation+big+ce-l6+s1"].run, plans["distillation+l1+ce-l6+s1"].run
     assert (big.train.learning_rate, big.train.grad_accum, big.deepspeed.zero_stage) == (1e-4, 4, 3)
     assert big.loss.name == "distillation" and big.train.seed == 1 and big.train.teacher_scores
     assert (small.train.learning_rate, small.deepspeed.zero_stage, small.scaling.num_workers) == (3e-5, 2, 2)
-    assert plans["contrastive-big-s0"].train_resources == {"CPU": 8, "GPU": 4}
-    assert plans["contrastive-l1-s0"].train_resources == {"CPU": 2, "GPU": 2}
-    assert "ZeRO-3, micro 1 x accum 4" in plans["contrastive-big-s0"].describe()
+    assert plans["contrastive+big+s0"].train_resources == {"CPU": 8, "GPU": 4}
+    assert plans["contrastive+l1+s0"].train_resources == {"CPU": 2, "GPU": 2}
+    assert "ZeRO-3, micro 1 x accum 4" in plans["contrastive+big+s0"].describe()
 
 
 @pytest.mark.parametrize(
