@@ -58,7 +58,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
 from rerank_ray.config import ModelConfig
-from rerank_ray.models.base import Reranker, quiet_load_report, seeded_init
+from rerank_ray.models.base import Reranker, apply_dropout, quiet_load_report, seeded_init
 from rerank_ray.models.sources import resolve_gguf, resolve_source
 
 # Seed for every freshly initialised weight (the score head; everything when init="random"), so
@@ -323,6 +323,7 @@ def _config(cfg: ModelConfig) -> PretrainedConfig:
         if isinstance(layers, list) and len(layers) != config.num_hidden_layers:
             setattr(config, key, layers[: config.num_hidden_layers])
     config.use_cache = False
+    apply_dropout(config, cfg)
     return config
 
 

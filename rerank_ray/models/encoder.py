@@ -30,7 +30,7 @@ from transformers import (
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from rerank_ray.config import ModelConfig
-from rerank_ray.models.base import Reranker, quiet_load_report, seeded_init
+from rerank_ray.models.base import Reranker, apply_dropout, quiet_load_report, seeded_init
 from rerank_ray.models.sources import resolve_source
 
 # Seed for every freshly initialised weight (the head; everything when init="random"), so each
@@ -116,6 +116,7 @@ def _build_model(cfg: ModelConfig, source: str) -> PreTrainedModel:
             )
         config.num_hidden_layers = cfg.num_layers
     config.num_labels = 1
+    apply_dropout(config, cfg)
     if cfg.init == "random":
         with seeded_init():
             return AutoModelForSequenceClassification.from_config(config, **_attn_kwargs(cfg))

@@ -33,10 +33,54 @@ import torch
 
 CKPT_TAG = "engine"
 STATE_FILE = "train_state.json"
+# Test-only fault hook: with RERANK_RAY_FAIL_AT_STEP=N in the workers' environment, rank 0 raises
+# InjectedFailure once after N optimizer steps, on the first attempt only (a restarted attempt
+# has a checkpoint and does not raise). Tests of resume and of failed trials use it; it is not
+# a config field, so no user-facing config can switch it on.
+FAIL_AT_STEP_ENV = "RERANK_RAY_FAIL_AT_STEP"
 
 
 class InjectedFailure(RuntimeError):
-    """Raised by `train.inject_failure_at_step` to exercise resume; not a real error."""
+    """Raised by the RERANK_RAY_FAIL_AT_STEP test hook; not a real error."""
+
+
+def injected_failure_step() -> int | None:
+    """The step at which the test hook fails the run, None when the hook is off."""
+    value = os.environ.get(FAIL_AT_STEP_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{FAIL_AT_STEP_ENV}={value!r}: expected a step number >= 1 (test-only hook)")
+    return int(value)
+
+
+def train_step(engine: Any, loss_fn: Any, batch: dict[str, Any], cfg: Any) -> tuple[float, int, int]:
+    """One micro-step on `batch` (``micro_batch_groups`` groups): score its
+    ``groups x group_size`` pairs, take the loss, backward, and let DeepSpeed step (it applies
+    the update only at the end of each accumulation window). Returns (loss, pairs, tokens).
+
+    The model is put in training mode first: ``from_pretrained`` returns a model in eval mode
+    and DeepSpeed does not change it, so without this dropout would be off."""
+    engine.train()
+    reranker = engine.module
+    B, group_size = cfg.train.micro_batch_groups, cfg.groups.group_size
+    queries = [q for q in batch["query"] for _ in range(group_size)]
+    docs = [str(d) for group in batch["docs"] for d in group]
+    if len(docs) != B * group_size:
+        raise ValueError(
+            f"a batch holds {len(docs)} documents, expected {B} groups x group_size "
+            f"{group_size}; the groups file was built with another groups.group_size"
+        )
+    inputs = reranker.tokenize(queries, docs)
+    inputs = {k: v.to(engine.device) for k, v in inputs.items()}
+    scores = engine(**inputs).float().view(B, group_size)
+    teacher = None
+    if cfg.loss.needs_teacher:
+        teacher = torch.tensor(np.stack(batch["teacher_scores"]), dtype=torch.float32).to(scores.device)
+    loss = loss_fn(scores, teacher)
+    engine.backward(loss)
+    engine.step()
+    return float(loss.detach()), B * group_size, int(inputs["attention_mask"].sum())
 
 
 def _seed_everything(seed: int) -> None:
@@ -96,7 +140,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     reranker = engine.module
     loss_fn = build_loss(cfg.loss)
-    group_size = cfg.groups.group_size
     B, accum = cfg.train.micro_batch_groups, cfg.train.grad_accum
 
     state = {"epoch": 0, "step": 0, "batches_in_epoch": 0}
@@ -114,6 +157,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = json.loads((Path(d) / STATE_FILE).read_text())
             history = state.pop("history", [])
     first_attempt = checkpoint is None
+    fail_at = injected_failure_step()
 
     shard = ray.train.get_dataset_shard("train")
     window = {"loss": 0.0, "n": 0, "pairs": 0, "tokens": 0, "t0": time.perf_counter()}
@@ -161,35 +205,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for i, batch in enumerate(batches):
             if i < skip:
                 continue  # consumed before the restart
-            queries = [q for q in batch["query"] for _ in range(group_size)]
-            docs = [str(d) for group in batch["docs"] for d in group]
-            if len(docs) != B * group_size:
-                raise ValueError(
-                    f"a batch holds {len(docs)} documents, expected {B} groups x group_size "
-                    f"{group_size}; the groups file was built with another groups.group_size"
-                )
-            inputs = reranker.tokenize(queries, docs)
-            inputs = {k: v.to(engine.device) for k, v in inputs.items()}
-            scores = engine(**inputs).float().view(B, group_size)
-            teacher = None
-            if cfg.loss.needs_teacher:
-                teacher = torch.tensor(np.stack(batch["teacher_scores"]), dtype=torch.float32)
-                teacher = teacher.to(scores.device)
-            loss = loss_fn(scores, teacher)
-            engine.backward(loss)
-            engine.step()
+            loss, pairs, tokens = train_step(engine, loss_fn, batch, cfg)
             state["batches_in_epoch"] += 1
-            window["loss"] += float(loss.detach())
+            window["loss"] += loss
             window["n"] += 1
-            window["pairs"] += B * group_size
-            window["tokens"] += int(inputs["attention_mask"].sum())
+            window["pairs"] += pairs
+            window["tokens"] += tokens
             if state["batches_in_epoch"] % accum:
                 continue
             state["step"] += 1
-            if first_attempt and cfg.train.inject_failure_at_step == state["step"] and rank == 0:
-                raise InjectedFailure(
-                    f"injected failure at step {state['step']} (train.inject_failure_at_step)"
-                )
+            if first_attempt and fail_at == state["step"] and rank == 0:
+                raise InjectedFailure(f"injected failure at step {state['step']} ({FAIL_AT_STEP_ENV})")
             every = cfg.train.checkpoint_every_steps
             if every and state["step"] % every == 0:
                 report(extra_checkpoint=True)
