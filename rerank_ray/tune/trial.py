@@ -9,7 +9,9 @@ Files, under ``<study>/trials/<trial>/`` (the ``train()`` run folder): ``model/`
 ``history.json``, ``eval/`` (``<suite>.run``, ``<suite>.per_query.tsv``, ``metrics.json`` per
 depth group, ``eval.json`` for all suites) and ``trial.json``, the summary the report reads:
 ``{"name", "metrics": {mlflow_key: value}, "scores": {suite: measure value}, "cost": {...},
-"model_dir", "eval_dir"}``.
+"model_dir", "eval_dir", "run_config", "identity"}``. ``identity`` is the run's content identity
+(``train/identity.py``); :func:`finished_summary` reuses a trial (or a study teacher) only when
+it matches the identity of the run as configured now.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import yaml
 
 from rerank_ray.config import RunConfig
+from rerank_ray.train.identity import RunIdentity, run_identity
 from rerank_ray.tune.config import StudyEvalConfig
 from rerank_ray.tune.tracking import child_tags, flatten_params, numeric
 
@@ -66,6 +69,23 @@ def evaluate_suites(
     summary = {"metrics": metrics, "scores": scores, "measure": eval_cfg.measure, "eval_dir": str(out_dir)}
     (out_dir / "eval.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def finished_summary(cfg: RunConfig, groups_path: Path, what: str) -> dict[str, Any] | None:
+    """The summary (``trial.json``) of `cfg`'s finished run when its inputs were the same as
+    now (config, groups content, teacher scores, base weights) and its model still exists;
+    else None. Logs which input changed."""
+    from rerank_ray.train.driver import same_inputs
+
+    path = Path(cfg.output_dir).resolve() / cfg.name / SUMMARY
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    if not Path(summary["model_dir"]).is_dir():
+        log.info("%s: training again, its model %s is gone", what, summary["model_dir"])
+        return None
+    stored = RunIdentity.from_json(summary.get("identity"))
+    return summary if same_inputs(stored, run_identity(cfg, groups_path), what, path.parent) else None
 
 
 def train_and_evaluate(
@@ -121,6 +141,7 @@ def train_and_evaluate(
         "model_dir": str(result.model_dir),
         "eval_dir": str(run_dir / "eval"),
         "run_config": cfg.to_dict(),
+        "identity": result.identity.to_json() if result.identity else None,
     }
     (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
     return summary
