@@ -339,8 +339,8 @@ def test_study_summary_names_report_and_mlflow_run(run, library):
         experiment="quickstart",
         parent_run_id="abc123",
         trials=[
-            SimpleNamespace(name="contrastive-l1-s0", status="ok", error=None),
-            SimpleNamespace(name="contrastive-l2-s0", status="error", error="ConfigError: bad"),
+            SimpleNamespace(name="contrastive-l1-s0", status="ok", error=None, reused=True),
+            SimpleNamespace(name="contrastive-l2-s0", status="error", error="ConfigError: bad", reused=False),
         ],
     )
     library("rerank_ray.tune.config", load_study=lambda p, o: SimpleNamespace(name="quickstart"))
@@ -349,7 +349,7 @@ def test_study_summary_names_report_and_mlflow_run(run, library):
     code, out, _, _ = run("study")
     assert code == 1  # a failed trial fails the command (and so the Ray job), after the summary
     assert "| contrastive | 0.51 |" in out
-    assert "study quickstart: 2 trial(s), 1 error, 1 ok" in out
+    assert "study quickstart: 2 trial(s), 1 error, 1 ok (1 reused from an earlier run" in out
     assert "contrastive-l2-s0 failed: ConfigError: bad" in out
     assert "outputs/study/report.md" in out
     assert "experiment 'quickstart', parent run abc123" in out and "rerank-ray ui" in out
