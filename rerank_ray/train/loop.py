@@ -244,6 +244,8 @@ def report(
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function: setup, restore, then per epoch the batches, each a
+    training step, with reports and checkpoints; finally the export (see the module docstring)."""
     from rerank_ray.config import RunConfig
 
     cfg = RunConfig.from_dict(config["run"])
