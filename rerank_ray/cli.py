@@ -269,9 +269,11 @@ def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
     statuses: dict[str, int] = {}
     for trial in result.trials:
         statuses[trial.status] = statuses.get(trial.status, 0) + 1
+    reused = sum(t.reused for t in result.trials)
     summary.ran.append(
         f"study {study.name}: {len(result.trials)} trial(s), "
         + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+        + (f" ({reused} reused from an earlier run with the same inputs)" if reused else "")
     )
     for trial in result.trials:
         if trial.status != "ok":

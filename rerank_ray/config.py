@@ -182,6 +182,9 @@ class ModelConfig(Section):
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None
+    # Dropout of the backbone while training; None = the backbone config's own, 0.0 = off.
+    # Set through the family's config fields (BERT: hidden/attention_probs_dropout_prob).
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
     # Scoring dtype for evaluation (load_reranker(..., inference=True)): auto =
     # bfloat16 for decoder/recurrent models when CUDA is available (a 7B in fp32 is 30 GB), else
     # float32. Training ignores it: DeepSpeed casts by deepspeed.precision.
@@ -241,9 +244,6 @@ class TrainConfig(Section):
     # multi-node cluster, where every node must reach it. None = <output_dir>/<name>/ray.
     storage_path: str | None = None
     log_every_steps: int = Field(10, ge=1)
-    # Fault injection for testing resume: rank 0 raises once after this many optimizer steps,
-    # on the first attempt only (a restarted attempt has a checkpoint and does not raise).
-    inject_failure_at_step: int | None = Field(None, ge=1)
 
 
 class ScalingConfig(Section):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PretrainedConfig
 
 from rerank_ray.config import ModelConfig
 from rerank_ray.io import write_json
@@ -32,6 +33,35 @@ META_FILE = "rerank_ray.json"
 # Seed of every random initialisation (heads, init="random" backbones, LoRA adapters), so a
 # model built from the same config is the same model on every worker and in every test.
 INIT_SEED = 0
+# Transformers config fields that hold a dropout probability: BERT-like encoders
+# (hidden_/attention_probs_dropout_prob, classifier_dropout), Llama/Qwen2/Mistral
+# (attention_dropout), GPT-2-like (resid/embd/attn_pdrop).
+DROPOUT_FIELDS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "classifier_dropout",
+    "attention_dropout",
+    "hidden_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+)
+
+
+def apply_dropout(config: PretrainedConfig, cfg: ModelConfig) -> None:
+    """Set every dropout field of the backbone's `config` to ``model.dropout`` (None: keep them).
+
+    Raises when the architecture has no dropout setting (Mamba), rather than ignoring the value."""
+    if cfg.dropout is None:
+        return
+    fields = [name for name in DROPOUT_FIELDS if name in config.to_dict()]
+    if not fields:
+        raise ValueError(
+            f"model.dropout={cfg.dropout}: {type(config).__name__} ({cfg.source}) has no dropout "
+            f"setting (none of {', '.join(DROPOUT_FIELDS)}); remove model.dropout"
+        )
+    for name in fields:
+        setattr(config, name, cfg.dropout)
 
 
 @contextlib.contextmanager

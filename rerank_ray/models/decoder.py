@@ -58,7 +58,7 @@ from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
 from rerank_ray.config import ModelConfig
 from rerank_ray.models import hf
-from rerank_ray.models.base import Reranker, seeded_init
+from rerank_ray.models.base import Reranker, apply_dropout, seeded_init
 from rerank_ray.models.sources import resolve_gguf, resolve_source
 
 HEAD_FILE = "score_head.safetensors"
@@ -311,6 +311,7 @@ def _config(cfg: ModelConfig) -> PretrainedConfig:
         setattr(config, key, value)
     hf.set_layers(cfg, config)
     config.use_cache = False
+    apply_dropout(config, cfg)
     return config
 
 

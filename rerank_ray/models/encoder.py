@@ -29,7 +29,7 @@ from transformers import (
 
 from rerank_ray.config import ModelConfig
 from rerank_ray.models import hf
-from rerank_ray.models.base import Reranker, seeded_init
+from rerank_ray.models.base import Reranker, apply_dropout, seeded_init
 from rerank_ray.models.sources import resolve_source
 
 
@@ -106,6 +106,7 @@ def _build_model(cfg: ModelConfig, source: str) -> PreTrainedModel:
     config = AutoConfig.from_pretrained(source, **cfg.config_overrides)
     hf.set_layers(cfg, config)
     config.num_labels = 1
+    apply_dropout(config, cfg)
     if cfg.init == "random":
         with seeded_init():
             return AutoModelForSequenceClassification.from_config(config, **hf.attn_kwargs(cfg))

@@ -13,7 +13,9 @@ Output, under ``out_dir``:
   and ``ScoreResult.path`` (that folder) is what ``train.teacher_scores`` takes.
 - ``job.json``: the provenance of the shards on disk (written before the first shard).
 - ``manifest.json``: written when every shard is done: provenance (teacher fingerprint = a hash
-  of the checkpoint's files; data fingerprint = a hash of the pairs; max lengths; dtype), the
+  of the checkpoint's files; data fingerprint = a hash of the pairs; max lengths; dtype;
+  ``fingerprint``, a hash of all that provenance but paths and sharding, which keys the reuse of
+  models trained on these scores: ``train/identity.py``), the
   pair count, coverage, cost (wall time, pairs/s, CPU/GPU-hours) and ``created``.
 
 Resumption: a rerun with the same provenance scores only the shards whose file is missing
@@ -219,7 +221,7 @@ def provenance(teacher: TeacherModel, pairs: pd.DataFrame, scoring: ScoringConfi
     else:
         lengths = {"max_length": teacher.max_length, "query_max_length": teacher.query_max_length}
         lengths["scale"] = teacher.scale
-    return {
+    prov = {
         "teacher": {
             "kind": teacher.kind,
             "path": str(teacher.path),
@@ -232,6 +234,10 @@ def provenance(teacher: TeacherModel, pairs: pd.DataFrame, scoring: ScoringConfi
         "shard_size": scoring.shard_size,
         "shards": -(-len(pairs) // scoring.shard_size),
     }
+    # Content only (no paths, no sharding): what a model trained on these scores depends on.
+    content = {k: v for k, v in prov.items() if k not in ("shard_size", "shards")}
+    content["teacher"] = {k: v for k, v in prov["teacher"].items() if k != "path"}
+    return {**prov, "fingerprint": hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()}
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:

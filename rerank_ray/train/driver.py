@@ -15,14 +15,17 @@ Output layout under ``<output_dir>/<name>/``: ``groups/`` (Parquet + stats), ``r
 (Ray Train's run storage: checkpoints, unless ``train.storage_path`` or the
 ``storage_path`` argument names shared storage, as a multi-node cluster needs), ``model/`` (HF format,
 loadable by ``rerank_ray.models.load_reranker``), ``history.json`` (every metric report),
-``train_result.json`` (the run's fingerprint: an identical finished run is reused, not retrained).
+``train_result.json`` (the run's content identity, ``train/identity.py``: a finished run whose
+config, groups content, teacher scores and base weights all match is reused, not retrained; the
+log names the inputs that changed otherwise). The Ray run is named ``<name>-<fingerprint>``, so a
+restarted identical run resumes from its checkpoints, while a run with any changed input starts fresh.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -33,8 +36,11 @@ import pandas as pd
 
 from rerank_ray.config import ConfigError, RunConfig
 from rerank_ray.io import write_json
+from rerank_ray.train.identity import RunIdentity, run_identity
 
 log = logging.getLogger("rerank_ray.train")
+
+RESULT_FILE = "train_result.json"
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,8 @@ class TrainResult:
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
+    identity: RunIdentity | None = None
+    reused: bool = False
 
 
 def plan_steps(cfg: RunConfig, n_groups: int) -> dict[str, int]:
@@ -64,16 +72,38 @@ def plan_steps(cfg: RunConfig, n_groups: int) -> dict[str, int]:
     return {"steps_per_epoch": steps_per_epoch, "total_steps": total, "n_groups": n_groups}
 
 
-def run_fingerprint(cfg: RunConfig, groups_path: Path) -> str:
-    """Identity of a training run: its whole config and its groups file.
+def reusable_run(run_dir: Path, identity: RunIdentity, what: str) -> dict[str, Any] | None:
+    """The record (``train_result.json``) of the finished run in `run_dir` when it was trained
+    on exactly `identity`'s inputs, else None (after logging which input changed)."""
+    done_file = run_dir / RESULT_FILE
+    if not done_file.is_file() or not (run_dir / "model").is_dir():
+        return None
+    done = json.loads(done_file.read_text())
+    return done if same_inputs(RunIdentity.from_json(done.get("identity")), identity, what, run_dir) else None
 
-    Ray Train restores a run from the latest checkpoint under ``<storage>/<name>``; naming the
-    Ray run ``<name>-<fingerprint>`` makes a restarted identical run resume, while a changed
-    config (another seed, learning rate, student) starts fresh instead of loading a checkpoint
-    of different training.
-    """
-    payload = json.dumps({"run": cfg.to_dict(), "groups": str(Path(groups_path).resolve())}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+def same_inputs(stored: RunIdentity | None, identity: RunIdentity, what: str, where: Path) -> bool:
+    """Whether a finished run (`stored`) had `identity`'s inputs; logs the decision either way."""
+    if stored is None:
+        log.info("%s: training again, the run in %s records no input identity", what, where)
+        return False
+    changed = identity.changes(stored)
+    if changed:
+        log.info("%s: training again, its %s changed since the run in %s", what, " and ".join(changed), where)
+        return False
+    log.info(
+        "%s: reusing the finished run in %s (same config, groups, teacher scores, base weights)", what, where
+    )
+    return True
+
+
+def _test_hooks() -> dict[str, Any] | None:
+    """Forward the loop's test-only fault hook (``RERANK_RAY_FAIL_AT_STEP``) from this process
+    to the workers, whose environment is the Ray cluster's, not ours."""
+    from rerank_ray.train.loop import FAIL_AT_STEP_ENV
+
+    value = os.environ.get(FAIL_AT_STEP_ENV)
+    return {"env_vars": {FAIL_AT_STEP_ENV: value}} if value else None
 
 
 def load_training_frame(cfg: RunConfig, groups_path: Path) -> pd.DataFrame:
@@ -108,19 +138,18 @@ def train(
     run_dir = cfg.run_dir
     if groups_path is None:
         groups_path = build_groups(cfg, run_dir / "groups").path
-    fingerprint = run_fingerprint(cfg, Path(groups_path))
-    done_file = run_dir / "train_result.json"
-    if done_file.exists() and (run_dir / "model").is_dir():
-        done = json.loads(done_file.read_text())
-        if done["fingerprint"] == fingerprint:
-            log.info("training %s: reusing the finished identical run in %s", cfg.name, run_dir)
-            return TrainResult(
-                model_dir=run_dir / "model",
-                groups_path=Path(groups_path),
-                metrics=done["metrics"],
-                history=json.loads((run_dir / "history.json").read_text()),
-                wall_s=done["wall_s"],
-            )
+    identity = run_identity(cfg, Path(groups_path))
+    done = reusable_run(run_dir, identity, f"training {cfg.name}")
+    if done is not None:
+        return TrainResult(
+            model_dir=run_dir / "model",
+            groups_path=Path(groups_path),
+            metrics=done["metrics"],
+            history=json.loads((run_dir / "history.json").read_text()),
+            wall_s=done["wall_s"],
+            identity=identity,
+            reused=True,
+        )
     frame = load_training_frame(cfg, Path(groups_path))
     plan = plan_steps(cfg, len(frame))
     log.info(
@@ -144,9 +173,10 @@ def train(
             resources_per_worker=resources,
         ),
         run_config=ray.train.RunConfig(
-            name=f"{cfg.name}-{fingerprint}",
+            name=f"{cfg.name}-{identity.fingerprint}",
             storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            worker_runtime_env=_test_hooks(),
         ),
         datasets={"train": groups_to_ray_dataset(frame)},
     )
@@ -164,7 +194,13 @@ def train(
     write_json(run_dir / "history.json", history, indent=1)
     metrics = {k: v for k, v in (result.metrics or {}).items() if k != "final"}
     wall_s = time.perf_counter() - t0
-    write_json(done_file, {"fingerprint": fingerprint, "metrics": metrics, "wall_s": wall_s}, indent=None)
+    record = {"identity": identity.to_json(), "metrics": metrics, "wall_s": wall_s}
+    write_json(run_dir / RESULT_FILE, record, indent=1)
     return TrainResult(
-        model_dir=model_dir, groups_path=Path(groups_path), metrics=metrics, history=history, wall_s=wall_s
+        model_dir=model_dir,
+        groups_path=Path(groups_path),
+        metrics=metrics,
+        history=history,
+        wall_s=wall_s,
+        identity=identity,
     )

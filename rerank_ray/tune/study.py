@@ -9,11 +9,18 @@
    only differences between trials are the grid's axes), and the first-stage evaluation;
 2. each teacher the plan uses, once: a study-trained cross-encoder is trained contrastively
    (a child run, ``role=teacher``) and evaluated; a given checkpoint or a bi-encoder is only
-   evaluated. A teacher already trained with the same config under the study folder is reused;
+   evaluated. A teacher trained earlier under the study folder with the same inputs (config,
+   groups content, base weights: ``train/identity.py``) is reused; the log says which changed;
 3. teacher scores for the groups (``teacher.score.score_groups``: resumable, reused when up to
    date), one job per teacher;
-4. the trials, as a Ray Tune grid over the plans (``tune/trial.py``), at most
-   ``tune.max_concurrent_trials`` at a time; a failed trial is recorded and the others go on;
+4. the trials. A trial that finished earlier with the same inputs (its ``trial.json`` identity:
+   config, groups content, teacher scores, base weights) is reused as it is, with a child run
+   tagged ``reused=true`` that repeats its metrics; so a rerun of an interrupted study trains
+   only what is unfinished or changed. The rest run as a Ray Tune grid over their plans
+   (``tune/trial.py``), at most ``tune.max_concurrent_trials`` at a time; a failed trial is
+   recorded and the others go on. Reuse is decided here, in the driver, rather than inside the
+   trainable: the driver already has every input hashed, and a reused trial then costs no
+   trial process, no Ray resources, and no wait behind ``max_concurrent_trials``;
 5. the report (``tune/report.py``), written to ``<study>/report/`` and logged to the parent run.
 
 Layout under ``<base.output_dir>/<name>/``: ``groups/``, ``first_stage/``,
@@ -45,7 +52,13 @@ from rerank_ray.tune.tracking import (
     redact_config,
     redact_uri,
 )
-from rerank_ray.tune.trial import SUMMARY, evaluate_suites, run_trial, train_and_evaluate
+from rerank_ray.tune.trial import (
+    SUMMARY,
+    evaluate_suites,
+    finished_summary,
+    run_trial,
+    train_and_evaluate,
+)
 
 __all__ = ["StudyResult", "TrialStatus", "load_study", "plan_study", "run_study"]
 
@@ -62,6 +75,8 @@ class TrialStatus:
     status: str  # "ok" | "error"
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    # Finished in an earlier run of the study with the same inputs; not trained again.
+    reused: bool = False
 
 
 @dataclass
@@ -178,17 +193,13 @@ def _teacher(
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"teacher-{name}", nested=True, tags=tags):
         if isinstance(spec, CrossEncoderTeacher) and spec.model is not None:
             run = cfg.teacher_run(name)
-            summary = _reusable_teacher(run)
+            summary = finished_summary(run, groups_path, f"teacher {name}")
             if summary is None:
                 summary = train_and_evaluate(
                     run, groups_path=groups_path, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
                 )
             else:
-                log.info(
-                    "teacher %s: reusing the model trained with the same config in %s",
-                    name,
-                    summary["model_dir"],
-                )
+                mlflow.set_tag("reused", "true")
                 mlflow.log_metrics(summary["metrics"])
             cost.update({k: v for k, v in summary["cost"].items() if v is not None})
             scorer = TeacherModel(kind="cross_encoder", path=summary["model_dir"])
@@ -228,17 +239,6 @@ def _teacher(
     return _evaluation_record(evaluation, cfg), cost
 
 
-def _reusable_teacher(run: Any) -> dict[str, Any] | None:
-    """The summary of a teacher trained earlier with exactly `run`'s config, if its model exists."""
-    path = Path(run.output_dir).resolve() / run.name / SUMMARY
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    if summary.get("run_config") != run.to_dict() or not Path(summary["model_dir"]).is_dir():
-        return None
-    return summary
-
-
 def _run_trials(
     cfg: StudyConfig,
     plans: list[TrialPlan],
@@ -247,6 +247,50 @@ def _run_trials(
     experiment_id: str,
     parent_id: str,
 ) -> list[TrialStatus]:
+    """Every plan's status, in plan order: finished ones reused, the others run on Tune."""
+    statuses: dict[str, TrialStatus] = {}
+    todo: list[TrialPlan] = []
+    for plan in plans:
+        summary = finished_summary(plan.run, groups_path, f"trial {plan.name}")
+        if summary is None:
+            todo.append(plan)
+        else:
+            statuses[plan.name] = _reused_trial(cfg, plan, summary, experiment_id, parent_id)
+    if statuses:
+        log.info("study %s: %d trial(s) reused, %d to run", cfg.name, len(statuses), len(todo))
+    if todo:
+        statuses.update(_tune_trials(cfg, todo, groups_path, tracking_uri, experiment_id, parent_id))
+    return [
+        statuses.get(p.name)
+        or TrialStatus(p.name, p.strategy, p.student, p.teacher, p.seed, "error", error="no result from Tune")
+        for p in plans
+    ]
+
+
+def _reused_trial(
+    cfg: StudyConfig, plan: TrialPlan, summary: dict[str, Any], experiment_id: str, parent_id: str
+) -> TrialStatus:
+    """The status of a trial reused from its ``trial.json``, logged as a child run of this study."""
+    import mlflow
+
+    metrics = numeric({**summary["metrics"], **{f"cost/{k}": v for k, v in summary["cost"].items()}})
+    tags = child_tags(cfg.name, parent_id, "trial", **plan.tags(), reused="true")
+    with mlflow.start_run(experiment_id=experiment_id, run_name=plan.name, nested=True, tags=tags):
+        mlflow.log_params(flatten_params(plan.run.to_dict()))
+        mlflow.log_metrics(metrics)
+    return TrialStatus(
+        plan.name, plan.strategy, plan.student, plan.teacher, plan.seed, "ok", metrics=metrics, reused=True
+    )
+
+
+def _tune_trials(
+    cfg: StudyConfig,
+    plans: list[TrialPlan],
+    groups_path: Path,
+    tracking_uri: str,
+    experiment_id: str,
+    parent_id: str,
+) -> dict[str, TrialStatus]:
     from ray import tune
 
     from rerank_ray.heartbeat import heartbeat
@@ -259,9 +303,8 @@ def _run_trials(
         "groups_path": str(groups_path),
         "eval": cfg.eval.model_dump(mode="json"),
     }
-    resources = plans[0].resources if plans else {"CPU": cfg.tune.cpus_per_trial}
     tuner = tune.Tuner(
-        tune.with_resources(run_trial, resources={k.lower(): v for k, v in resources.items()}),
+        tune.with_resources(run_trial, resources={k.lower(): v for k, v in plans[0].resources.items()}),
         param_space={"trial": tune.grid_search([p.to_dict() for p in plans]), "study": study_ctx},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=cfg.tune.max_concurrent_trials,
@@ -289,11 +332,7 @@ def _run_trials(
             metrics=numeric(result.metrics or {}),
             error=None if result.error is None else f"{type(result.error).__name__}: {result.error}",
         )
-    return [
-        by_name.get(p.name)
-        or TrialStatus(p.name, p.strategy, p.student, p.teacher, p.seed, "error", error="no result from Tune")
-        for p in plans
-    ]
+    return by_name
 
 
 def _evaluation_record(evaluation: dict[str, Any], cfg: StudyConfig) -> EvalRecord:

@@ -9,11 +9,15 @@ Files, under ``<study>/trials/<trial>/`` (the ``train()`` run folder): ``model/`
 ``history.json``, ``eval/`` (``<suite>.run``, ``<suite>.per_query.tsv``, ``metrics.json`` per
 depth group, ``eval.json`` for all suites) and ``trial.json``, the summary the report reads:
 ``{"name", "metrics": {mlflow_key: value}, "scores": {suite: measure value}, "cost": {...},
-"model_dir", "eval_dir"}``.
+"model_dir", "eval_dir", "run_config", "identity"}``. ``identity`` is the run's content identity
+(``train/identity.py``); :func:`finished_summary` reuses a trial (or a study teacher) only when
+it matches the identity of the run as configured now.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +26,11 @@ import yaml
 
 from rerank_ray.config import RunConfig
 from rerank_ray.io import write_json
+from rerank_ray.train.identity import RunIdentity, run_identity
 from rerank_ray.tune.config import StudyEvalConfig
 from rerank_ray.tune.tracking import child_tags, flatten_params, numeric, redact_config
+
+log = logging.getLogger("rerank_ray.tune")
 
 SUMMARY = "trial.json"
 
@@ -63,6 +70,23 @@ def evaluate_suites(
     summary = {"metrics": metrics, "scores": scores, "measure": eval_cfg.measure, "eval_dir": str(out_dir)}
     write_json(out_dir / "eval.json", summary)
     return summary
+
+
+def finished_summary(cfg: RunConfig, groups_path: Path, what: str) -> dict[str, Any] | None:
+    """The summary (``trial.json``) of `cfg`'s finished run when its inputs were the same as
+    now (config, groups content, teacher scores, base weights) and its model still exists;
+    else None. Logs which input changed."""
+    from rerank_ray.train.driver import same_inputs
+
+    path = Path(cfg.output_dir).resolve() / cfg.name / SUMMARY
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    if not Path(summary["model_dir"]).is_dir():
+        log.info("%s: training again, its model %s is gone", what, summary["model_dir"])
+        return None
+    stored = RunIdentity.from_json(summary.get("identity"))
+    return summary if same_inputs(stored, run_identity(cfg, groups_path), what, path.parent) else None
 
 
 def train_and_evaluate(
@@ -118,6 +142,7 @@ def train_and_evaluate(
         "model_dir": str(result.model_dir),
         "eval_dir": str(run_dir / "eval"),
         "run_config": cfg.to_dict(),
+        "identity": result.identity.to_json() if result.identity else None,
     }
     write_json(run_dir / SUMMARY, summary)
     return summary

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from rerank_ray.config import ConfigError, ModelConfig
 from rerank_ray.models import build_model
@@ -101,3 +110,97 @@ def test_two_by_two_study_writes_parent_and_child_runs(ray_local, tmp_path):
     assert "| tiny-l1 | 1 |" in result.table_markdown and "teacher: given" in result.table_markdown
     parent_artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
     assert {"report/report.md", "report/report.png"} <= parent_artifacts
+
+
+def resume_study(tmp_path) -> dict:
+    """One study-trained teacher `t`; student `ok` trained both ways; student `bad`, whose
+    max_length does not fit its max_position_embeddings, fails inside its trial's worker."""
+    bad = {**TINY_BERT, "config_overrides": {**TINY_BERT["config_overrides"], "max_position_embeddings": 16}}
+    return {
+        "name": "resume",
+        "base": {
+            "output_dir": str(tmp_path / "out"),
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "resume"},
+            "data": {"train": ["fixtures/tiny-scifact"], "train_split": "train", "first_stage": "bm25-top10"},
+            "groups": {"depth": 10, "group_size": 4, "groups_per_query": 2, "positive_min_label": 1},
+            "train": {"max_steps": 2, "micro_batch_groups": 2, "log_every_steps": 1},
+            "deepspeed": {"zero_stage": 0},
+        },
+        "teachers": {
+            "t": {"kind": "cross_encoder", "model": TINY_BERT, "overrides": {"train": {"max_steps": 2}}}
+        },
+        "students": {"ok": yaml.safe_load(tiny_student(1)), "bad": bad},
+        "strategies": ["contrastive", "distillation"],
+        # Plan order = Tune's order with one trial at a time: the failing trial runs last.
+        "grid": [{"students": ["ok"]}, {"strategies": ["contrastive"], "students": ["bad"]}],
+        "eval": {"in_domain": ["tiny-dl19"]},
+        "tune": {"max_concurrent_trials": 1, "cpus_per_trial": 0.5, "num_cpus": 8},
+        "scoring": {"shard_size": 16},
+    }
+
+
+def rerank_ray_study(study_file, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "rerank-ray"), "study", str(study_file), *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: the test can kill all it started
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return out
+
+
+def test_killed_study_resumes_and_reuses_by_content(tmp_path):
+    """Kill the driver once the `ok` trials have finished; the same command then reuses them and
+    runs only the failing one; a retrained teacher then retrains only the distillation trial."""
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(yaml.safe_dump(resume_study(tmp_path)))
+    trials = tmp_path / "out" / "resume" / "trials"
+    contrastive, distillation = trials / "contrastive-ok-s0", trials / "distillation-ok-t-s0"
+
+    proc = rerank_ray_study(study_file)
+    try:
+        deadline = time.monotonic() + 600
+        while not ((contrastive / "trial.json").is_file() and (distillation / "trial.json").is_file()):
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the ok trials did not finish in time"
+            time.sleep(0.5)
+        proc.kill()  # the driver, as a killed terminal would
+        proc.wait(timeout=60)
+    finally:
+        finish(proc, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "out" / "resume" / "report" / "report.md").exists()
+    stamp = {t: (t / "model" / "model.safetensors").stat().st_mtime_ns for t in (contrastive, distillation)}
+
+    # 1. The same command: both finished trials are reused; only the unfinished one runs, and fails.
+    proc = rerank_ray_study(study_file)
+    out = finish(proc)
+    assert proc.returncode == 1, out[-3000:]  # a study with a failed trial exits 1, after its report
+    assert "trial contrastive-ok-s0: reusing the finished run" in out
+    assert "trial distillation-ok-t-s0: reusing the finished run" in out
+    assert "teacher t: reusing the finished run" in out
+    assert {t: (t / "model" / "model.safetensors").stat().st_mtime_ns for t in stamp} == stamp
+    report = (tmp_path / "out" / "resume" / "report" / "report.md").read_text()
+    for name in ("contrastive-ok-s0", "distillation-ok-t-s0", "contrastive-bad-s0"):
+        assert name in report, report
+    assert "max_position_embeddings=16" in report, report  # the failure, with its error
+
+    # 2. The teacher trains longer: it and the distillation trial retrain, the contrastive one is reused.
+    # (Without the failing student this time: it has been shown, and costs a trial.)
+    proc = rerank_ray_study(study_file, "teachers.t.overrides.train.max_steps=3", "grid=[{students: [ok]}]")
+    out = finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert "teacher t: training again, its config changed" in out
+    assert "trial distillation-ok-t-s0: training again, its teacher scores changed" in out
+    assert "trial contrastive-ok-s0: reusing the finished run" in out
+    assert (contrastive / "model" / "model.safetensors").stat().st_mtime_ns == stamp[contrastive]
+    assert (distillation / "model" / "model.safetensors").stat().st_mtime_ns != stamp[distillation]

@@ -12,7 +12,7 @@ from rerank_ray.config import load_config
 from rerank_ray.data.groups import build_groups
 from rerank_ray.models import build_model, load_reranker
 from rerank_ray.train.driver import train
-from rerank_ray.train.loop import _seed_everything
+from rerank_ray.train.loop import FAIL_AT_STEP_ENV, _seed_everything
 
 pytestmark = pytest.mark.slow
 
@@ -119,14 +119,16 @@ def test_distillation_needs_aligned_teacher_scores(ray_local, tiny_run_overrides
     assert result.history and all(h["loss"] >= 0 for h in result.history)
 
 
-def test_resume_after_worker_failure_and_checkpoint_round_trip(ray_local, tiny_run_overrides, tmp_path):
+def test_resume_after_worker_failure_and_checkpoint_round_trip(
+    ray_local, tiny_run_overrides, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")  # the test-only fault hook, forwarded to the workers
     cfg_overrides = [
         *tiny_run_overrides,
         "name=resume",
         "train.epochs=2",
         "deepspeed.zero_stage=2",
         "train.checkpoint_every_steps=2",
-        "train.inject_failure_at_step=3",
         "train.max_failures=1",
     ]
     cfg = load_config(overrides=cfg_overrides)
@@ -141,9 +143,8 @@ def test_resume_after_worker_failure_and_checkpoint_round_trip(ray_local, tiny_r
     again = train(cfg)
     assert again.model_dir == result.model_dir and again.history == result.history
     # ... while a changed config trains from scratch instead of resuming the other run.
-    changed = train(
-        load_config(overrides=[*cfg_overrides, "train.inject_failure_at_step=null", "train.epochs=1"])
-    )
+    monkeypatch.delenv(FAIL_AT_STEP_ENV)
+    changed = train(load_config(overrides=[*cfg_overrides, "train.epochs=1"]))
     assert [h["step"] for h in changed.history][0] == 1
     assert changed.metrics["step"] < result.metrics["step"]
 

@@ -343,8 +343,8 @@ def test_study_summary_names_report_and_mlflow_run(run, library, tmp_path):
         experiment="quickstart",
         parent_run_id="abc123",
         trials=[
-            SimpleNamespace(name="contrastive-l1-s0", status="ok", error=None),
-            SimpleNamespace(name="contrastive-l2-s0", status="error", error="ConfigError: bad"),
+            SimpleNamespace(name="contrastive-l1-s0", status="ok", error=None, reused=True),
+            SimpleNamespace(name="contrastive-l2-s0", status="error", error="ConfigError: bad", reused=False),
         ],
     )
     study = SimpleNamespace(name="quickstart", study_dir=tmp_path / "outputs" / "quickstart")
@@ -354,7 +354,7 @@ def test_study_summary_names_report_and_mlflow_run(run, library, tmp_path):
     code, out, _, _ = run("study")
     assert code == 1  # a failed trial fails the command (and so the Ray job), after the summary
     assert "| contrastive | 0.51 |" in out
-    assert "study quickstart: 2 trial(s), 1 error, 1 ok" in out
+    assert "study quickstart: 2 trial(s), 1 error, 1 ok (1 reused from an earlier run" in out
     assert "contrastive-l2-s0 failed: ConfigError: bad" in out
     assert "outputs/study/report.md" in out
     assert "experiment 'quickstart', parent run abc123" in out and "rerank-ray ui" in out

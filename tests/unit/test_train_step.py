@@ -1,0 +1,198 @@
+"""The training loop's phases without a Ray cluster or DeepSpeed: the per-step function (training
+mode, dropout), step counting, resume-skipping, reports, restore, and the test-only fault hook."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import MambaConfig
+
+from rerank_ray.config import ModelConfig, RunConfig, TrainConfig
+from rerank_ray.losses import build_loss
+from rerank_ray.models import build_model
+from rerank_ray.models.base import apply_dropout
+from rerank_ray.train.loop import (
+    CKPT_TAG,
+    FAIL_AT_STEP_ENV,
+    STATE_FILE,
+    LoopState,
+    MetricWindow,
+    epoch_batches,
+    injected_failure_step,
+    report_due,
+    restore,
+    train_step,
+)
+from tests.conftest import TINY_BERT
+
+
+class PlainEngine(torch.nn.Module):
+    """The slice of DeepSpeed's engine interface that train_step uses, over plain SGD."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.device = torch.device("cpu")
+        self.optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+        return self.module(**batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+
+
+def run_cfg(dropout: float | None) -> RunConfig:
+    return RunConfig.from_dict(
+        {
+            "model": {**TINY_BERT, "dropout": dropout},
+            "groups": {"group_size": 2},
+            "train": {"micro_batch_groups": 2},
+        }
+    )
+
+
+BATCH = {
+    "query": np.array(["what is a cell", "protein folding"], dtype=object),
+    "docs": np.array([np.array(["cells live", "a rock"]), np.array(["helices fold", "a car"])], dtype=object),
+}
+
+
+def dropout_states(model: torch.nn.Module) -> list[tuple[bool, float]]:
+    return [(m.training, m.p) for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+
+
+@pytest.mark.parametrize("dropout", [None, 0.2])
+def test_every_dropout_is_active_during_a_training_step(dropout):
+    cfg = run_cfg(dropout)
+    # from_pretrained hands the model over in eval mode; DeepSpeed does not change that.
+    model = build_model(cfg.model).eval()
+    seen: list[list[tuple[bool, float]]] = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(dropout_states(module)), with_kwargs=True
+    )
+
+    loss, pairs, tokens = train_step(PlainEngine(model), build_loss(cfg.loss), BATCH, cfg)
+
+    assert len(seen) == 1 and len(seen[0]) >= 4, seen
+    expected_p = 0.1 if dropout is None else dropout  # None: MiniLM's own hidden_dropout_prob
+    assert all(training for training, _ in seen[0]), seen[0]
+    assert all(p == pytest.approx(expected_p) for _, p in seen[0]), seen[0]
+    assert pairs == 4 and tokens > 0 and np.isfinite(loss)
+
+
+def test_dropout_zero_turns_every_dropout_off():
+    model = build_model(run_cfg(0.0).model)
+    states = dropout_states(model)
+    assert states and all(p == 0.0 for _, p in states)
+    saved_cfg = model.model.config
+    assert saved_cfg.hidden_dropout_prob == 0.0 and saved_cfg.attention_probs_dropout_prob == 0.0
+
+
+def test_dropout_on_a_family_without_a_dropout_setting_fails_clearly():
+    with pytest.raises(ValueError, match=r"model.dropout=0.1: MambaConfig .* has no dropout setting"):
+        apply_dropout(MambaConfig(), ModelConfig(family="recurrent", source="x", dropout=0.1))
+    apply_dropout(MambaConfig(), ModelConfig(family="recurrent", source="x"))  # None: nothing to set
+
+
+def test_fault_hook_is_an_environment_variable_not_a_config_field(monkeypatch):
+    assert "inject_failure_at_step" not in TrainConfig.model_fields
+    monkeypatch.delenv(FAIL_AT_STEP_ENV, raising=False)
+    assert injected_failure_step() is None
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
+    assert injected_failure_step() == 3
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "three")
+    with pytest.raises(ValueError, match=FAIL_AT_STEP_ENV):
+        injected_failure_step()
+
+
+# -- the loop's phases, without Ray ------------------------------------------------------------
+
+
+class ListShard:
+    """A Ray Data shard stand-in: `iter_batches` yields the numbered batches of one epoch."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seeds: list[int] = []
+
+    def iter_batches(self, *, local_shuffle_seed: int, **_: object):
+        self.seeds.append(local_shuffle_seed)
+        return iter(range(self.n))
+
+
+def run_epochs(state: LoopState, shard: ListShard, cfg: RunConfig, stop_after: int | None = None):
+    """The loop's counting skeleton: (epoch, batch) consumed and the steps that completed."""
+    seen, steps = [], []
+    while state.epoch < cfg.train.epochs:
+        for batch in epoch_batches(shard, cfg, state):
+            if stop_after is not None and len(seen) == stop_after:
+                return seen, steps
+            seen.append((state.epoch, batch))
+            if state.count_batch(cfg.train.grad_accum):
+                steps.append(state.step)
+        state.next_epoch()
+    return seen, steps
+
+
+def test_steps_count_once_per_accumulation_window():
+    cfg = RunConfig.from_dict({"train": {"epochs": 2, "grad_accum": 2, "seed": 3}})
+    shard = ListShard(5)
+    seen, steps = run_epochs(LoopState(), shard, cfg)
+    assert len(seen) == 10 and steps == [1, 2, 3, 4]  # 5 batches, accum 2: 2 steps per epoch
+    assert shard.seeds == [3000, 3001]  # one seeded order per epoch
+
+
+def test_a_restored_run_skips_the_batches_it_consumed_and_sees_the_same_order():
+    cfg = RunConfig.from_dict({"train": {"epochs": 2, "grad_accum": 2}})
+    uninterrupted, all_steps = run_epochs(LoopState(), ListShard(5), cfg)
+
+    state = LoopState()
+    before, steps = run_epochs(state, ListShard(5), cfg, stop_after=7)  # killed in epoch 1
+    saved = json.loads(json.dumps(state.to_json()))  # what train_state.json holds
+    after, more = run_epochs(LoopState.from_json(saved), ListShard(5), cfg)
+    assert before + after == uninterrupted and steps + more == all_steps
+
+
+def test_reports_are_due_on_their_step_counts():
+    train = TrainConfig(log_every_steps=2, checkpoint_every_steps=3)
+    assert [report_due(s, train) for s in range(1, 7)] == [
+        None, "metrics", "checkpoint", "metrics", None, "checkpoint",
+    ]  # fmt: skip
+    assert report_due(3, TrainConfig(log_every_steps=1)) == "metrics"
+
+
+def test_metric_window_averages_over_micro_batches_and_starts_empty_again():
+    window, state = MetricWindow(), LoopState(epoch=1, step=4)
+    window.add(1.0, 8, 100)
+    window.add(3.0, 8, 60)
+    record = window.flush(world=1, lr=0.5, state=state, t_start=0.0)
+    assert record["loss"] == 2.0 and record["lr"] == 0.5 and (record["epoch"], record["step"]) == (1, 4)
+    assert record["pairs_per_s"] > 0 and record["tokens_per_s"] == pytest.approx(record["pairs_per_s"] * 10)
+    assert window.flush(world=1, lr=0.5, state=state, t_start=0.0) is None
+
+
+def test_restore_loads_a_training_state_and_refuses_a_final_export(tmp_path):
+    from ray.train import Checkpoint
+
+    class Engine:
+        loaded: list[str] = []
+
+        def load_checkpoint(self, path: str, tag: str) -> None:
+            self.loaded.append(tag)
+
+    assert restore(Engine(), None) == LoopState()
+    (tmp_path / STATE_FILE).write_text(json.dumps(LoopState(1, 6, 2, [{"loss": 1.0}]).to_json()))
+    engine = Engine()
+    assert restore(engine, Checkpoint.from_directory(tmp_path)) == LoopState(1, 6, 2, [{"loss": 1.0}])
+    assert engine.loaded == [CKPT_TAG]
+    (tmp_path / STATE_FILE).unlink()
+    with pytest.raises(RuntimeError, match="a finished run's export"):
+        restore(Engine(), Checkpoint.from_directory(tmp_path))
