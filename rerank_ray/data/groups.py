@@ -27,6 +27,9 @@ groups do not depend on dataset order, ``max_queries`` or the other queries. Que
 positive among the candidates, and queries with fewer than ``group_size - 1`` negatives, are
 skipped, counted and listed in the stats. ``groups.max_queries`` caps the queries considered
 (across datasets, in order).
+
+Queries held out for validation (``data.validation``, see ``DataConfig.validation_ids``) give no
+group; their ids are listed per dataset in the stats (``validation_ids``).
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ class GroupStats:
     queries_without_positive: int = 0
     queries_without_enough_negatives: int = 0
     groups_written: int = 0
+    # Queries held out for validation (data.validation): no group is built from them.
+    queries_held_out: int = 0
+    validation_ids: dict[str, list[str]] = field(default_factory=dict)
     # dataset -> skipped query ids
     without_positive_ids: dict[str, list[str]] = field(default_factory=dict)
     without_enough_negatives_ids: dict[str, list[str]] = field(default_factory=dict)
@@ -77,6 +83,7 @@ class GroupStats:
             f"{self.groups_written} groups from {self.queries_with_groups} of {self.queries_seen} queries; "
             f"skipped {self.queries_without_positive} without a positive among the candidates and "
             f"{self.queries_without_enough_negatives} with too few negatives"
+            + (f"; {self.queries_held_out} held out for validation" if self.queries_held_out else "")
         )
 
     def to_dict(self) -> dict:
@@ -135,7 +142,11 @@ def build_groups(cfg: RunConfig, out_dir: str | Path) -> GroupsResult:
         collection = open_collection(
             name, root=cfg.data.root, split=cfg.data.train_split, first_stage=cfg.data.first_stage
         )
-        _add_dataset(cfg.groups, collection, stats, rows, budget)
+        held_out = cfg.data.validation_ids(name, list(collection.queries))
+        if held_out:
+            stats.validation_ids[name] = sorted(held_out)
+            stats.queries_held_out += len(held_out)
+        _add_dataset(cfg.groups, collection, stats, rows, budget, held_out)
 
     logger.info("training groups: %s", stats.summary())
     if stats.groups_written == 0:
@@ -152,10 +163,17 @@ def build_groups(cfg: RunConfig, out_dir: str | Path) -> GroupsResult:
 
 
 def _add_dataset(
-    cfg: GroupsConfig, collection: Collection, stats: GroupStats, rows: dict[str, list], budget: int | None
+    cfg: GroupsConfig,
+    collection: Collection,
+    stats: GroupStats,
+    rows: dict[str, list],
+    budget: int | None,
+    held_out: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> None:
     run = collection.run
     for query_id, query in collection.queries.items():
+        if query_id in held_out:
+            continue
         if budget is not None and stats.queries_seen >= budget:
             return
         stats.queries_seen += 1
