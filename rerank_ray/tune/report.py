@@ -477,7 +477,9 @@ def _teacher_conclusion(
     )
     comparison = ""
     if rival is not None and teacher_level is not None:
-        comparison = f"in-domain {cfg.eval.measure} {teacher_level:.3f} against {rival[1]:.3f} for the contrastive student `{rival[0]}`"
+        same = info.size is not None and student_size(cfg.students[rival[0]]) == info.size
+        which = "contrastive student of its size" if same else "best contrastive student"
+        comparison = f"in-domain {cfg.eval.measure} {teacher_level:.3f} against {rival[1]:.3f} for the {which} `{rival[0]}`"
         if teacher_level <= rival[1]:
             reasons.append(f"it is no better than the contrastive student ({comparison})")
     head = f"`{name}` (its row evaluates {info.evaluates})"
