@@ -9,10 +9,21 @@ evaluation folder), so the report can be rebuilt or unit-tested without Ray or M
   seeds of the suite's measure (default nDCG@10). A dagger (†) marks a variant that differs from
   the baseline strategy (contrastive) at p < alpha in a paired per-query test, on the same
   student and benchmark; per-query values are averaged over seeds before pairing.
-- **Tests**: the paired randomization (sign-flip) test is exact (all 2^n sign vectors) for
-  n <= 16 queries, otherwise Monte Carlo with ``permutations`` draws and the (count + 1) /
-  (draws + 1) estimate (Smucker, Allan & Carterette, CIKM 2007); the paired t-test is
-  ``scipy.stats.ttest_rel``. Both are two-sided.
+- **Tests** (``tune/stats.py``): the paired randomization (sign-flip) test, exact for n <= 16
+  queries, else Monte Carlo with ``permutations`` draws; the paired t-test (scipy). Two-sided.
+- **What to do**: per student and domain (in-domain / out-of-domain, the ``validation`` suite
+  left out: it chooses schedules), each teacher-needing variant against the baseline with the
+  per-query values of the domain's suites pooled (each query averaged over seeds): the mean Δ,
+  a 95% paired percentile bootstrap interval over queries (``report.bootstrap_resamples``,
+  seeded), the chosen paired test, and Holm's correction over all the rows of this section.
+  Answer "distil" / "contrast" when the Holm-adjusted p < alpha (by the sign of Δ), else "no
+  detectable difference".
+- **Teacher diagnostics**: per teacher, its target statistics on the training groups at each
+  distillation teacher temperature (``teacher/diagnostics.py``: mean entropy, mean
+  p(positive), how often the positive is first), its measure on every suite next to the
+  contrastive students', which model its row evaluates, and a plain statement when
+  distillation from it cannot add anything: targets close to one-hot, or in-domain no better
+  than the contrastive student of its size (or the best one, when its size is unknown).
 - **Plot**: the measure, averaged over the domain's benchmarks, against student size (layers),
   one line per variant (error bars: std over seeds); in-domain and out-of-domain panels;
   teachers dashed, first stage dotted.
@@ -188,6 +199,10 @@ def build_report(
         "",
         f"† = differs from `{cfg.report.baseline}` on the same student and benchmark at p < "
         f"{cfg.report.alpha} ({test}, two-sided, per-query {measure} averaged over seeds).",
+        *[
+            f"Row `teacher: {name}` evaluates {info.evaluates}."
+            for name, info in (teacher_info or {}).items()
+        ],
         "",
         f"![{measure} against student size]({plot_path.name})",
         "",

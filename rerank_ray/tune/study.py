@@ -9,15 +9,21 @@
    only differences between trials are the grid's axes), and the first-stage evaluation;
 2. each teacher the plan uses, once: a study-trained cross-encoder is trained contrastively
    (a child run, ``role=teacher``) and evaluated; a given checkpoint or a bi-encoder is only
-   evaluated. A teacher already trained with the same config under the study folder is reused;
+   evaluated. A teacher already trained with the same config under the study folder is reused.
+   A cross-fitted teacher (``cross_fit: k``) is trained k times on k-1 folds of the training
+   queries (``teacher/crossfit.py``; nested runs ``role=teacher_fold``), each fold teacher scores
+   the fold it did not see, and its evaluation is the fold teachers' mean;
 3. teacher scores for the groups (``teacher.score.score_groups``: resumable, reused when up to
-   date), one job per teacher;
+   date), one job per teacher, and the teacher's target diagnostics on the groups
+   (``teacher/diagnostics.py``), stored in the scores manifest;
 4. the trials, as a Ray Tune grid over the plans (``tune/trial.py``), at most
    ``tune.max_concurrent_trials`` at a time; a failed trial is recorded and the others go on;
 5. the report (``tune/report.py``), written to ``<study>/report/`` and logged to the parent run.
 
 Layout under ``<base.output_dir>/<name>/``: ``groups/``, ``first_stage/``,
-``teachers/<teacher>/`` (``teacher-<name>/`` training run, ``eval/``, ``scores/``),
+``teachers/<teacher>/`` (``teacher-<name>/`` training run, ``eval/``, ``scores/``;
+``cross_fit-k<k>-seed<s>/teacher-<name>-fold<i>/`` per fold: ``groups/{train,scored}/``, model,
+``scores/``),
 ``trials/<trial>/``, ``tune/`` (Ray Tune's storage), ``report/``.
 """
 
