@@ -302,14 +302,12 @@ def _cross_fit_teacher(
     The returned evaluation is the fold teachers' mean (per query and per suite, as seeds are
     averaged), since no single teacher produced the targets."""
     import mlflow
+    import pandas as pd
 
     from rerank_ray.teacher import crossfit
-    from rerank_ray.teacher.score import TeacherModel, score_groups
-    from rerank_ray.train.driver import run_fingerprint
 
     spec = cfg.teachers[name]
     assert isinstance(spec, CrossEncoderTeacher) and spec.cross_fit is not None
-    import pandas as pd
 
     query_ids = pd.read_parquet(groups_path, columns=["query_id"])["query_id"].astype(str).tolist()
     folds = crossfit.assign_folds(query_ids, spec.cross_fit, spec.cross_fit_seed)
@@ -321,37 +319,55 @@ def _cross_fit_teacher(
         experiment_id=experiment_id, run_name=f"teacher-{name}", nested=True, tags=tags
     ) as run:
         for fold in range(spec.cross_fit):
-            fold_run = cfg.teacher_run(name, fold)
-            fold_dir = Path(fold_run.output_dir) / fold_run.name
-            train_groups, scored_groups = crossfit.split_groups(groups_path, folds, fold, fold_dir / "groups")
-            fold_tags = child_tags(cfg.name, run.info.run_id, "teacher_fold", teacher=name, fold=str(fold))
-            with mlflow.start_run(
-                experiment_id=experiment_id, run_name=fold_run.name, nested=True, tags=fold_tags
-            ):
-                summary = _reusable_teacher(fold_run) or train_and_evaluate(
-                    fold_run, groups_path=train_groups, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
-                )
-                scorer = TeacherModel(kind="cross_encoder", path=summary["model_dir"])
-                scores = score_groups(scored_groups, scorer, fold_dir / "scores", scoring=cfg.scoring)
-            evaluations.append(_evaluation_record(summary, cfg))
-            for key, value in [
-                *summary["cost"].items(),
-                *(("scoring_" + k, v) for k, v in scores.manifest["cost"].items() if k != "actors"),
-            ]:
-                if value is not None:
-                    cost[key] = cost.get(key, 0.0) + value
-            records.append(
-                crossfit.fold_record(
-                    fold, train_groups, scored_groups,
-                    run_fingerprint=run_fingerprint(fold_run, train_groups), score_manifest=scores.manifest,
-                    model_dir=summary["model_dir"], scores_dir=str(scores.path),
-                )
-            )  # fmt: skip
+            record, evaluation, fold_cost = _fold_teacher(
+                cfg, name, fold, folds, groups_path, experiment_id, run.info.run_id
+            )
+            records.append(record)
+            evaluations.append(evaluation)
+            for key, value in fold_cost.items():
+                cost[key] = cost.get(key, 0.0) + value
         out_dir = teacher_scores_dir(cfg, name)
         crossfit.merge_fold_scores(records, out_dir, k=spec.cross_fit, seed=spec.cross_fit_seed)
         mlflow.log_artifact(str(out_dir / "manifest.json"), "teacher_scores")
         mlflow.log_metrics({f"cost/{k}": v for k, v in numeric(cost).items()})
     return _mean_record(evaluations), cost
+
+
+def _fold_teacher(
+    cfg: StudyConfig,
+    name: str,
+    fold: int,
+    folds: dict[str, int],
+    groups_path: Path,
+    experiment_id: str,
+    parent_id: str,
+) -> tuple[Any, EvalRecord, dict[str, float]]:
+    """Train (or reuse) fold teacher `fold` on the other folds' groups in a nested run, score
+    its own fold's groups; returns its ``crossfit.FoldRecord``, evaluation and summed cost."""
+    import mlflow
+
+    from rerank_ray.teacher import crossfit
+    from rerank_ray.teacher.score import score_groups
+    from rerank_ray.train.driver import run_fingerprint
+
+    run = cfg.teacher_run(name, fold)
+    fold_dir = Path(run.output_dir) / run.name
+    train_groups, scored_groups = crossfit.split_groups(groups_path, folds, fold, fold_dir / "groups")
+    tags = child_tags(cfg.name, parent_id, "teacher_fold", teacher=name, fold=str(fold))
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run.name, nested=True, tags=tags):
+        summary = _reusable_teacher(run) or train_and_evaluate(
+            run, groups_path=train_groups, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
+        )
+        scorer = TeacherModel(kind="cross_encoder", path=summary["model_dir"])
+        scores = score_groups(scored_groups, scorer, fold_dir / "scores", scoring=cfg.scoring)
+    scoring = {f"scoring_{k}": v for k, v in scores.manifest["cost"].items() if k != "actors"}
+    cost = {k: v for k, v in {**summary["cost"], **scoring}.items() if v is not None}
+    record = crossfit.fold_record(
+        fold, train_groups, scored_groups,
+        run_fingerprint=run_fingerprint(run, train_groups), score_manifest=scores.manifest,
+        model_dir=summary["model_dir"], scores_dir=str(scores.path),
+    )  # fmt: skip
+    return record, _evaluation_record(summary, cfg), cost
 
 
 def _mean_record(records: list[EvalRecord]) -> EvalRecord:
