@@ -142,6 +142,7 @@ def cmd_train(args: argparse.Namespace, summary: Summary) -> None:
         batch_size=cfg.eval.batch_size,
         out_dir=eval_dir,
         root=cfg.data.root,
+        data=cfg.data,
     )
     summary.ran.append(f"evaluated on {', '.join(cfg.eval.suites)}")
     summary.metrics.update(evaluated.metrics)
@@ -166,6 +167,7 @@ def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
         batch_size=cfg.eval.batch_size,
         out_dir=out,
         root=cfg.data.root,
+        data=cfg.data,
     )
     what = "the first-stage run" if args.first_stage else f"model {args.model}"
     summary.ran.append(f"evaluated {what} on {', '.join(cfg.eval.suites)}")

@@ -289,6 +289,12 @@ class RunConfig(Section):
             raise ValueError(
                 "deepspeed.precision='bf16' needs scaling.use_gpu=true; on CPU use 'fp32' or 'auto'"
             )
+        if "validation" in self.eval.suites and self.data.validation is None:
+            raise ValueError(
+                "eval.suites: 'validation' evaluates the training queries held out by "
+                "data.validation, which is unset; set data.validation (a query fraction or a list of "
+                "query ids)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -82,3 +82,12 @@ def test_a_teacher_trained_on_other_data_is_checked_too():
     teacher = "teachers={t: {kind: cross_encoder, model: {num_layers: 1}, overrides: {data: {train: [trec-dl-2019]}}}}"
     with pytest.raises(ConfigError, match=r"teachers\.t\.overrides\.data"):
         load_study(overrides=[*STUDY, teacher, "base.data.train=[scifact]"])
+
+
+def test_a_run_with_the_validation_suite_needs_held_out_queries():
+    with pytest.raises(ConfigError, match="data.validation, which is unset"):
+        RunConfig.from_dict({"eval": {"suites": ["validation"]}})
+    assert (
+        RunConfig.from_dict({"eval": {"suites": ["validation"]}, "data": {"validation": 0.1}}).data.validation
+        == 0.1
+    )
