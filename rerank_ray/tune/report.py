@@ -198,7 +198,8 @@ def build_report(
         table,
         "",
         f"† = differs from `{cfg.report.baseline}` on the same student and benchmark at p < "
-        f"{cfg.report.alpha} ({test}, two-sided, per-query {measure} averaged over seeds).",
+        f"{cfg.report.alpha} ({test}, two-sided, per-query {measure} averaged over seeds; not "
+        "corrected for multiple comparisons: the verdict below is).",
         *[
             f"Row `teacher: {name}` evaluates {info.evaluates}."
             for name, info in (teacher_info or {}).items()
