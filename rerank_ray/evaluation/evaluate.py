@@ -29,7 +29,7 @@ from rerank_ray.config import DataConfig
 from rerank_ray.data.datasets import Collection, open_collection
 from rerank_ray.evaluation.metrics import evaluate_run, mlflow_key
 from rerank_ray.evaluation.rerank import ScoreFn, first_stage, rerank, write_trec_run
-from rerank_ray.evaluation.suites import get_suite
+from rerank_ray.evaluation.suites import Suite, get_suite
 
 logger = logging.getLogger("rerank_ray.evaluation")
 
@@ -109,19 +109,7 @@ def evaluate_scorer(
     for name in suites:
         suite = get_suite(name)
         cut = depth or suite.depth
-        run_file = (run_files or {}).get(name, suite.run_file)
-        if suite.held_out:
-            collections = validation_collections(data)
-        else:
-            collections = [
-                open_collection(
-                    suite.dataset,
-                    root=root,
-                    split=suite.split,
-                    first_stage=suite.first_stage,
-                    run_file=run_file,
-                )
-            ]
+        collections = _collections(suite, (run_files or {}).get(name, suite.run_file), root, data)
         run: dict[str, list[tuple[str, float]]] = {}
         qrels: dict[str, dict[str, int]] = {}
         for collection in collections:
@@ -157,6 +145,19 @@ def evaluate_scorer(
     payload = {"model_path": model_path, "metrics": result.metrics, "suites": report}
     (out_dir / METRICS_FILE).write_text(json.dumps(payload, indent=2))
     return result
+
+
+def _collections(
+    suite: Suite, run_file: str | Path | None, root: str | Path | None, data: DataConfig | None
+) -> list[Collection] | list[HeldOut]:
+    """What `suite` reranks: its collection, or the validation queries of the training data."""
+    if suite.held_out:
+        return validation_collections(data)
+    return [
+        open_collection(
+            suite.dataset, root=root, split=suite.split, first_stage=suite.first_stage, run_file=run_file
+        )
+    ]
 
 
 class HeldOut:
