@@ -170,7 +170,7 @@ def train_and_evaluate(cfg: RunConfig, args: argparse.Namespace, summary: Summar
             batch_size=cfg.eval.batch_size,
             out_dir=eval_dir,
             root=cfg.data.root,
-            duplicate_run_entries=cfg.data.duplicate_run_entries,
+            data=cfg.data,
         )
     summary.ran.append(f"evaluated on {', '.join(cfg.eval.suites)}")
     summary.metrics.update(evaluated.metrics)
@@ -199,7 +199,7 @@ def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
             batch_size=cfg.eval.batch_size,
             out_dir=out,
             root=cfg.data.root,
-            duplicate_run_entries=cfg.data.duplicate_run_entries,
+            data=cfg.data,
         )
     what = "the first-stage run" if args.first_stage else f"model {args.model}"
     summary.ran.append(f"evaluated {what} on {', '.join(cfg.eval.suites)}")

@@ -27,7 +27,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 ModelFamily = Literal["encoder", "decoder", "recurrent"]
 LossName = Literal["contrastive", "distillation", "mix", "margin_mse"]
 SuiteName = Literal[
-    "dl19", "dl20", "dl21", "scifact", "cranfield", "tiny-dl19", "tiny-scifact", "msmarco-dev-small",
+    "dl19", "dl20", "dl21", "scifact", "cranfield", "tiny-dl19", "tiny-scifact", "validation",
+    "msmarco-dev-small",
     "beir-trec-covid", "beir-nfcorpus", "beir-fiqa", "beir-arguana", "beir-scidocs",
     "beir-climate-fever", "beir-dbpedia-entity", "beir-webis-touche2020",
 ]  # fmt: skip
@@ -116,12 +117,45 @@ class DataConfig(Section):
     # entry and counts the dropped ones (the MaxP rule, for runs built from passages), "error"
     # refuses the run. Applies to training groups and to evaluation.
     duplicate_run_entries: Literal["dedupe", "error"] = "dedupe"
+    # Queries held out of the training groups for validation (choosing schedules without a test
+    # suite): a fraction in (0, 1) of each training dataset's queries, drawn with
+    # `validation_seed`, or a list of query ids. None = train on every query.
+    validation: float | tuple[str, ...] | None = None
+    validation_seed: int = 0
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if not self.train:
             raise ValueError("data.train is empty: name at least one dataset")
+        if isinstance(self.validation, float) and not 0.0 < self.validation < 1.0:
+            raise ValueError(
+                f"data.validation={self.validation} is a fraction of the training queries and must "
+                "lie in (0, 1); or give a list of query ids"
+            )
+        if isinstance(self.validation, tuple) and not self.validation:
+            raise ValueError("data.validation is an empty list: name query ids, or leave it unset")
         return self
+
+    def validation_ids(self, dataset: str, query_ids: list[str]) -> set[str]:
+        """The query ids of `dataset` (its queries `query_ids`) held out for validation.
+
+        A fraction holds out ``round(fraction * n)`` (at least 1) of the dataset's n queries,
+        chosen by a permutation of the sorted ids seeded with ``(validation_seed, dataset)``, so
+        the split depends only on the seed, the dataset name and its query ids. A list holds out
+        the listed ids that the dataset has."""
+        if self.validation is None:
+            return set()
+        if isinstance(self.validation, tuple):
+            return set(self.validation) & set(query_ids)
+        import hashlib
+
+        import numpy as np
+
+        ids = sorted(set(query_ids))
+        salt = int.from_bytes(hashlib.sha256(dataset.encode()).digest()[:8], "little")
+        order = np.random.default_rng([self.validation_seed, salt]).permutation(len(ids))
+        count = max(1, round(self.validation * len(ids))) if ids else 0
+        return {ids[i] for i in order[:count]}
 
 
 class GroupsConfig(Section):
@@ -304,6 +338,12 @@ class RunConfig(Section):
         if self.deepspeed.precision == "bf16" and not self.scaling.use_gpu:
             raise ValueError(
                 "deepspeed.precision='bf16' needs scaling.use_gpu=true; on CPU use 'fp32' or 'auto'"
+            )
+        if "validation" in self.eval.suites and self.data.validation is None:
+            raise ValueError(
+                "eval.suites: 'validation' evaluates the training queries held out by "
+                "data.validation, which is unset; set data.validation (a query fraction or a list of "
+                "query ids)"
             )
         return self
 

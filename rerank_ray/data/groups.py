@@ -30,6 +30,9 @@ that repeats a (query_id, doc_id) is handled as ``data.duplicate_run_entries`` s
 dropped entries are counted in the stats), so no document appears twice among a query's
 candidates. ``groups.max_queries`` caps the queries considered
 (across datasets, in order).
+
+Queries held out for validation (``data.validation``, see ``DataConfig.validation_ids``) give no
+group; their ids are listed per dataset in the stats (``validation_ids``).
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ class GroupStats:
     queries_without_text: int = 0
     # First-stage run entries dropped as repeats of a (query_id, doc_id) ranked higher.
     run_duplicates_dropped: int = 0
+    # Queries held out for validation (data.validation): no group is built from them.
+    queries_held_out: int = 0
+    validation_ids: dict[str, list[str]] = field(default_factory=dict)
     # dataset -> skipped query ids
     without_positive_ids: dict[str, list[str]] = field(default_factory=dict)
     without_enough_negatives_ids: dict[str, list[str]] = field(default_factory=dict)
@@ -84,6 +90,7 @@ class GroupStats:
             f"{self.groups_written} groups from {self.queries_with_groups} of {self.queries_seen} queries; "
             f"skipped {self.queries_without_positive} without a positive among the candidates and "
             f"{self.queries_without_enough_negatives} with too few negatives"
+            + (f"; {self.queries_held_out} held out for validation" if self.queries_held_out else "")
         )
         if self.queries_without_text:
             examples = [q for ids in self.without_text_ids.values() for q in ids][:5]
@@ -155,7 +162,11 @@ def build_groups(cfg: RunConfig, out_dir: str | Path) -> GroupsResult:
             first_stage=cfg.data.first_stage,
             duplicates=cfg.data.duplicate_run_entries,
         )
-        _add_dataset(cfg.groups, collection, stats, rows, budget)
+        held_out = cfg.data.validation_ids(name, list(collection.queries))
+        if held_out:
+            stats.validation_ids[name] = sorted(held_out)
+            stats.queries_held_out += len(held_out)
+        _add_dataset(cfg.groups, collection, stats, rows, budget, held_out)
 
     log.info("training groups: %s", stats.summary())
     if stats.groups_written == 0:
@@ -172,7 +183,12 @@ def build_groups(cfg: RunConfig, out_dir: str | Path) -> GroupsResult:
 
 
 def _add_dataset(
-    cfg: GroupsConfig, collection: Collection, stats: GroupStats, rows: dict[str, list], budget: int | None
+    cfg: GroupsConfig,
+    collection: Collection,
+    stats: GroupStats,
+    rows: dict[str, list],
+    budget: int | None,
+    held_out: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> None:
     run = collection.run
     stats.run_duplicates_dropped += collection.run_duplicates
@@ -186,6 +202,8 @@ def _add_dataset(
             collection.name, len(without_text), without_text[:5],
         )  # fmt: skip
     for query_id, query in collection.queries.items():
+        if query_id in held_out:
+            continue
         if budget is not None and stats.queries_seen >= budget:
             return
         stats.queries_seen += 1

@@ -10,6 +10,9 @@ The paper's benchmarks that are not in ``../shared/data`` are ir_datasets ids, v
 config but readable only where ir_datasets has downloaded them (opening one offline raises a
 ``DataError`` that names the id and how to fetch it):
 
+- ``validation``: the training queries held out by ``data.validation`` (never in a training
+  group), reranked from the training data's own first stage; the suite to choose schedules on.
+
 - ``msmarco-dev-small``: ``msmarco-passage/dev/small`` (6,980 queries, binary qrels), reranking
   the id's own scoreddocs (the official BM25 top 1000); RR@10 is the official measure, R@1000
   the first stage's ceiling.
@@ -37,6 +40,10 @@ class Suite:
     # A TREC run to rerank instead of the dataset's scoreddocs: absolute, or relative to the
     # data root. Needed for ir_datasets ids without scoreddocs (BEIR).
     run_file: str | None = None
+    # The `validation` suite: the training queries held out by ``data.validation``; its
+    # collections are the run's ``data.train`` (split ``data.train_split``, first stage
+    # ``data.first_stage``), so `dataset`, `split` and `first_stage` are empty here.
+    held_out: bool = False
 
 
 def beir(dataset_id: str) -> Suite:
@@ -53,6 +60,7 @@ SUITES: dict[str, Suite] = {
     "cranfield": Suite("cranfield", "test", "bm25-top100", 100, BEIR_MEASURES),
     "tiny-dl19": Suite("fixtures/tiny-dl19", "test", "bm25-top20", 20, DL_MEASURES),
     "tiny-scifact": Suite("fixtures/tiny-scifact", "test", "bm25-top10", 10, BEIR_MEASURES),
+    "validation": Suite("", "", "", 100, BEIR_MEASURES, held_out=True),
     "msmarco-dev-small": Suite("msmarco-passage/dev/small", "dev", "bm25-top1000", 1000, MSMARCO_MEASURES),
     # The paper's BEIR subset (test splits; the ids without a split suffix have only one).
     "beir-trec-covid": beir("beir/trec-covid"),

@@ -46,6 +46,7 @@ from pydantic import Field, model_validator
 
 from rerank_ray.config import (
     ConfigError,
+    DataConfig,
     LossConfig,
     LossName,
     ModelConfig,
@@ -74,12 +75,23 @@ class CrossEncoderTeacher(Section):
     overrides: dict[str, Any] = Field(default_factory=dict)
     # A saved reranker (``Reranker.save`` output): used as it is, nothing is trained.
     path: str | None = None
+    # Out-of-sample targets (study-trained teachers only): train k teachers, each on k-1 folds
+    # of the training queries, and score each fold's groups with the teacher that did not see
+    # them (rerank_ray/teacher/crossfit.py). None = one teacher, trained on every group it scores.
+    cross_fit: int | None = Field(None, ge=2)
+    # Seed of the split of the training queries into folds.
+    cross_fit_seed: int = 0
 
     @model_validator(mode="after")
     def _check(self) -> CrossEncoderTeacher:
         if (self.path is None) == (self.model is None):
             raise ValueError(
                 "a cross_encoder teacher needs exactly one of `model` (train it) or `path` (use it)"
+            )
+        if self.path is not None and self.cross_fit is not None:
+            raise ValueError(
+                "`cross_fit` trains the teacher k times, so it needs `model`; a teacher given by "
+                "`path` is used as it is"
             )
         if self.path is not None and self.overrides:
             raise ValueError("`overrides` apply only to a teacher the study trains (`model`), not to `path`")
@@ -201,6 +213,8 @@ class ReportConfig(Section):
     alpha: float = Field(0.05, gt=0, lt=1)
     # Random sign flips when the queries are too many for an exact enumeration (> 16).
     permutations: int = Field(10_000, ge=100)
+    # Resamples of the paired bootstrap interval of each verdict's effect size.
+    bootstrap_resamples: int = Field(10_000, ge=100)
     seed: int = 0
 
 
@@ -275,12 +289,17 @@ class StudyConfig(Section):
                 self.student_run(name)
             except ConfigError as e:
                 problems.append(f"students.{name}.overrides: {e}")
+        problems += evaluated_on_training_data("base.data", self.base.data, self.eval.suites)
         for name in self.teachers:
             if isinstance(self.teachers[name], CrossEncoderTeacher) and self.teachers[name].model is not None:
                 try:
-                    self.teacher_run(name)
+                    run = self.teacher_run(name)
                 except ConfigError as e:
                     problems.append(f"teachers.{name}.overrides: {e}")
+                    continue
+                if run.data != self.base.data:
+                    where = f"teachers.{name}.overrides.data"
+                    problems += evaluated_on_training_data(where, run.data, self.eval.suites)
         if problems:
             raise ValueError("\n    ".join(problems))
         return self
@@ -300,15 +319,23 @@ class StudyConfig(Section):
         )
         return validate(RunConfig, deep_merge(merged, self.student_overrides.get(name) or {}))
 
-    def teacher_run(self, name: str) -> RunConfig:
-        """The RunConfig that trains study teacher `name` (contrastive, on base's groups)."""
+    def teacher_run(self, name: str, fold: int | None = None) -> RunConfig:
+        """The RunConfig that trains study teacher `name` (contrastive, on base's groups), or
+        its cross-fit `fold` teacher (under ``teachers/<name>/cross_fit-k<k>-seed<seed>/``)."""
         spec = self.teachers[name]
         assert isinstance(spec, CrossEncoderTeacher) and spec.model is not None
+        if fold is None:
+            run_name, output_dir = f"teacher-{name}", self.study_dir / "teachers"
+        else:
+            run_name = f"teacher-{name}-fold{fold}"
+            output_dir = (
+                self.study_dir / "teachers" / name / f"cross_fit-k{spec.cross_fit}-seed{spec.cross_fit_seed}"
+            )
         merged = deep_merge(
             self.base.model_dump(mode="json"),
             {
-                "name": f"teacher-{name}",
-                "output_dir": str(self.study_dir / "teachers"),
+                "name": run_name,
+                "output_dir": str(output_dir),
                 "model": spec.model.model_dump(mode="json"),
                 "loss": {"name": "contrastive"},
                 "train": {"teacher_scores": None},
@@ -318,6 +345,33 @@ class StudyConfig(Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def evaluated_on_training_data(where: str, data: DataConfig, suites: tuple[str, ...]) -> list[str]:
+    """Why evaluating on `suites` after training on `data` is refused (empty: it is not).
+
+    A suite whose dataset and split are among the training data's (``data.train`` and
+    ``data.train_split``) would score models on queries they were trained on; the
+    ``validation`` suite needs ``data.validation`` (the held-out queries it evaluates)."""
+    from rerank_ray.evaluation.suites import SUITES
+
+    problems = []
+    for suite in suites:
+        spec = SUITES[suite]
+        if spec.held_out and data.validation is None:
+            problems.append(
+                f"eval: suite {suite!r} evaluates the training queries held out by {where}.validation, "
+                f"which is unset; set {where}.validation (a query fraction or a list of query ids)"
+            )
+        elif spec.dataset in data.train and spec.split == data.train_split:
+            problems.append(
+                f"eval: suite {suite!r} ({spec.dataset}, split {spec.split}) is training data "
+                f"({where}.train={list(data.train)}, train_split={data.train_split!r}): a model would "
+                f"be scored on the queries it was trained on. Drop {suite!r} from eval, or train on "
+                f"other data; to choose schedules, hold out queries with {where}.validation and "
+                "evaluate the `validation` suite"
+            )
+    return problems
 
 
 # RunConfig sections a student may override; the others are shared by the whole study.

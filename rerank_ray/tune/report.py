@@ -9,10 +9,21 @@ evaluation folder), so the report can be rebuilt or unit-tested without Ray or M
   seeds of the suite's measure (default nDCG@10). A dagger (†) marks a variant that differs from
   the baseline strategy (contrastive) at p < alpha in a paired per-query test, on the same
   student and benchmark; per-query values are averaged over seeds before pairing.
-- **Tests**: the paired randomization (sign-flip) test is exact (all 2^n sign vectors) for
-  n <= 16 queries, otherwise Monte Carlo with ``permutations`` draws and the (count + 1) /
-  (draws + 1) estimate (Smucker, Allan & Carterette, CIKM 2007); the paired t-test is
-  ``scipy.stats.ttest_rel``. Both are two-sided.
+- **Tests** (``tune/stats.py``): the paired randomization (sign-flip) test, exact for n <= 16
+  queries, else Monte Carlo with ``permutations`` draws; the paired t-test (scipy). Two-sided.
+- **What to do**: per student and domain (in-domain / out-of-domain, the ``validation`` suite
+  left out: it chooses schedules), each teacher-needing variant against the baseline with the
+  per-query values of the domain's suites pooled (each query averaged over seeds): the mean Δ,
+  a 95% paired percentile bootstrap interval over queries (``report.bootstrap_resamples``,
+  seeded), the chosen paired test, and Holm's correction over all the rows of this section.
+  Answer "distil" / "contrast" when the Holm-adjusted p < alpha (by the sign of Δ), else "no
+  detectable difference".
+- **Teacher diagnostics**: per teacher, its target statistics on the training groups at each
+  distillation teacher temperature (``teacher/diagnostics.py``: mean entropy, mean
+  p(positive), how often the positive is first), its measure on every suite next to the
+  contrastive students', which model its row evaluates, and a plain statement when
+  distillation from it cannot add anything: targets close to one-hot, or in-domain no better
+  than the contrastive student of its size (or the best one, when its size is unknown).
 - **Plot**: the measure, averaged over the domain's benchmarks, against student size (layers),
   one line per variant (error bars: std over seeds); in-domain and out-of-domain panels;
   teachers dashed, first stage dotted.
@@ -20,9 +31,7 @@ evaluation folder), so the report can be rebuilt or unit-tested without Ray or M
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,43 +40,12 @@ from typing import Any
 import numpy as np
 
 from rerank_ray.config import ModelConfig
+from rerank_ray.teacher.diagnostics import ONE_HOT_ENTROPY_FRACTION, ONE_HOT_P_POSITIVE, near_one_hot
 from rerank_ray.tune.config import StudyConfig
+from rerank_ray.tune.stats import bootstrap_interval, holm, paired_randomization_test, paired_t_test
 
-EXACT_MAX_QUERIES = 16
-
-
-# ---------------------------------------------------------------------------------------------
-# Significance.
-
-
-def paired_randomization_test(
-    a: Sequence[float], b: Sequence[float], *, permutations: int = 10_000, seed: int = 0
-) -> float:
-    """Two-sided p-value of mean(a - b) != 0 under random sign flips of the paired differences."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if d.shape != np.asarray(b).shape or d.ndim != 1 or len(d) == 0:
-        raise ValueError(
-            f"paired test needs two equal-length, non-empty 1-d sequences; got {len(a)} and {len(b)}"
-        )
-    observed = abs(d.mean())
-    tolerance = 1e-12 * max(1.0, observed)
-    if len(d) <= EXACT_MAX_QUERIES:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
-        return float(np.mean(np.abs(signs @ d) / len(d) >= observed - tolerance))
-    rng = np.random.default_rng(seed)
-    signs = rng.choice((1.0, -1.0), size=(permutations, len(d)))
-    count = int(np.sum(np.abs(signs @ d) / len(d) >= observed - tolerance))
-    return (count + 1) / (permutations + 1)
-
-
-def paired_t_test(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided p-value of scipy's paired t-test; 1.0 when every difference is zero."""
-    from scipy import stats
-
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if np.allclose(d, 0.0):
-        return 1.0
-    return float(stats.ttest_rel(a, b).pvalue)
+# Suites left out of the verdict: the validation split chooses schedules, it does not judge them.
+SELECTION_SUITES = ("validation",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,11 +93,48 @@ class SignificanceRow:
 
 
 @dataclass
+class TeacherInfo:
+    """What the report knows of a teacher besides its evaluation.
+
+    ``size``: layers when it is a study-trained cross-encoder (compared with the contrastive
+    student of the same size), else None; ``evaluates``: which model its row evaluates (one
+    teacher, or the cross-fit fold teachers' mean); ``diagnostics``: ``{"T=<t>": stats}`` of
+    ``teacher.diagnostics.target_statistics`` on the training groups."""
+
+    size: float | None
+    evaluates: str
+    diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class VerdictRow:
+    """One "what to do" answer: a teacher-needing variant against the baseline, pooled over the
+    domain's suites (per-query values averaged over seeds; queries keyed by suite)."""
+
+    student: str
+    domain: str
+    variant: str
+    baseline: str
+    delta: float
+    low: float
+    high: float
+    p: float
+    p_holm: float
+    queries: int
+
+    def answer(self, alpha: float) -> str:
+        if self.p_holm >= alpha:
+            return "no detectable difference"
+        return f"distil ({self.variant})" if self.delta > 0 else f"contrast ({self.baseline})"
+
+
+@dataclass
 class Report:
     markdown_path: Path
     plot_path: Path
     table_markdown: str
     significance: list[SignificanceRow]
+    verdict: list[VerdictRow] = field(default_factory=list)
 
 
 def read_per_query(path: Path, measure: str) -> dict[str, float]:
@@ -152,9 +167,11 @@ def build_report(
     first_stage: EvalRecord | None,
     teachers: dict[str, EvalRecord],
     teacher_costs: dict[str, dict[str, float]] | None = None,
+    teacher_info: dict[str, TeacherInfo] | None = None,
     out_dir: str | Path,
     command: str = "",
 ) -> Report:
+    """Write ``report.md`` and ``report.png`` under `out_dir` (see the module docstring)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ok = [t for t in trials if t.status == "ok" and t.eval is not None]
@@ -163,6 +180,7 @@ def build_report(
     marked = {(r.student, r.suite, r.variant) for r in significance if r.p < cfg.report.alpha}
     table = _table(cfg, ok, variants, marked, first_stage, teachers)
     plot_path = _plot(cfg, ok, variants, first_stage, teachers, out_dir / "report.png")
+    verdict = _verdict(cfg, ok, variants)
 
     measure = cfg.eval.measure
     test = "paired randomization test" if cfg.report.test == "randomization" else "paired t-test"
@@ -180,9 +198,22 @@ def build_report(
         table,
         "",
         f"† = differs from `{cfg.report.baseline}` on the same student and benchmark at p < "
-        f"{cfg.report.alpha} ({test}, two-sided, per-query {measure} averaged over seeds).",
+        f"{cfg.report.alpha} ({test}, two-sided, per-query {measure} averaged over seeds; not "
+        "corrected for multiple comparisons: the verdict below is).",
+        *[
+            f"Row `teacher: {name}` evaluates {info.evaluates}."
+            for name, info in (teacher_info or {}).items()
+        ],
         "",
         f"![{measure} against student size]({plot_path.name})",
+        "",
+        "## What to do",
+        "",
+        *_verdict_section(cfg, verdict),
+        "",
+        "## Teacher diagnostics",
+        "",
+        *_diagnostics_section(cfg, ok, teachers, teacher_info or {}),
         "",
         "## Significance",
         "",
@@ -198,7 +229,13 @@ def build_report(
         lines += [f"- `{t.name}`: {(t.error or 'no result').strip().splitlines()[-1]}" for t in failed]
     md_path = out_dir / "report.md"
     md_path.write_text("\n".join(lines) + "\n")
-    return Report(markdown_path=md_path, plot_path=plot_path, table_markdown=table, significance=significance)
+    return Report(
+        markdown_path=md_path,
+        plot_path=plot_path,
+        table_markdown=table,
+        significance=significance,
+        verdict=verdict,
+    )
 
 
 def _variants(cfg: StudyConfig, ok: list[TrialRecord]) -> list[tuple[str, str | None]]:
@@ -265,6 +302,214 @@ def _significance(
                     )
                 )
     return rows
+
+
+def _domains(cfg: StudyConfig) -> list[tuple[str, list[str]]]:
+    """(domain, its suites without the selection suites), for the domains that have suites."""
+    domains = [("in-domain", cfg.eval.in_domain), ("out-of-domain", cfg.eval.out_of_domain)]
+    domains = [(name, [s for s in suites if s not in SELECTION_SUITES]) for name, suites in domains]
+    return [(name, suites) for name, suites in domains if suites]
+
+
+def _pooled(runs: list[TrialRecord], suites: list[str]) -> dict[str, float]:
+    """Seed-averaged per-query values of every suite, keyed ``<suite>/<query_id>``."""
+    out: dict[str, float] = {}
+    for suite in suites:
+        out.update({f"{suite}/{q}": v for q, v in _seed_averaged(runs, suite).items()})
+    return out
+
+
+def _verdict(
+    cfg: StudyConfig, ok: list[TrialRecord], variants: list[tuple[str, str | None]]
+) -> list[VerdictRow]:
+    """Every teacher-needing variant against the baseline, per student and domain, with
+    Holm-adjusted p-values over all of these comparisons."""
+    baseline = (cfg.report.baseline, None)
+    rows: list[VerdictRow] = []
+    for student in cfg.students:
+        base_runs = _cells(ok, student, baseline)
+        for domain, suites in _domains(cfg):
+            b = _pooled(base_runs, suites)
+            for variant in [v for v in variants if v[1] is not None]:
+                a = _pooled(_cells(ok, student, variant), suites)
+                common = sorted(set(a) & set(b))
+                if not common:
+                    continue
+                xa, xb = [a[q] for q in common], [b[q] for q in common]
+                if cfg.report.test == "randomization":
+                    p = paired_randomization_test(
+                        xa, xb, permutations=cfg.report.permutations, seed=cfg.report.seed
+                    )
+                else:
+                    p = paired_t_test(xa, xb)
+                low, high = bootstrap_interval(
+                    xa, xb, resamples=cfg.report.bootstrap_resamples, seed=cfg.report.seed
+                )
+                delta = float(np.mean(xa) - np.mean(xb))
+                rows.append(
+                    VerdictRow(student, domain, variant_label(*variant), variant_label(*baseline), delta, low, high, p, p, len(common))
+                )  # fmt: skip
+    for row, adjusted in zip(rows, holm([r.p for r in rows]), strict=True):
+        row.p_holm = adjusted
+    return rows
+
+
+def _verdict_section(cfg: StudyConfig, rows: list[VerdictRow]) -> list[str]:
+    if not rows:
+        return ["No verdict: no teacher-needing variant and baseline finished on the same student."]
+    test = "paired randomization test" if cfg.report.test == "randomization" else "paired t-test"
+    alpha = cfg.report.alpha
+    intro = (
+        f"Each row: a teacher-needing variant against `{rows[0].baseline}` on one student, its "
+        f"{cfg.eval.measure} pooled over the domain's benchmarks"
+        + (f" (not {', '.join(SELECTION_SUITES)}: it chooses schedules)" if any(
+            s in cfg.eval.suites for s in SELECTION_SUITES) else "")
+        + f". Δ is the mean over queries of the per-query difference (each query's value averaged "
+        f"over seeds first); the interval is a 95% paired percentile bootstrap over queries "
+        f"({cfg.report.bootstrap_resamples} resamples, seed {cfg.report.seed}); p is the two-sided {test}, "
+        f"Holm-corrected over the {len(rows)} comparisons of this section. Answer: **distil** when the "
+        f"variant is better at Holm-corrected p < {alpha}, **contrast** when it is worse, else "
+        "**no detectable difference**."
+    )  # fmt: skip
+    table = _markdown(
+        ["student", "layers", "domain", "answer", "variant", "Δ", "95% CI", "p", "p (Holm)", "queries"],
+        [
+            [
+                r.student,
+                _layers(cfg, r.student),
+                r.domain,
+                f"**{r.answer(alpha)}**",
+                r.variant,
+                f"{r.delta:+.4f}",
+                f"[{r.low:+.4f}, {r.high:+.4f}]",
+                f"{r.p:.4f}",
+                f"{r.p_holm:.4f}",
+                str(r.queries),
+            ]
+            for r in rows
+        ],
+    )
+    return [intro, "", table]
+
+
+def _layers(cfg: StudyConfig, student: str) -> str:
+    size = student_size(cfg.students[student])
+    return f"{size:g}" if size is not None else ""
+
+
+def _contrastive_mean(
+    cfg: StudyConfig, ok: list[TrialRecord], student: str, suites: list[str]
+) -> float | None:
+    runs = _cells(ok, student, (cfg.report.baseline, None))
+    per_seed = [
+        np.mean([t.eval.scores[s] for s in suites])
+        for t in runs
+        if t.eval and all(s in t.eval.scores for s in suites)
+    ]
+    return float(np.mean(per_seed)) if per_seed else None
+
+
+def _rival(
+    cfg: StudyConfig, ok: list[TrialRecord], info: TeacherInfo, suites: list[str]
+) -> tuple[str, float] | None:
+    """The contrastive student a teacher is compared with: the one of the teacher's size, else
+    the best one, with its in-domain mean."""
+    means = {s: _contrastive_mean(cfg, ok, s, suites) for s in cfg.students}
+    means = {s: m for s, m in means.items() if m is not None}
+    same = [s for s in means if info.size is not None and student_size(cfg.students[s]) == info.size]
+    if same:
+        return same[0], means[same[0]]
+    if not means:
+        return None
+    best = max(means, key=lambda s: means[s])
+    return best, means[best]
+
+
+def _diagnostics_section(
+    cfg: StudyConfig, ok: list[TrialRecord], teachers: dict[str, EvalRecord], infos: dict[str, TeacherInfo]
+) -> list[str]:
+    if not teachers:
+        return ["No teacher in this study."]
+    targets = []
+    for name, info in infos.items():
+        for stats in info.diagnostics.values():
+            targets.append([
+                name, f"{stats['temperature']:g}", f"{stats['mean_entropy']:.3f} (uniform {stats['uniform_entropy']:.3f})",
+                f"{stats['mean_p_positive']:.3f}", f"{stats['positive_first']:.3f}", str(stats["groups"]),
+                "close to one-hot" if near_one_hot(stats) else "soft",
+            ])  # fmt: skip
+    suites = list(cfg.eval.suites)
+    measure_rows = [[f"teacher: {n}"] + [_fmt(r.scores.get(s)) for s in suites] for n, r in teachers.items()]
+    for student in cfg.students:
+        row = [f"{cfg.report.baseline}: {student}"] + [
+            _fmt(_contrastive_mean(cfg, ok, student, [s])) for s in suites
+        ]
+        measure_rows.append(row)
+    lines = [
+        "Targets on the training groups at the distillation teacher temperature T "
+        '(softmax of teacher score / T over each group; entropy in nats; "close to one-hot" = mean '
+        f"entropy < {ONE_HOT_ENTROPY_FRACTION:g}·ln(group size) or mean p(positive) > {ONE_HOT_P_POSITIVE:g}):",
+        "",
+        _markdown(
+            [
+                "teacher",
+                "T",
+                "mean entropy",
+                "mean p(positive)",
+                "positive ranked first",
+                "groups",
+                "targets",
+            ],
+            targets,
+        )
+        if targets
+        else "No target diagnostics were recorded.",
+        "",
+        f"{cfg.eval.measure} of each teacher next to the contrastive students (mean over seeds):",
+        "",
+        _markdown(["model", *suites], measure_rows),
+        "",
+    ]
+    return lines + [
+        f"- {_teacher_conclusion(cfg, ok, name, teachers[name], infos.get(name))}" for name in teachers
+    ]
+
+
+def _teacher_conclusion(
+    cfg: StudyConfig, ok: list[TrialRecord], name: str, record: EvalRecord, info: TeacherInfo | None
+) -> str:
+    if info is None:
+        return f"`{name}`: no diagnostics."
+    in_domain = [s for s in cfg.eval.in_domain if s not in SELECTION_SUITES] or list(cfg.eval.in_domain)
+    reasons = []
+    one_hot = [k for k, stats in info.diagnostics.items() if near_one_hot(stats)]
+    if one_hot:
+        reasons.append(
+            f"its targets are close to one-hot at {', '.join(one_hot)}, almost the contrastive label"
+        )
+    rival = _rival(cfg, ok, info, in_domain) if in_domain else None
+    teacher_level = (
+        np.mean([record.scores[s] for s in in_domain]) if all(s in record.scores for s in in_domain) else None
+    )
+    comparison = ""
+    if rival is not None and teacher_level is not None:
+        same = info.size is not None and student_size(cfg.students[rival[0]]) == info.size
+        which = "contrastive student of its size" if same else "best contrastive student"
+        comparison = f"in-domain {cfg.eval.measure} {teacher_level:.3f} against {rival[1]:.3f} for the {which} `{rival[0]}`"
+        if teacher_level <= rival[1]:
+            reasons.append(f"it is no better than the contrastive student ({comparison})")
+    head = f"`{name}` (its row evaluates {info.evaluates})"
+    if reasons:
+        return f"{head}: **distillation from it cannot add anything**: " + "; ".join(reasons) + "."
+    return (
+        f"{head}: soft targets"
+        + (f" and {comparison}" if comparison else "")
+        + "; distillation has something to teach."
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def _table(

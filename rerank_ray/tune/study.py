@@ -10,9 +10,13 @@
 2. each teacher the plan uses, once: a study-trained cross-encoder is trained contrastively
    (a child run, ``role=teacher``) and evaluated; a given checkpoint or a bi-encoder is only
    evaluated. A teacher trained earlier under the study folder with the same inputs (config,
-   groups content, base weights: ``train/identity.py``) is reused; the log says which changed;
+   groups content, base weights: ``train/identity.py``) is reused; the log says which changed.
+   A cross-fitted teacher (``cross_fit: k``) is trained k times on k-1 folds of the training
+   queries (``teacher/crossfit.py``; nested runs ``role=teacher_fold``), each fold teacher scores
+   the fold it did not see, and its evaluation is the fold teachers' mean;
 3. teacher scores for the groups (``teacher.score.score_groups``: resumable, reused when up to
-   date), one job per teacher;
+   date), one job per teacher, and the teacher's target diagnostics on the groups
+   (``teacher/diagnostics.py``), stored in the scores manifest;
 4. the trials. A trial that finished earlier with the same inputs (its ``trial.json`` identity:
    config, groups content, teacher scores, base weights) is reused as it is, with a child run
    tagged ``reused=true`` that repeats its metrics; so a rerun of an interrupted study trains
@@ -24,7 +28,9 @@
 5. the report (``tune/report.py``), written to ``<study>/report/`` and logged to the parent run.
 
 Layout under ``<base.output_dir>/<name>/``: ``groups/``, ``first_stage/``,
-``teachers/<teacher>/`` (``teacher-<name>/`` training run, ``eval/``, ``scores/``),
+``teachers/<teacher>/`` (``teacher-<name>/`` training run, ``eval/``, ``scores/``;
+``cross_fit-k<k>-seed<s>/teacher-<name>-fold<i>/`` per fold: ``groups/{train,scored}/``, model,
+``scores/``),
 ``trials/<trial>/``, ``tune/`` (Ray Tune's storage), ``report/``.
 """
 
@@ -43,7 +49,14 @@ from rerank_ray.ray_runtime import run_need, scoring_need, start_ray
 from rerank_ray.teacher.config import TeacherModel
 from rerank_ray.tune.config import BiEncoderTeacher, CrossEncoderTeacher, StudyConfig, load_study
 from rerank_ray.tune.plan import TrialPlan, plan_study, teacher_scores_dir, teachers_used
-from rerank_ray.tune.report import EvalRecord, TrialRecord, build_report, read_per_query
+from rerank_ray.tune.report import (
+    EvalRecord,
+    TeacherInfo,
+    TrialRecord,
+    build_report,
+    read_per_query,
+    student_size,
+)
 from rerank_ray.tune.tracking import (
     child_tags,
     ensure_experiment,
@@ -125,15 +138,20 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
 
         groups_path = _groups(cfg)
         first_stage = _evaluation_record(
-            evaluate_suites(None, cfg.eval, study_dir / "first_stage", root=cfg.base.data.root), cfg
+            evaluate_suites(
+                None, cfg.eval, study_dir / "first_stage", root=cfg.base.data.root, data=cfg.base.data
+            ),
+            cfg,
         )
         mlflow.log_metrics({f"first_stage/{k}": v for k, v in _keys(first_stage, cfg).items()})
 
         teacher_records: dict[str, EvalRecord] = {}
         teacher_costs: dict[str, dict[str, float]] = {}
+        teacher_info: dict[str, TeacherInfo] = {}
         for name in teachers_used(plans):
             record, cost = _teacher(cfg, name, groups_path, experiment_id, parent_id)
             teacher_records[name], teacher_costs[name] = record, cost
+            teacher_info[name] = _teacher_info(cfg, name, groups_path)
             mlflow.log_metrics({f"teacher/{name}/{k}": v for k, v in _keys(record, cfg).items()})
 
         statuses = _run_trials(cfg, plans, groups_path, tracking_uri, experiment_id, parent_id)
@@ -144,6 +162,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
             first_stage=first_stage,
             teachers=teacher_records,
             teacher_costs=teacher_costs,
+            teacher_info=teacher_info,
             out_dir=study_dir / "report",
             command=command or " ".join(["rerank-ray", *sys.argv[1:]]),
         )
@@ -186,6 +205,8 @@ def _teacher(
     from rerank_ray.teacher.score import TeacherScorer, score_groups
 
     spec = cfg.teachers[name]
+    if isinstance(spec, CrossEncoderTeacher) and spec.cross_fit is not None:
+        return _cross_fit_teacher(cfg, name, groups_path, experiment_id, parent_id)
     teacher_dir = cfg.study_dir / "teachers" / name
     cost: dict[str, float] = {}
     tags = child_tags(cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind)
@@ -208,7 +229,12 @@ def _teacher(
             assert spec.path is not None
             scorer = TeacherModel(kind="cross_encoder", path=spec.path)
             evaluation = evaluate_suites(
-                spec.path, cfg.eval, teacher_dir / "eval", root=cfg.base.data.root, tag=name
+                spec.path,
+                cfg.eval,
+                teacher_dir / "eval",
+                root=cfg.base.data.root,
+                tag=name,
+                data=cfg.base.data,
             )
         else:
             assert isinstance(spec, BiEncoderTeacher)
@@ -223,7 +249,12 @@ def _teacher(
                 return model(batch)["score"].tolist()
 
             evaluation = evaluate_suites(
-                score_fn, cfg.eval, teacher_dir / "eval", root=cfg.base.data.root, tag=name
+                score_fn,
+                cfg.eval,
+                teacher_dir / "eval",
+                root=cfg.base.data.root,
+                tag=name,
+                data=cfg.base.data,
             )
             mlflow.log_params(flatten_params(spec.model_dump(mode="json"), prefix="teacher."))
         if not (isinstance(spec, CrossEncoderTeacher) and spec.model is not None):
@@ -237,6 +268,127 @@ def _teacher(
         cost.update({f"scoring_{k}": v for k, v in scoring.items() if k != "actors"})
         mlflow.log_metrics({f"cost/{k}": v for k, v in numeric(cost).items()})
     return _evaluation_record(evaluation, cfg), cost
+
+
+def _teacher_info(cfg: StudyConfig, name: str, groups_path: Path) -> TeacherInfo:
+    """Teacher `name`'s target diagnostics on the groups (stored in its scores manifest, at each
+    teacher temperature of the study's teacher-needing strategies), its size, and what its
+    report row evaluates."""
+    import mlflow
+
+    from rerank_ray.teacher.diagnostics import add_diagnostics
+    from rerank_ray.teacher.score import SCORES_DIR
+
+    temperatures = [s.teacher_temperature for s in cfg.strategies.values() if s.needs_teacher]
+    scores_dir = teacher_scores_dir(cfg, name) / SCORES_DIR
+    diagnostics = add_diagnostics(
+        scores_dir, groups_path, temperatures or [cfg.base.loss.teacher_temperature]
+    )
+    for stats in diagnostics.values():
+        prefix = f"teacher/{name}/diagnostics/T{stats['temperature']:g}"
+        mlflow.log_metrics({f"{prefix}/{k}": v for k, v in numeric(stats).items()})
+    spec = cfg.teachers[name]
+    if isinstance(spec, BiEncoderTeacher):
+        return TeacherInfo(None, f"zero-shot bi-encoder {spec.source}", diagnostics)
+    if spec.model is None:
+        return TeacherInfo(None, f"the given checkpoint {spec.path}", diagnostics)
+    if spec.cross_fit is not None:
+        evaluates = (
+            f"the mean of the {spec.cross_fit} cross-fit fold teachers (each trained on "
+            f"{spec.cross_fit - 1}/{spec.cross_fit} of the training queries; together they scored the groups)"
+        )
+    else:
+        evaluates = "the teacher trained on every training group (the groups it scored)"
+    return TeacherInfo(student_size(spec.model), evaluates, diagnostics)
+
+
+def _cross_fit_teacher(
+    cfg: StudyConfig, name: str, groups_path: Path, experiment_id: str, parent_id: str
+) -> tuple[EvalRecord, dict[str, float]]:
+    """Teacher `name` cross-fitted (``teacher.cross_fit``, see ``teacher/crossfit.py``): k fold
+    teachers, each trained on k-1 folds of the training queries (a nested child run each) and
+    scoring the held-out fold; the scores are merged into the teacher's one scores folder.
+    The returned evaluation is the fold teachers' mean (per query and per suite, as seeds are
+    averaged), since no single teacher produced the targets."""
+    import mlflow
+    import pandas as pd
+
+    from rerank_ray.teacher import crossfit
+
+    spec = cfg.teachers[name]
+    assert isinstance(spec, CrossEncoderTeacher) and spec.cross_fit is not None
+
+    query_ids = pd.read_parquet(groups_path, columns=["query_id"])["query_id"].astype(str).tolist()
+    folds = crossfit.assign_folds(query_ids, spec.cross_fit, spec.cross_fit_seed)
+    tags = child_tags(
+        cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind, cross_fit=str(spec.cross_fit)
+    )
+    records, evaluations, cost = [], [], {}
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"teacher-{name}", nested=True, tags=tags
+    ) as run:
+        for fold in range(spec.cross_fit):
+            record, evaluation, fold_cost = _fold_teacher(
+                cfg, name, fold, folds, groups_path, experiment_id, run.info.run_id
+            )
+            records.append(record)
+            evaluations.append(evaluation)
+            for key, value in fold_cost.items():
+                cost[key] = cost.get(key, 0.0) + value
+        out_dir = teacher_scores_dir(cfg, name)
+        crossfit.merge_fold_scores(records, out_dir, k=spec.cross_fit, seed=spec.cross_fit_seed)
+        mlflow.log_artifact(str(out_dir / "manifest.json"), "teacher_scores")
+        mlflow.log_metrics({f"cost/{k}": v for k, v in numeric(cost).items()})
+    return _mean_record(evaluations), cost
+
+
+def _fold_teacher(
+    cfg: StudyConfig,
+    name: str,
+    fold: int,
+    folds: dict[str, int],
+    groups_path: Path,
+    experiment_id: str,
+    parent_id: str,
+) -> tuple[Any, EvalRecord, dict[str, float]]:
+    """Train (or reuse) fold teacher `fold` on the other folds' groups in a nested run, score
+    its own fold's groups; returns its ``crossfit.FoldRecord``, evaluation and summed cost."""
+    import mlflow
+
+    from rerank_ray.teacher import crossfit
+    from rerank_ray.teacher.score import score_groups
+    from rerank_ray.train.identity import run_identity
+
+    run = cfg.teacher_run(name, fold)
+    fold_dir = Path(run.output_dir) / run.name
+    train_groups, scored_groups = crossfit.split_groups(groups_path, folds, fold, fold_dir / "groups")
+    tags = child_tags(cfg.name, parent_id, "teacher_fold", teacher=name, fold=str(fold))
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run.name, nested=True, tags=tags):
+        summary = finished_summary(run, train_groups, f"teacher {name} fold {fold}") or train_and_evaluate(
+            run, groups_path=train_groups, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
+        )
+        scorer = TeacherModel(kind="cross_encoder", path=summary["model_dir"])
+        scores = score_groups(scored_groups, scorer, fold_dir / "scores", scoring=cfg.scoring)
+    scoring = {f"scoring_{k}": v for k, v in scores.manifest["cost"].items() if k != "actors"}
+    cost = {k: v for k, v in {**summary["cost"], **scoring}.items() if v is not None}
+    record = crossfit.fold_record(
+        fold, train_groups, scored_groups,
+        run_fingerprint=run_identity(run, train_groups).fingerprint, score_manifest=scores.manifest,
+        model_dir=summary["model_dir"], scores_dir=str(scores.path),
+    )  # fmt: skip
+    return record, _evaluation_record(summary, cfg), cost
+
+
+def _mean_record(records: list[EvalRecord]) -> EvalRecord:
+    """Per suite, the mean of the records' scores and of their per-query values."""
+    suites = records[0].scores
+    return EvalRecord(
+        scores={s: float(sum(r.scores[s] for r in records) / len(records)) for s in suites},
+        per_query={
+            s: {q: sum(r.per_query[s][q] for r in records) / len(records) for q in records[0].per_query[s]}
+            for s in records[0].per_query
+        },
+    )
 
 
 def _run_trials(

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from rerank_ray.config import RunConfig
+from rerank_ray.config import DataConfig, RunConfig
 from rerank_ray.io import write_json
 from rerank_ray.train.identity import RunIdentity, run_identity
 from rerank_ray.tune.config import StudyEvalConfig
@@ -42,9 +42,11 @@ def evaluate_suites(
     *,
     root: Path | None,
     tag: str | None = None,
+    data: DataConfig | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved reranker folder (str), a ``score_fn(queries, docs)``, or the first stage
-    (None) on every suite, one ``evaluate`` call per rerank depth. Writes ``eval.json``."""
+    (None) on every suite, one ``evaluate`` call per rerank depth. Writes ``eval.json``.
+    `data` (the training data config) is what the ``validation`` suite evaluates."""
     from rerank_ray.evaluation.evaluate import evaluate, evaluate_scorer
 
     by_depth: dict[int | None, list[str]] = {}
@@ -60,6 +62,7 @@ def evaluate_suites(
             "root": root,
             "tag": tag,
             "run_files": {k: str(v) for k, v in eval_cfg.run_files.items()},
+            "data": data,
         }
         if model is None or callable(model):
             result = evaluate_scorer(model, suites, **common)
@@ -118,7 +121,7 @@ def train_and_evaluate(
         )
 
     evaluation = evaluate_suites(
-        str(result.model_dir), eval_cfg, run_dir / "eval", root=cfg.data.root, tag=cfg.name
+        str(result.model_dir), eval_cfg, run_dir / "eval", root=cfg.data.root, tag=cfg.name, data=cfg.data
     )
     wall_s = time.perf_counter() - t0
     scaling = cfg.scaling

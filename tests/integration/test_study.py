@@ -107,6 +107,8 @@ def test_two_by_two_study_writes_parent_and_child_runs(ray_local, tmp_path):
     ]
 
     assert result.report_md.is_file() and result.plot_png.is_file()
+    text = result.report_md.read_text()
+    assert "## What to do" in text and "## Teacher diagnostics" in text and "| given | 1 |" in text
     assert "| tiny-l1 | 1 |" in result.table_markdown and "teacher: given" in result.table_markdown
     parent_artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
     assert {"report/report.md", "report/report.png"} <= parent_artifacts

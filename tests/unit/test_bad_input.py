@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rerank_ray.config import ConfigError, RunConfig, default_data_root
+from rerank_ray.config import ConfigError, DataConfig, RunConfig, default_data_root
 from rerank_ray.data.datasets import DataError, open_collection
 from rerank_ray.data.groups import build_groups
 from rerank_ray.data.shards import MissingTeacherScores, attach_teacher_scores
@@ -102,7 +102,7 @@ def test_duplicate_run_entries_in_evaluation_are_reported(tmp_path, monkeypatch)
             ["tiny-dl19"],
             out_dir=tmp_path / "eval2",
             run_files={"tiny-dl19": run_file},
-            duplicate_run_entries="error",
+            data=DataConfig(duplicate_run_entries="error"),
         )
 
 

@@ -233,7 +233,7 @@ def test_train_then_evaluates_on_the_config_suites(run, library, tmp_path):
             metrics={"loss": 0.25, "step": 80, "lr": 0.0},
         )
 
-    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root, duplicate_run_entries):
+    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root, data):
         calls["evaluate"] = (model_path, suites, out_dir)
         return SimpleNamespace(metrics={"dl19/nDCG_10": 0.517, "scifact/nDCG_10": 0.61})
 
@@ -254,8 +254,8 @@ def test_train_then_evaluates_on_the_config_suites(run, library, tmp_path):
 def test_evaluate_first_stage(run, library):
     seen = {}
 
-    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root, duplicate_run_entries):
-        seen.update(model_path=model_path, suites=suites, depth=depth, duplicates=duplicate_run_entries)
+    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root, data):
+        seen.update(model_path=model_path, suites=suites, depth=depth, duplicates=data.duplicate_run_entries)
         return SimpleNamespace(metrics={"dl19/nDCG_10": 0.5058})
 
     library("rerank_ray.evaluation.evaluate", evaluate=evaluate)

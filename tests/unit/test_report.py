@@ -1,4 +1,4 @@
-"""The report's significance tests on constructed cases with known answers, and the report itself."""
+"""The report on constructed trial records: table marks, verdict, teacher diagnostics, failures."""
 
 from __future__ import annotations
 
@@ -7,43 +7,7 @@ import math
 import pytest
 
 from rerank_ray.tune.config import StudyConfig
-from rerank_ray.tune.report import (
-    EvalRecord,
-    TrialRecord,
-    build_report,
-    paired_randomization_test,
-    paired_t_test,
-)
-
-
-def test_randomization_exact_when_every_query_improves():
-    # 10 equal positive differences: only the all-plus and all-minus sign vectors reach
-    # |mean| >= observed, so p = 2 / 2^10 exactly.
-    assert paired_randomization_test([0.6] * 10, [0.5] * 10) == pytest.approx(2 / 1024)
-
-
-def test_randomization_exact_small_case_by_hand():
-    # d = (1, 2, 3): |sum| >= 6 only for (+,+,+) and (-,-,-) -> p = 2/8.
-    assert paired_randomization_test([1, 2, 3], [0, 0, 0]) == pytest.approx(0.25)
-    # d = (1, -1): both sign vectors that keep |sum| >= 0 count -> p = 1.
-    assert paired_randomization_test([1, 0], [0, 1]) == pytest.approx(1.0)
-
-
-def test_randomization_monte_carlo_agrees_with_a_clear_effect():
-    a = [0.5 + 0.01 * (i % 5) for i in range(40)]
-    b = [x - 0.05 for x in a]
-    p = paired_randomization_test(a, b, permutations=2000, seed=1)
-    # Every flip but the identity lowers |mean|, so only the +1 correction remains (up to the
-    # all-minus draw, which 2000 draws practically never hit).
-    assert p == pytest.approx(1 / 2001, abs=2 / 2001)
-    assert paired_randomization_test(a, a) == 1.0
-
-
-def test_paired_t_test_known_value():
-    # d = 1..5: mean 3, sd sqrt(2.5), t = 3 / (sqrt(2.5)/sqrt(5)) = 4.2426 on 4 df -> p = 0.01324.
-    p = paired_t_test([1, 2, 3, 4, 5], [0, 0, 0, 0, 0])
-    assert p == pytest.approx(0.013236, abs=1e-5)
-    assert paired_t_test([0.3, 0.4], [0.3, 0.4]) == 1.0
+from rerank_ray.tune.report import EvalRecord, TeacherInfo, TrialRecord, build_report
 
 
 def study() -> StudyConfig:
@@ -59,9 +23,10 @@ def study() -> StudyConfig:
     )
 
 
-def record(level: float, n: int = 12) -> EvalRecord:
+def record(level: float, n: int = 12, jitter: float = 0.0) -> EvalRecord:
     per_query = {
-        suite: {f"q{i}": level + 0.001 * i for i in range(n)} for suite in ("tiny-dl19", "tiny-scifact")
+        suite: {f"q{i}": level + 0.001 * i + jitter * (-1) ** i * (i % 3) for i in range(n)}
+        for suite in ("tiny-dl19", "tiny-scifact")
     }
     return EvalRecord(
         scores={s: sum(v.values()) / len(v) for s, v in per_query.items()},
@@ -123,3 +88,81 @@ def test_report_marks_significant_cells_and_lists_failures(tmp_path):
     text = report.markdown_path.read_text()
     assert "## Failed trials" in text and "ValueError: bad" in text
     assert report.plot_path.is_file() and report.plot_path.stat().st_size > 1000
+
+
+def trials_with_gain(gain: float, jitter: float = 0.0) -> list[TrialRecord]:
+    """l1 and l2, two seeds each: contrastive at 0.3, distillation from `bi` at 0.3 + gain (l1 only)."""
+    trials = []
+    for student in ("l1", "l2"):
+        for seed in (0, 1):
+            trials.append(
+                TrialRecord(f"c-{student}-{seed}", "contrastive", student, None, seed, "ok", record(0.3))
+            )
+            level = 0.3 + (gain if student == "l1" else 0.0)
+            trials.append(
+                TrialRecord(
+                    f"d-{student}-{seed}",
+                    "distillation",
+                    student,
+                    "bi",
+                    seed,
+                    "ok",
+                    record(level, jitter=jitter),
+                )
+            )
+    return trials
+
+
+def test_verdict_answers_per_student_and_domain_with_holm(tmp_path):
+    report = build_report(
+        study(), trials_with_gain(0.1), first_stage=None, teachers={"bi": record(0.6)}, out_dir=tmp_path
+    )
+    rows = {(r.student, r.domain): r for r in report.verdict}
+    assert set(rows) == {(s, d) for s in ("l1", "l2") for d in ("in-domain", "out-of-domain")}
+    l1 = rows[("l1", "in-domain")]
+    # 12 queries all better by 0.1: exact randomization p = 2/4096, Holm over 4 comparisons
+    # (the two l2 rows have p = 1): sorted 2/4096, 2/4096, 1, 1 -> 4*2/4096, then max(3*2/4096, ..).
+    assert l1.delta == pytest.approx(0.1) and (l1.low, l1.high) == pytest.approx((0.1, 0.1))
+    assert l1.p == pytest.approx(2 / 4096) and l1.p_holm == pytest.approx(8 / 4096)
+    assert l1.answer(0.05) == "distil (distillation (bi))"
+    assert rows[("l2", "out-of-domain")].answer(0.05) == "no detectable difference"
+    text = report.markdown_path.read_text()
+    assert "## What to do" in text and "Holm-corrected over the 4 comparisons" in text
+    # A worse variant says "contrast".
+    worse = build_report(
+        study(), trials_with_gain(-0.1), first_stage=None, teachers={}, out_dir=tmp_path / "w"
+    )
+    assert worse.verdict[0].answer(0.05) == "contrast (contrastive)"
+
+
+def test_teacher_diagnostics_section_says_when_distillation_cannot_help(tmp_path):
+    one_hot = {"temperature": 1.0, "groups": 10, "group_size": 8, "uniform_entropy": 2.0794,
+               "mean_entropy": 0.05, "mean_p_positive": 0.99, "positive_first": 1.0}  # fmt: skip
+    soft = {**one_hot, "mean_entropy": 0.9, "mean_p_positive": 0.55, "positive_first": 0.7}
+    teachers = {"bi": record(0.6), "ce": record(0.2)}
+    infos = {
+        "bi": TeacherInfo(None, "zero-shot bi-encoder", {"T=1": soft}),
+        "ce": TeacherInfo(2.0, "the teacher trained on every training group", {"T=1": one_hot}),
+    }
+    report = build_report(
+        study(),
+        trials_with_gain(0.0),
+        first_stage=None,
+        teachers=teachers,
+        teacher_info=infos,
+        out_dir=tmp_path,
+    )
+    text = report.markdown_path.read_text()
+    section = text.split("## Teacher diagnostics")[1].split("## Significance")[0]
+    assert "| bi | 1 | 0.900 (uniform 2.079) | 0.550 | 0.700 | 10 | soft |" in section
+    assert "| ce | 1 | 0.050 (uniform 2.079) | 0.990 | 1.000 | 10 | close to one-hot |" in section
+    assert "| contrastive: l1 | 0.305 | 0.305 |" in section
+    bi_line = next(line for line in section.splitlines() if line.startswith("- `bi`"))
+    ce_line = next(line for line in section.splitlines() if line.startswith("- `ce`"))
+    assert (
+        "cannot add anything" not in bi_line
+        and "against 0.305 for the best contrastive student `l1`" in bi_line
+    )
+    # ce (2 layers) is compared with the 2-layer contrastive student and loses; its targets are one-hot.
+    assert "cannot add anything" in ce_line and "close to one-hot at T=1" in ce_line
+    assert "no better than the contrastive student" in ce_line and "`l2`" in ce_line
