@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace, summary: Summary) -> None:
     )
     if args.no_eval:
         return
-    from rerank_ray.evaluation.evaluate import evaluate
+    from rerank_ray.evaluation.evaluate import evaluate, pool_options
 
     eval_dir = Path(result.model_dir).parent / "eval"
     evaluated = evaluate(
@@ -142,6 +142,7 @@ def cmd_train(args: argparse.Namespace, summary: Summary) -> None:
         batch_size=cfg.eval.batch_size,
         out_dir=eval_dir,
         root=cfg.data.root,
+        **pool_options(cfg.eval),
     )
     summary.ran.append(f"evaluated on {', '.join(cfg.eval.suites)}")
     summary.metrics.update(evaluated.metrics)
@@ -149,7 +150,7 @@ def cmd_train(args: argparse.Namespace, summary: Summary) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
-    from rerank_ray.evaluation.evaluate import evaluate
+    from rerank_ray.evaluation.evaluate import evaluate, pool_options
 
     args.args = [*args.args, *suites_override(args.suite)]
     cfg = load_run_config(args)
@@ -166,6 +167,7 @@ def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
         batch_size=cfg.eval.batch_size,
         out_dir=out,
         root=cfg.data.root,
+        **pool_options(cfg.eval),
     )
     what = "the first-stage run" if args.first_stage else f"model {args.model}"
     summary.ran.append(f"evaluated {what} on {', '.join(cfg.eval.suites)}")

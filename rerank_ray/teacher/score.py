@@ -63,16 +63,32 @@ class TeacherScorer:
 
     ``__call__`` takes a DataFrame with ``query_id, doc_id, query, doc`` (plus any extra columns,
     which are passed through: the job uses a ``shard`` column) and returns ``query_id, doc_id,
-    score`` (float64) in the same row order.
+    score`` (float64) in the same row order. The whole frame is sorted by length before it is cut
+    into forward passes of ``batch_size`` pairs, so give it large frames (the job gives it whole
+    blocks). ``threads`` sets torch's CPU threads (None: leave them); on CUDA, float32 weights
+    run their matmuls in bf16 under autocast when ``autocast`` is true.
     """
 
-    def __init__(self, teacher: dict[str, Any], batch_size: int = 64, dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        teacher: dict[str, Any],
+        batch_size: int = 64,
+        dtype: str = "float32",
+        threads: int | None = None,
+        autocast: bool = True,
+    ) -> None:
         import torch
 
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.teacher = TeacherModel.model_validate(teacher)
         self.batch_size = batch_size
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+        self.autocast = autocast and self.device.type == "cuda" and torch_dtype == torch.float32
+        # Query embeddings of the bi-encoder, kept for the actor's life: a query recurs in many
+        # blocks, a document rarely (and documents would not fit in memory at scale).
+        self._query_cache: dict[str, Any] = {}
         if self.teacher.kind == "cross_encoder":
             from rerank_ray.models import load_reranker
 
@@ -87,44 +103,83 @@ class TeacherScorer:
             self.model = AutoModel.from_pretrained(source).to(self.device, torch_dtype).eval()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        import torch
+
         queries = batch["query"].astype(str).tolist()
         docs = batch["doc"].astype(str).tolist()
-        if self.teacher.kind == "cross_encoder":
-            scores = self.model.score(queries, docs, batch_size=self.batch_size)
-        else:
-            scores = self._bi_encoder_scores(queries, docs)
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
+            if self.teacher.kind == "cross_encoder":
+                scores = self.model.score(queries, docs, batch_size=self.batch_size)
+            else:
+                scores = self._bi_encoder_scores(queries, docs)
         out = batch.drop(columns=["query", "doc"]).copy()
         out["score"] = pd.Series(scores, index=out.index, dtype="float64")
         return out
 
     def _embed(self, texts: list[str], max_length: int) -> Any:
         """L2-normalised mean-pooled embeddings ``[len(texts), hidden]`` (sentence-transformers'
-        pooling for all-MiniLM-L6-v2: mean over non-padding tokens)."""
+        pooling for all-MiniLM-L6-v2: mean over non-padding tokens), in input order; batches
+        are cut from the texts sorted by length, longest first."""
         import torch
 
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(
-                    texts[start : start + self.batch_size],
-                    max_length=max_length,
-                    truncation=True,
-                    padding=True,
-                    return_tensors="pt",
-                ).to(self.device)
-                hidden = self.model(**enc).last_hidden_state.float()
-                mask = enc["attention_mask"].unsqueeze(-1).float()
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                chunks.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(chunks)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = torch.empty(0)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            enc = self.tokenizer(
+                [texts[i] for i in idx],
+                max_length=max_length,
+                truncation=True,
+                padding=True,
+                return_tensors="pt",
+            ).to(self.device)
+            hidden = self.model(**enc).last_hidden_state.float()
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            pooled = torch.nn.functional.normalize(
+                (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1
+            )
+            if not out.numel():
+                out = torch.empty(len(texts), pooled.shape[-1], device=pooled.device)
+            out[idx] = pooled
+        return out
 
     def _bi_encoder_scores(self, queries: list[str], docs: list[str]) -> list[float]:
-        unique = list(dict.fromkeys(queries))
-        q_emb = self._embed(unique, self.teacher.query_max_length)
-        d_emb = self._embed(docs, self.teacher.max_length)
-        index = {q: i for i, q in enumerate(unique)}
-        q_rows = q_emb[[index[q] for q in queries]]
-        return ((q_rows * d_emb).sum(-1) * self.teacher.scale).tolist()
+        """``scale * cos``; each distinct document is encoded once per call, each distinct query
+        once per scorer (cached)."""
+        import torch
+
+        new = [q for q in dict.fromkeys(queries) if q not in self._query_cache]
+        if new:
+            self._query_cache.update(zip(new, self._embed(new, self.teacher.query_max_length), strict=True))
+        unique_docs = list(dict.fromkeys(docs))
+        d_emb = self._embed(unique_docs, self.teacher.max_length)
+        d_index = {d: i for i, d in enumerate(unique_docs)}
+        q_rows = torch.stack([self._query_cache[q] for q in queries])
+        d_rows = d_emb[[d_index[d] for d in docs]]
+        return ((q_rows * d_rows).sum(-1) * self.teacher.scale).tolist()
+
+
+def torch_threads(cpus: float | None = None) -> int:
+    """Threads for torch on CPU: `cpus` rounded (at least 1); None = the CPUs Ray assigned to
+    this process when it is a Ray worker, else every core this process may run on."""
+    if cpus is None:
+        cpus = _ray_assigned_cpus()
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0))
+    return max(1, round(cpus))
+
+
+def _ray_assigned_cpus() -> float | None:
+    import sys
+
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    # A driver has no assigned resources; an actor or task has what it was scheduled with.
+    return ray.get_runtime_context().get_assigned_resources().get("CPU")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,19 +404,20 @@ def _run_job(
     import ray
     import ray.data
 
-    # One block per shard, so shards spread over the actors and finish one by one.
-    blocks = [pairs[pairs["shard"] == i] for i in todo]
-    ds = ray.data.from_pandas(blocks).map_batches(
+    ds = ray.data.from_pandas(_blocks(pairs, todo, scoring.actors)).map_batches(
         TeacherScorer,
         fn_constructor_kwargs={
             "teacher": teacher.model_dump(mode="json"),
             "batch_size": scoring.batch_size,
             "dtype": scoring.dtype,
+            "threads": torch_threads(scoring.cpus_per_actor),
         },
-        compute=ray.data.ActorPoolStrategy(size=scoring.actors),
+        # One block at a time per actor, so a free actor always finds work left.
+        compute=ray.data.ActorPoolStrategy(size=scoring.actors, max_tasks_in_flight_per_actor=1),
         num_cpus=scoring.cpus_per_actor,
         num_gpus=scoring.gpus_per_actor,
-        batch_size=scoring.batch_size,
+        # Whole blocks: the scorer sorts a block by length before cutting forward passes.
+        batch_size=None,
         batch_format="pandas",
     )
     expected = {i: int((pairs["shard"] == i).sum()) for i in todo}
@@ -374,6 +430,22 @@ def _run_job(
                 _write_shard(out_dir, shard, pd.concat(pending.pop(shard)))
     if pending:
         raise RuntimeError(f"teacher scoring ended with incomplete shard(s) {sorted(pending)} in {out_dir}")
+
+
+# Blocks per actor when the work is small: enough that the last block does not leave an actor
+# idle for long, few enough that per-block overhead (a Ray task, a length sort) stays small.
+BLOCKS_PER_ACTOR = 4
+
+
+def _blocks(pairs: pd.DataFrame, todo: list[int], actors: int) -> list[pd.DataFrame]:
+    """The shards in `todo`, each cut into blocks of at most ``pairs / (actors * BLOCKS_PER_ACTOR)``
+    rows, so every actor gets work; a block never spans two shards."""
+    work = pairs[pairs["shard"].isin(todo)]
+    size = max(1, -(-len(work) // (actors * BLOCKS_PER_ACTOR)))
+    blocks = []
+    for _, shard in work.groupby("shard", sort=True):
+        blocks.extend(shard.iloc[start : start + size] for start in range(0, len(shard), size))
+    return blocks
 
 
 def _write_shard(out_dir: Path, index: int, frame: pd.DataFrame) -> None:
