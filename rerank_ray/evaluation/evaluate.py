@@ -143,16 +143,16 @@ def _model_reranker(
     model_path: Path, batch_size: int, out_dir: Path, pool: ScoringConfig | None, pool_min_pairs: int
 ) -> RerankSuite:
     """Reranks one suite with the saved model: on the pool when it is large enough, else in
-    process (the model is loaded on first use, with torch on every core this process has)."""
+    process (the model is loaded on first use; torch threads = this process's CPU budget)."""
     loaded = []
 
     def rerank_suite(collection: Collection, cut: int, name: str) -> dict[str, list[tuple[str, float]]]:
         pairs = candidates(collection, cut)
         if pool is not None and len(pairs) >= pool_min_pairs:
             return _rerank_on_pool(model_path, collection, pairs, out_dir / "scores" / name, pool)
-        if not loaded:
-            import torch
+        import torch
 
+        if not loaded:
             from rerank_ray.models import load_reranker
 
             torch.set_num_threads(torch_threads())
@@ -163,9 +163,24 @@ def _model_reranker(
         def score_fn(queries: list[str], docs: list[str]) -> list[float]:
             return reranker.score(queries, docs, batch_size)
 
+        if torch.cuda.is_available():  # load_reranker(inference=True) put the model there
+            score_fn = _bf16_autocast(score_fn)
+
         return rerank(score_fn, collection, cut, batch_size, desc=f"rerank {name}")
 
     return rerank_suite
+
+
+def _bf16_autocast(score_fn: ScoreFn) -> ScoreFn:
+    """`score_fn` with CUDA matmuls in bf16 (autocast: float32 weights and outputs stay as they
+    are; a model already cast to bf16, as decoders are on a GPU, is unaffected)."""
+    import torch
+
+    def autocast_score_fn(queries: list[str], docs: list[str]) -> list[float]:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return list(score_fn(queries, docs))
+
+    return autocast_score_fn
 
 
 def _rerank_on_pool(

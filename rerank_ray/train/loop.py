@@ -94,6 +94,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model_parameters=_param_groups(model, cfg.train.weight_decay),
         config=ds_config,
     )
+    if world == 1 and cfg.deepspeed.zero_stage == 0:
+        # One replica: the gradient all-reduce DeepSpeed runs after each backward (flatten,
+        # gloo/NCCL all-reduce, unflatten) is an identity that costs a full copy of the
+        # gradients. ZeRO >= 1 must keep it: its optimizer gathers gradients there.
+        engine.enable_backward_allreduce = False
     reranker = engine.module
     loss_fn = build_loss(cfg.loss)
     group_size = cfg.groups.group_size
