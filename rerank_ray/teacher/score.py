@@ -160,26 +160,11 @@ class TeacherScorer:
 
 
 def torch_threads(cpus: float | None = None) -> int:
-    """Threads for torch on CPU: `cpus` rounded (at least 1); None = the CPUs Ray assigned to
-    this process when it is a Ray worker, else every core this process may run on."""
+    """Threads for torch on CPU: `cpus` rounded (at least 1); None = ``OMP_NUM_THREADS`` when set
+    (Ray sets it in its workers from their CPU budget), else every core this process may use."""
     if cpus is None:
-        cpus = _ray_assigned_cpus()
-    if cpus is None:
-        cpus = len(os.sched_getaffinity(0))
+        cpus = float(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
     return max(1, round(cpus))
-
-
-def _ray_assigned_cpus() -> float | None:
-    import sys
-
-    if "ray" not in sys.modules:
-        return None
-    import ray
-
-    if not ray.is_initialized():
-        return None
-    # A driver has no assigned resources; an actor or task has what it was scheduled with.
-    return ray.get_runtime_context().get_assigned_resources().get("CPU")
 
 
 # ---------------------------------------------------------------------------------------------

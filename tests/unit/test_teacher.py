@@ -141,7 +141,7 @@ def test_blocks_give_every_actor_work_and_never_span_shards():
     assert max(len(block) for block in blocks) == 2  # ceil(12 / (2 actors * 4 blocks each))
 
 
-def test_torch_threads_follow_the_cpu_budget():
+def test_torch_threads_follow_the_cpu_budget(monkeypatch):
     import os
 
     from rerank_ray.teacher.score import torch_threads
@@ -149,4 +149,7 @@ def test_torch_threads_follow_the_cpu_budget():
     assert torch_threads(0.5) == 1
     assert torch_threads(2.0) == 2
     assert torch_threads(3.6) == 4
-    assert torch_threads() == len(os.sched_getaffinity(0))  # not a Ray worker: every core
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # as Ray sets it in a worker of 3 CPUs
+    assert torch_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert torch_threads() == len(os.sched_getaffinity(0))
