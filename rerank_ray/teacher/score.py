@@ -23,6 +23,13 @@ deleted before scoring starts, so a folder never mixes two teachers or two pair 
 
 ``TeacherScorer`` is the callable class given to ``map_batches``: it loads the teacher in
 ``__init__`` and scores one pandas batch in ``__call__``, so a unit test can run it without Ray.
+
+Layout for speed: the shards to score are cut into blocks (never spanning two shards) small
+enough that every actor gets several, and each actor takes one block at a time, so no actor
+idles while another holds queued work. An actor scores a whole block per call, sorted by length
+before it is cut into forward passes of ``scoring.batch_size`` pairs (little padding), with
+torch on ``cpus_per_actor`` threads. The same job reranks large evaluation suites
+(``evaluation/evaluate.py``).
 """
 
 from __future__ import annotations
