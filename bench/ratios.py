@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass (all sides)")
     parser.add_argument("--stages", default="P1,P2,P3", help="comma-separated subset of P1,P2,P3")
+    parser.add_argument(
+        "--score-actors", type=int, help="P2's actors (default: one per thread), sharing the threads"
+    )
     args = parser.parse_args()
     size = SIZES["quick" if args.quick else "full"]
 
@@ -128,13 +131,14 @@ def bench_scoring(model_dir: Path, groups_path: Path, size: dict, args, work: Pa
     rows.append(("P2", f"plain loop, {len(docs)} group pairs", plain))
     del reranker
 
-    scoring = ScoringConfig(actors=args.threads, cpus_per_actor=1, batch_size=args.batch_size)
+    actors = args.score_actors or args.threads
+    scoring = ScoringConfig(actors=actors, cpus_per_actor=args.threads / actors, batch_size=args.batch_size)
     teacher = TeacherModel(kind="cross_encoder", path=str(model_dir))
     start = time.perf_counter()
     result = score_groups(groups_path, teacher, work / "scores", scoring=scoring)
     project = Timing(len(docs), time.perf_counter() - start)
     unique = result.manifest["count"]
-    rows.append(("P2", f"rerank-ray score, {args.threads} actors ({unique} unique pairs)", project))
+    rows.append(("P2", f"rerank-ray score, {actors} actor(s) ({unique} unique pairs)", project))
     return project.pairs_per_s / plain.pairs_per_s
 
 
