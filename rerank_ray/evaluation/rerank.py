@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from rerank_ray.data.datasets import Collection, DataError
+from rerank_ray.teacher.score import length_order
 
 ScoreFn = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -32,8 +33,9 @@ def rerank(
     queries = [collection.queries[q] for q, _ in pairs]
     docs = collection.doc_texts([d for _, d in pairs])
     # Longest first over the whole suite, so every batch holds pairs of similar length (the
-    # scorer sorts each call again, which keeps this order).
-    order = sorted(range(len(pairs)), key=lambda i: -(len(queries[i]) + len(docs[i])))
+    # scorer sorts each call again, stably, which keeps this order). The teacher scoring job
+    # uses the same order, so a suite reranked there sees the same forward passes.
+    order = length_order(queries, docs, [q for q, _ in pairs], [d for _, d in pairs])
     scores = [0.0] * len(pairs)
     chunk = batch_size * CHUNK_BATCHES
     with tqdm(total=len(pairs), desc=desc or collection.name, unit="pair") as bar:

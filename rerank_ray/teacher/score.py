@@ -166,6 +166,18 @@ class TeacherScorer:
         return ((q_rows * d_rows).sum(-1) * self.teacher.scale).tolist()
 
 
+# How pairs are assigned to shards (recorded in the provenance): by length_order.
+SHARD_ORDER = "length"
+
+
+def length_order(queries: list[str], docs: list[str], query_ids: Any, doc_ids: Any) -> list[int]:
+    """Positions of the pairs, longest (query + document characters) first, ties by (query_id,
+    doc_id): a total order, so shards and forward passes are the same on every run, and the
+    same as in-process evaluation's (``evaluation.rerank``)."""
+    keys = list(zip(query_ids, doc_ids, strict=True))
+    return sorted(range(len(keys)), key=lambda i: (-(len(queries[i]) + len(docs[i])), keys[i]))
+
+
 def torch_threads(cpus: float | None = None) -> int:
     """Threads for torch on CPU: `cpus` rounded (at least 1); None = ``OMP_NUM_THREADS`` when set
     (Ray sets it in its workers from their CPU budget), else every core this process may use."""
@@ -292,6 +304,7 @@ def provenance(teacher: TeacherModel, pairs: pd.DataFrame, scoring: ScoringConfi
         "count": len(pairs),
         "shard_size": scoring.shard_size,
         "shards": -(-len(pairs) // scoring.shard_size),
+        "shard_order": SHARD_ORDER,
     }
 
 
@@ -305,6 +318,7 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
         "dtype",
         "count",
         "shard_size",
+        "shard_order",
     )
     return all(a.get(k) == b.get(k) for k in keys)
 
@@ -338,7 +352,9 @@ def score_pairs(
         manifest_path.unlink()
 
     _claim(out_dir, prov)
-    shard_of = pd.Series(range(len(pairs))) // scoring.shard_size
+    order = length_order(pairs["query"].tolist(), pairs["doc"].tolist(), pairs["query_id"], pairs["doc_id"])
+    shard_of = pd.Series(0, index=pairs.index)
+    shard_of.iloc[order] = [k // scoring.shard_size for k in range(len(order))]
     todo = [i for i in range(prov["shards"]) if not shard_path(out_dir, i).is_file()]
     log.info(
         "scoring %d pairs with %s teacher %s: %d of %d shards to do, %d actor(s)",
@@ -346,7 +362,7 @@ def score_pairs(
     )  # fmt: skip
     t0 = time.perf_counter()
     if todo:
-        _run_job(pairs.assign(shard=shard_of), todo, teacher, out_dir, scoring)
+        _run_job(pairs.assign(shard=shard_of).iloc[order], todo, teacher, out_dir, scoring)
     wall_s = time.perf_counter() - t0
 
     scores = pd.read_parquet(out_dir / SCORES_DIR)
@@ -396,7 +412,7 @@ def _run_job(
     import ray
     import ray.data
 
-    ds = ray.data.from_pandas(_blocks(pairs, todo, scoring.actors)).map_batches(
+    ds = ray.data.from_pandas(_blocks(pairs, todo, scoring.actors, scoring.batch_size)).map_batches(
         TeacherScorer,
         fn_constructor_kwargs={
             "teacher": teacher.model_dump(mode="json"),
@@ -430,11 +446,14 @@ def _run_job(
 BLOCKS_PER_ACTOR = 8
 
 
-def _blocks(pairs: pd.DataFrame, todo: list[int], actors: int) -> list[pd.DataFrame]:
-    """The shards in `todo`, each cut into blocks of at most ``pairs / (actors * BLOCKS_PER_ACTOR)``
-    rows, so every actor gets work; a block never spans two shards."""
+def _blocks(pairs: pd.DataFrame, todo: list[int], actors: int, batch_size: int) -> list[pd.DataFrame]:
+    """The shards in `todo` (rows in scoring order), each cut into blocks of about
+    ``pairs / (actors * BLOCKS_PER_ACTOR)`` rows, a multiple of `batch_size`, so every actor gets
+    work and forward passes start where they would in one long sorted list; a block never spans
+    two shards."""
     work = pairs[pairs["shard"].isin(todo)]
     size = max(1, -(-len(work) // (actors * BLOCKS_PER_ACTOR)))
+    size = -(-size // batch_size) * batch_size
     blocks = []
     for _, shard in work.groupby("shard", sort=True):
         blocks.extend(shard.iloc[start : start + size] for start in range(0, len(shard), size))

@@ -132,7 +132,7 @@ def test_blocks_give_every_actor_work_and_never_span_shards():
     from rerank_ray.teacher.score import _blocks
 
     pairs = pd.DataFrame({"query_id": [f"q{i}" for i in range(20)], "shard": [i // 8 for i in range(20)]})
-    blocks = _blocks(pairs, [0, 2], actors=1)  # shards 0 (8 rows) and 2 (4 rows): 12 rows
+    blocks = _blocks(pairs, [0, 2], actors=1, batch_size=1)  # shards 0 (8 rows), 2 (4 rows)
     assert len(blocks) == 12 // 2
     assert all(block["shard"].nunique() == 1 for block in blocks)
     assert sorted(q for block in blocks for q in block["query_id"]) == sorted(
@@ -153,3 +153,12 @@ def test_torch_threads_follow_the_cpu_budget(monkeypatch):
     assert torch_threads() == 3
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert torch_threads() == len(os.sched_getaffinity(0))
+
+
+def test_length_order_is_total_and_longest_first():
+    from rerank_ray.teacher.score import length_order
+
+    queries = ["q", "q", "qq", "q"]
+    docs = ["abc", "abcd", "ab", "abc"]
+    # Lengths 4, 5, 4, 4: the longest first, then ties by (query_id, doc_id).
+    assert length_order(queries, docs, ["b", "a", "a", "a"], ["1", "9", "2", "1"]) == [1, 3, 2, 0]
