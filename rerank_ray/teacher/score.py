@@ -2,8 +2,10 @@
 
 Input: the training groups (Parquet, ``data/groups.py``: ``query_id, query, doc_ids, docs``), or
 any table of pairs. They are flattened to the unique pairs ``query_id: str, doc_id: str,
-query: str, doc: str``, sorted by (query_id, doc_id), and split into deterministic shards of
-``scoring.shard_size`` pairs: shard ``i`` always holds the same pairs for the same input.
+query: str, doc: str``, sorted by (query_id, doc_id) (the data fingerprint's order), and split
+into deterministic shards of ``scoring.shard_size`` pairs taken in :func:`length_order` (longest
+first, ties by ids): shard ``i`` always holds the same pairs for the same input, and each shard
+is a band of similar lengths.
 
 Output, under ``out_dir``:
 
