@@ -158,7 +158,7 @@ def train_and_evaluate(cfg: RunConfig, args: argparse.Namespace, summary: Summar
     )
     if args.no_eval:
         return
-    from rerank_ray.evaluation.evaluate import evaluate
+    from rerank_ray.evaluation.evaluate import evaluate, pool_options
     from rerank_ray.heartbeat import heartbeat
 
     eval_dir = Path(result.model_dir).parent / "eval"
@@ -171,6 +171,7 @@ def train_and_evaluate(cfg: RunConfig, args: argparse.Namespace, summary: Summar
             out_dir=eval_dir,
             root=cfg.data.root,
             data=cfg.data,
+            **pool_options(cfg.eval),
         )
     summary.ran.append(f"evaluated on {', '.join(cfg.eval.suites)}")
     summary.metrics.update(evaluated.metrics)
@@ -178,7 +179,7 @@ def train_and_evaluate(cfg: RunConfig, args: argparse.Namespace, summary: Summar
 
 
 def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
-    from rerank_ray.evaluation.evaluate import evaluate
+    from rerank_ray.evaluation.evaluate import evaluate, pool_options
     from rerank_ray.heartbeat import heartbeat
 
     args.args = [*args.args, *suites_override(args.suite)]
@@ -200,6 +201,7 @@ def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
             out_dir=out,
             root=cfg.data.root,
             data=cfg.data,
+            **pool_options(cfg.eval),
         )
     what = "the first-stage run" if args.first_stage else f"model {args.model}"
     summary.ran.append(f"evaluated {what} on {', '.join(cfg.eval.suites)}")

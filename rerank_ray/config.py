@@ -310,6 +310,13 @@ class EvalConfig(Section):
     # Rerank this many first-stage candidates; None = each suite's own depth.
     depth: int | None = Field(None, ge=1)
     batch_size: int = Field(64, ge=1)
+    # A suite of at least this many (query, document) pairs is reranked by a Ray Data actor pool
+    # (the teacher scoring job: sharded, resumable, length-sorted); smaller suites in process.
+    # None = always in process.
+    pool_min_pairs: int | None = Field(20_000, ge=1)
+    actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
 
 
 class MlflowConfig(Section):

@@ -21,21 +21,38 @@ The ``validation`` suite needs ``data`` (the run's ``DataConfig``): it reranks t
 ``data.validation`` held out of each training dataset, from that dataset's own first stage
 (query ids prefixed ``<dataset>:`` when ``data.train`` names several datasets). ``data`` also
 says how repeated run entries are handled (``data.duplicate_run_entries``; default dedupe).
+
+A suite is reranked in process, or, when ``evaluate`` is given a ``pool`` and the suite has at
+least ``pool_min_pairs`` pairs, by the teacher scoring job (``rerank_ray.teacher.score``) with
+the model as a cross-encoder teacher: a Ray Data actor pool on CPUs or GPUs, whose score shards
+(``<out_dir>/scores/<suite>/``) make an interrupted evaluation resume where it stopped. Both
+paths rank the same scores the same way (``rerank.ranked``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from rerank_ray.config import DataConfig
+from rerank_ray.config import DataConfig, EvalConfig
 from rerank_ray.data.datasets import Collection, open_collection
 from rerank_ray.evaluation.metrics import evaluate_run, mlflow_key, query_coverage
-from rerank_ray.evaluation.rerank import ScoreFn, first_stage, rerank, with_first_stage_tail, write_trec_run
+from rerank_ray.evaluation.rerank import (
+    ScoreFn,
+    candidates,
+    first_stage,
+    ranked,
+    rerank,
+    with_first_stage_tail,
+    write_trec_run,
+)
 from rerank_ray.evaluation.suites import Suite, get_suite
 from rerank_ray.io import write_json
+from rerank_ray.teacher.config import ScoringConfig, TeacherModel
+from rerank_ray.teacher.score import torch_threads
 
 log = logging.getLogger("rerank_ray.evaluation")
 
@@ -51,6 +68,14 @@ class EvalResult:
     out_dir: Path | None = None
 
 
+# Suites with at least this many (query, document) pairs are reranked as a Ray Data job when
+# evaluate() is given a pool; smaller ones stay in process, where starting actors costs more than
+# it saves (dl19 at depth 100 is 4,300 pairs; msmarco-dev-small at depth 1,000 is 7 million).
+POOL_MIN_PAIRS = 20_000
+
+RerankSuite = Callable[[Collection, int, str], dict[str, list[tuple[str, float]]]]
+
+
 def evaluate(
     model_path: str | Path | None,
     suites: Sequence[str],
@@ -62,30 +87,27 @@ def evaluate(
     tag: str | None = None,
     run_files: Mapping[str, str | Path] | None = None,
     data: DataConfig | None = None,
+    pool: ScoringConfig | None = None,
+    pool_min_pairs: int = POOL_MIN_PAIRS,
 ) -> EvalResult:
     """Rerank each suite with the reranker saved at `model_path` (None: no reranking).
 
     `depth` None = each suite's own depth. `tag` names the run in the TREC files (default: the
     model folder's name, or the first stage's). `run_files` maps a suite to a TREC run that
     replaces its first stage (absolute, or relative to `root`): the suite's own ``run_file``
-    otherwise. `data` (the run's ``DataConfig``) gives the validation suite's held-out queries and
+    otherwise. With `pool`, a suite of at least `pool_min_pairs` pairs is scored by the teacher
+    scoring job (``teacher.score.score_pairs``: an actor pool laid out by `pool`, resumable from
+    ``<out_dir>/scores/<suite>/``); smaller suites, and all of them without `pool`, in process.
+    `data` (the run's ``DataConfig``) gives the validation suite's held-out queries and
     ``data.duplicate_run_entries`` (see ``open_collection``); None = no validation suite, dedupe."""
-    score_fn: ScoreFn | None = None
+    rerank_suite = None
     if model_path is not None:
-        from rerank_ray.models import load_reranker
-
-        # On a GPU, decoder/recurrent models score in bf16 (model.dtype, default auto).
-        reranker = load_reranker(model_path, inference=True)
-
-        def score_fn(queries: list[str], docs: list[str]) -> list[float]:
-            return reranker.score(queries, docs, batch_size)
-
+        rerank_suite = _model_reranker(Path(model_path), batch_size, Path(out_dir), pool, pool_min_pairs)
         tag = tag or Path(model_path).name
-    return evaluate_scorer(
-        score_fn,
+    return _evaluate_runs(
+        rerank_suite,
         suites,
         depth=depth,
-        batch_size=batch_size,
         out_dir=out_dir,
         root=root,
         tag=tag,
@@ -109,6 +131,119 @@ def evaluate_scorer(
     data: DataConfig | None = None,
 ) -> EvalResult:
     """:func:`evaluate` for any ``score_fn(queries, docs) -> scores`` (None: the first stage)."""
+    rerank_suite = None
+    if score_fn is not None:
+
+        def rerank_suite(collection: Collection, cut: int, name: str) -> dict[str, list[tuple[str, float]]]:
+            return rerank(score_fn, collection, cut, batch_size, desc=f"rerank {name}")
+
+    return _evaluate_runs(
+        rerank_suite,
+        suites,
+        depth=depth,
+        out_dir=out_dir,
+        root=root,
+        tag=tag,
+        model_path=model_path,
+        run_files=run_files,
+        data=data,
+    )
+
+
+def pool_options(eval_cfg: EvalConfig) -> dict[str, Any]:
+    """:func:`evaluate`'s ``pool`` and ``pool_min_pairs`` from the ``eval:`` config section."""
+    if eval_cfg.pool_min_pairs is None:
+        return {}
+    pool = ScoringConfig(
+        actors=eval_cfg.actors,
+        cpus_per_actor=eval_cfg.cpus_per_actor,
+        gpus_per_actor=eval_cfg.gpus_per_actor,
+        batch_size=eval_cfg.batch_size,
+    )
+    return {"pool": pool, "pool_min_pairs": eval_cfg.pool_min_pairs}
+
+
+def _model_reranker(
+    model_path: Path, batch_size: int, out_dir: Path, pool: ScoringConfig | None, pool_min_pairs: int
+) -> RerankSuite:
+    """Reranks one suite with the saved model: on the pool when it is large enough, else in
+    process (the model is loaded on first use; torch threads = this process's CPU budget)."""
+    loaded = []
+
+    def rerank_suite(collection: Collection, cut: int, name: str) -> dict[str, list[tuple[str, float]]]:
+        pairs = candidates(collection, cut)
+        if pool is not None and len(pairs) >= pool_min_pairs:
+            return _rerank_on_pool(model_path, collection, pairs, out_dir / "scores" / name, pool)
+        import torch
+
+        if not loaded:
+            from rerank_ray.models import load_reranker
+
+            torch.set_num_threads(torch_threads())
+            # On a GPU, decoder/recurrent models score in bf16 (model.dtype, default auto).
+            loaded.append(load_reranker(str(model_path), inference=True))
+        reranker = loaded[0]
+
+        def score_fn(queries: list[str], docs: list[str]) -> list[float]:
+            return reranker.score(queries, docs, batch_size)
+
+        if torch.cuda.is_available():  # load_reranker(inference=True) put the model there
+            score_fn = _bf16_autocast(score_fn)
+
+        return rerank(score_fn, collection, cut, batch_size, desc=f"rerank {name}")
+
+    return rerank_suite
+
+
+def _bf16_autocast(score_fn: ScoreFn) -> ScoreFn:
+    """`score_fn` with CUDA matmuls in bf16 (autocast: float32 weights and outputs stay as they
+    are; a model already cast to bf16, as decoders are on a GPU, is unaffected)."""
+    import torch
+
+    def autocast_score_fn(queries: list[str], docs: list[str]) -> list[float]:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return list(score_fn(queries, docs))
+
+    return autocast_score_fn
+
+
+def _rerank_on_pool(
+    model_path: Path,
+    collection: Collection,
+    pairs: list[tuple[str, str]],
+    scores_dir: Path,
+    pool: ScoringConfig,
+) -> dict[str, list[tuple[str, float]]]:
+    """Score `pairs` with the teacher scoring job (the model as a cross-encoder teacher) and
+    rank them as :func:`rerank` would."""
+    import pandas as pd
+
+    from rerank_ray.teacher.score import PAIR_COLUMNS, score_pairs
+
+    unique = list(dict.fromkeys(pairs))
+    frame = pd.DataFrame(unique, columns=["query_id", "doc_id"])
+    frame["query"] = [collection.queries[q] for q, _ in unique]
+    frame["doc"] = collection.doc_texts([d for _, d in unique])
+    teacher = TeacherModel(kind="cross_encoder", path=str(model_path.resolve()))
+    result = score_pairs(frame[PAIR_COLUMNS], teacher, scores_dir, scoring=pool, source=collection.name)
+    scores = pd.read_parquet(result.path)
+    lookup = dict(zip(zip(scores["query_id"], scores["doc_id"], strict=True), scores["score"], strict=True))
+    return ranked(pairs, [float(lookup[pair]) for pair in pairs])
+
+
+def _evaluate_runs(
+    rerank_suite: RerankSuite | None,
+    suites: Sequence[str],
+    *,
+    depth: int | None,
+    out_dir: str | Path,
+    root: str | Path | None,
+    tag: str | None,
+    model_path: str | None,
+    run_files: Mapping[str, str | Path] | None,
+    data: DataConfig | None,
+) -> EvalResult:
+    """Rerank (or, with None, cut the first stage of) each suite; write runs and metrics."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = EvalResult(metrics={}, out_dir=out_dir)
@@ -120,12 +255,13 @@ def evaluate_scorer(
         run: dict[str, list[tuple[str, float]]] = {}
         qrels: dict[str, dict[str, int]] = {}
         for collection in collections:
-            prefix = f"{collection.name}:" if len(collections) > 1 else ""
-            if score_fn is None:
+            several = len(collections) > 1
+            prefix = f"{collection.name}:" if several else ""
+            if rerank_suite is None:
                 part = first_stage(collection)  # nothing reranked: the whole list
             else:
-                part = rerank(score_fn, collection, cut, batch_size, desc=f"rerank {name}")
-                part = with_first_stage_tail(part, collection)
+                label = f"{name}-{collection.name}" if several else name
+                part = with_first_stage_tail(rerank_suite(collection, cut, label), collection)
             run.update({prefix + q: ranked for q, ranked in part.items()})
             qrels.update({prefix + q: judged for q, judged in collection.qrels.items()})
         collection = collections[0]

@@ -25,45 +25,59 @@ from tqdm.auto import tqdm
 
 from rerank_ray.data.datasets import Collection, DataError
 from rerank_ray.evaluation.metrics import strictly_decreasing
+from rerank_ray.teacher.score import length_order
 
 ScoreFn = Callable[[list[str], list[str]], Sequence[float]]
 
-# Pairs handed to score_fn per call, in units of batch_size: the scorer sorts its input by
-# length before batching, so larger calls waste less padding; the bar still moves often.
+# Pairs handed to score_fn per call, in units of batch_size: pairs are sorted by length over
+# the whole suite first, so this only sets how often the bar moves.
 CHUNK_BATCHES = 16
 
 
 def rerank(
     score_fn: ScoreFn, collection: Collection, depth: int, batch_size: int, *, desc: str | None = None
 ) -> dict[str, list[tuple[str, float]]]:
+    pairs = candidates(collection, depth)
+    queries = [collection.queries[q] for q, _ in pairs]
+    docs = collection.doc_texts([d for _, d in pairs])
+    # Longest first over the whole suite, so every batch holds pairs of similar length (the
+    # scorer sorts each call again, stably, which keeps this order). The teacher scoring job
+    # uses the same order, so a suite reranked there sees the same forward passes.
+    order = length_order(queries, docs, [q for q, _ in pairs], [d for _, d in pairs])
+    scores = [0.0] * len(pairs)
+    chunk = batch_size * CHUNK_BATCHES
+    with tqdm(total=len(pairs), desc=desc or collection.name, unit="pair") as bar:
+        for start in range(0, len(order), chunk):
+            part = order[start : start + chunk]
+            got = [float(s) for s in score_fn([queries[i] for i in part], [docs[i] for i in part])]
+            if len(got) != len(part):
+                raise ValueError(f"score_fn returned {len(got)} scores for {len(part)} pairs")
+            if not all(math.isfinite(s) for s in got):
+                raise ValueError(f"score_fn returned NaN or inf scores ({collection.name}, pairs {start}..)")
+            for i, s in zip(part, got, strict=True):
+                scores[i] = s
+            bar.update(len(part))
+    return ranked(pairs, scores)
+
+
+def candidates(collection: Collection, depth: int) -> list[tuple[str, str]]:
+    """``(query_id, doc_id)`` of each query's first `depth` candidates, in first-stage order."""
     missing = [q for q in collection.run if q not in collection.queries]
     if missing:
         raise DataError(
             f"{collection.name}: the run has {len(missing)} queries without text, e.g. {missing[:5]}; "
             "add their texts to the queries file, or drop them from the run"
         )
-    pairs = [
-        (query_id, doc_id) for query_id, ranked in collection.run.items() for doc_id, _ in ranked[:depth]
-    ]
-    scores: list[float] = []
-    chunk = batch_size * CHUNK_BATCHES
-    with tqdm(total=len(pairs), desc=desc or collection.name, unit="pair") as bar:
-        for start in range(0, len(pairs), chunk):
-            part = pairs[start : start + chunk]
-            queries = [collection.queries[q] for q, _ in part]
-            docs = collection.doc_texts([d for _, d in part])
-            got = [float(s) for s in score_fn(queries, docs)]
-            if len(got) != len(part):
-                raise ValueError(f"score_fn returned {len(got)} scores for {len(part)} pairs")
-            if not all(math.isfinite(s) for s in got):
-                raise ValueError(f"score_fn returned NaN or inf scores ({collection.name}, pairs {start}..)")
-            scores.extend(got)
-            bar.update(len(part))
+    return [(query_id, doc_id) for query_id, top in collection.run.items() for doc_id, _ in top[:depth]]
+
+
+def ranked(pairs: Sequence[tuple[str, str]], scores: Sequence[float]) -> dict[str, list[tuple[str, float]]]:
+    """The run of scored `pairs` (in first-stage order): each query's documents by score, descending."""
     run: dict[str, list[tuple[str, float]]] = {}
     for (query_id, doc_id), score in zip(pairs, scores, strict=True):
         run.setdefault(query_id, []).append((doc_id, score))
-    for ranked in run.values():
-        ranked.sort(key=lambda pair: -pair[1])  # stable: ties keep first-stage order
+    for docs in run.values():
+        docs.sort(key=lambda pair: -pair[1])
     return run
 
 

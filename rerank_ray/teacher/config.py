@@ -12,11 +12,12 @@ from rerank_ray.config import Section
 class ScoringConfig(Section):
     """The Ray Data batch job that scores (query, document) pairs with a teacher."""
 
-    # Size of the fixed actor pool; each actor holds one copy of the teacher.
+    # Size of the fixed actor pool; each actor holds one copy of the teacher and runs torch on
+    # cpus_per_actor threads (rounded) when on CPU.
     actors: int = Field(1, ge=1)
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
-    # Pairs per forward pass inside an actor (and per Ray Data batch).
+    # Pairs per forward pass inside an actor (an actor sorts each block it gets by length first).
     batch_size: int = Field(64, ge=1)
     # Pairs per output Parquet shard: the unit of resumption after an interruption.
     shard_size: int = Field(2048, ge=1)

@@ -326,6 +326,11 @@ def _setup(cfg: Any, total_steps: int, world: int) -> tuple[Any, Any]:
         model_parameters=_param_groups(model, cfg.train.weight_decay),
         config=ds_config,
     )
+    if world == 1 and cfg.deepspeed.zero_stage == 0:
+        # One replica: the gradient all-reduce DeepSpeed runs after each backward (flatten,
+        # gloo/NCCL all-reduce, unflatten) is an identity that costs a full copy of the
+        # gradients. ZeRO >= 1 must keep it: its optimizer gathers gradients there.
+        engine.enable_backward_allreduce = False
     return engine, hf_ds
 
 

@@ -85,3 +85,30 @@ def test_interrupted_scoring_resumes_only_missing_shards(ray_local, tmp_path, ti
         "part-00000.parquet",
         "part-00001.parquet",
     ]
+
+
+def test_evaluation_on_the_actor_pool_gives_the_in_process_run(ray_local, tmp_path, tiny_teacher):
+    from rerank_ray.evaluation.evaluate import evaluate
+
+    local = evaluate(tiny_teacher, ["tiny-dl19"], out_dir=tmp_path / "local", batch_size=8)
+    # Shards a multiple of the batch, and as many threads as in process: the same forward passes.
+    pool = ScoringConfig(actors=2, cpus_per_actor=2, batch_size=8, shard_size=32)
+    pooled = evaluate(
+        tiny_teacher, ["tiny-dl19"], out_dir=tmp_path / "pool", batch_size=8, pool=pool, pool_min_pairs=1
+    )
+    assert len(list((tmp_path / "pool" / "scores" / "tiny-dl19" / "scores").glob("part-*.parquet"))) == 3
+
+    def read(path):
+        rows = [line.split() for line in path.read_text().splitlines()]
+        return [(q, d, int(rank)) for q, _, d, rank, _, _ in rows], [float(r[4]) for r in rows]
+
+    local_run, local_scores = read(tmp_path / "local" / "tiny-dl19.run")
+    pool_run, pool_scores = read(tmp_path / "pool" / "tiny-dl19.run")
+    assert pool_run == local_run and len(local_run) == 80
+    assert pool_scores == local_scores
+    assert pooled.metrics == pytest.approx(local.metrics)
+    # A second evaluation reuses the finished scores instead of starting actors.
+    again = evaluate(
+        tiny_teacher, ["tiny-dl19"], out_dir=tmp_path / "pool", batch_size=8, pool=pool, pool_min_pairs=1
+    )
+    assert again.metrics == pooled.metrics

@@ -233,13 +233,16 @@ def test_train_then_evaluates_on_the_config_suites(run, library, tmp_path):
             metrics={"loss": 0.25, "step": 80, "lr": 0.0},
         )
 
-    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root, data):
+    def evaluate(
+        model_path, suites, *, depth, batch_size, out_dir, root, data, pool=None, pool_min_pairs=None
+    ):
         calls["evaluate"] = (model_path, suites, out_dir)
+        calls["pool"] = (pool.actors, pool.cpus_per_actor, pool.batch_size, pool_min_pairs)
         return SimpleNamespace(metrics={"dl19/nDCG_10": 0.517, "scifact/nDCG_10": 0.61})
 
     library("rerank_ray.train.driver", train=train)
     library("rerank_ray.evaluation.evaluate", evaluate=evaluate)
-    code, out, _, _ = run("train", "--suite", "dl19", "--suite", "scifact", "train.epochs=2")
+    code, out, _, _ = run("train", "--suite", "dl19", "--suite", "scifact", "train.epochs=2", "eval.actors=2")
     assert code == 0
     assert calls["train"][0].train.epochs == 2 and calls["train"][1] is None
     assert calls["evaluate"] == (
@@ -247,6 +250,8 @@ def test_train_then_evaluates_on_the_config_suites(run, library, tmp_path):
         ["dl19", "scifact"],
         tmp_path / "outputs/run/eval",
     )
+    # Large suites go to the Ray Data pool that eval: describes.
+    assert calls["pool"] == (2, 1.0, 64, 20_000)
     assert "loss = 0.2500" in out and "dl19/nDCG_10 = 0.5170" in out and "lr" not in out
     assert "mlflow:  not logged" in out
 
@@ -254,7 +259,7 @@ def test_train_then_evaluates_on_the_config_suites(run, library, tmp_path):
 def test_evaluate_first_stage(run, library):
     seen = {}
 
-    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root, data):
+    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root, data, **pool):
         seen.update(model_path=model_path, suites=suites, depth=depth, duplicates=data.duplicate_run_entries)
         return SimpleNamespace(metrics={"dl19/nDCG_10": 0.5058})
 

@@ -170,3 +170,18 @@ def test_run_file_replaces_the_first_stage(tmp_path, data_root):
     result = evaluate(None, ["tiny-dl19"], out_dir=tmp_path / "eval", run_files={"tiny-dl19": run})
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())["suites"]["tiny-dl19"]
     assert report["run_file"] == str(run) and result.metrics["tiny-dl19/nDCG_10"] > 0
+
+
+def test_rerank_sorts_the_whole_suite_by_length_before_batching():
+    c = open_collection("fixtures/tiny-dl19", split="test", first_stage="bm25-top20")
+    seen: list[int] = []
+
+    def score_fn(queries, docs):
+        seen.extend(len(q) + len(d) for q, d in zip(queries, docs, strict=True))
+        return [float(len(d)) for d in docs]
+
+    run = rerank(score_fn, c, depth=20, batch_size=2)  # calls of 2 * CHUNK_BATCHES pairs
+    assert len(seen) == 80 and seen == sorted(seen, reverse=True)
+    # Scores still land on their own pairs.
+    for ranked in run.values():
+        assert all(score == float(len(c.doc_text(doc_id))) for doc_id, score in ranked)

