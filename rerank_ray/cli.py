@@ -8,7 +8,7 @@ train      ``train.driver.train`` (groups if needed, DeepSpeed training, HF expo
            ``evaluation.evaluate.evaluate`` on ``eval.suites`` unless ``--no-eval``
 evaluate   ``evaluation.evaluate.evaluate``: a saved model, or ``--first-stage`` (BM25)
 score      ``teacher.score.score_groups``: teacher scores for a groups file
-study      ``tune.study.run_study`` (``--dry-run``: ``tune.plan.plan_study``)
+study      ``tune.study.run_study`` (``--dry-run``: ``tune.plan.plan_study`` + ``tune.forecast``)
 ui         ``mlflow server`` on 127.0.0.1 over the project's tracking store
 =========  ==========================================================================
 
@@ -116,6 +116,7 @@ def cmd_prepare(args: argparse.Namespace, summary: Summary) -> None:
 
 
 def cmd_train(args: argparse.Namespace, summary: Summary) -> None:
+    from rerank_ray.config import defined_suites
     from rerank_ray.train.driver import train
 
     args.args = [*args.args, *suites_override(args.suite)]
@@ -142,6 +143,7 @@ def cmd_train(args: argparse.Namespace, summary: Summary) -> None:
         batch_size=cfg.eval.batch_size,
         out_dir=eval_dir,
         root=cfg.data.root,
+        suites_defined=defined_suites(cfg.eval.suites_defined),
     )
     summary.ran.append(f"evaluated on {', '.join(cfg.eval.suites)}")
     summary.metrics.update(evaluated.metrics)
@@ -149,6 +151,7 @@ def cmd_train(args: argparse.Namespace, summary: Summary) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
+    from rerank_ray.config import defined_suites
     from rerank_ray.evaluation.evaluate import evaluate
 
     args.args = [*args.args, *suites_override(args.suite)]
@@ -166,6 +169,7 @@ def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
         batch_size=cfg.eval.batch_size,
         out_dir=out,
         root=cfg.data.root,
+        suites_defined=defined_suites(cfg.eval.suites_defined),
     )
     what = "the first-stage run" if args.first_stage else f"model {args.model}"
     summary.ran.append(f"evaluated {what} on {', '.join(cfg.eval.suites)}")
@@ -211,6 +215,7 @@ def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
     plans = plan_study(study)
     if args.dry_run:
         print(format_plan(plans))
+        print(dry_run_forecast(study, plans, args.hardware, args.price_per_hour))
         summary.ran.append(
             f"planned study {study.name}: {len(plans)} trial(s), at most "
             f"{study.tune.max_concurrent_trials} at a time; nothing was started (--dry-run)"
@@ -235,6 +240,22 @@ def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
     summary.mlflow += mlflow_lines(result.tracking_uri, result.experiment, result.parent_run_id)
     # A study with failed trials still writes its report, but the job must not read as a success.
     return 1 if any(t.status != "ok" for t in result.trials) else 0
+
+
+def dry_run_forecast(study: Any, plans: list[Any], hardware: str | None, price: float | None) -> str:
+    """The cost forecast table (``tune.forecast``), or one line saying why there is none."""
+    from rerank_ray.data.datasets import DataError
+    from rerank_ray.models.sources import SourceError
+    from rerank_ray.tune.forecast import ForecastError, ThroughputTable, forecast_study, format_forecast
+
+    try:
+        forecast = forecast_study(
+            study, plans, ThroughputTable.load(), hardware=hardware, price_per_hour=price
+        )
+    except (DataError, SourceError, ForecastError) as e:
+        # The plan above stands without it; the reason is the fix (data to fetch, a table row).
+        return f"No cost forecast: {e}"
+    return format_forecast(forecast)
 
 
 def format_plan(plans: list[Any]) -> str:
@@ -375,7 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subs["study"]
     add_config_args(p)
-    p.add_argument("--dry-run", action="store_true", help="print each trial's resources; start nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print each trial's resources and cost forecast; start nothing"
+    )
+    p.add_argument(
+        "--hardware", help="throughput table entry to forecast with (bench/throughput.yaml `hardware`)"
+    )
+    p.add_argument(
+        "--price-per-hour", type=float, help="price of one GPU-hour (CPU-hour on CPU): gives money"
+    )
 
     p = subs["ui"]
     add_config_args(p)

