@@ -35,7 +35,13 @@ import yaml
 
 from rerank_ray.config import resolve_tracking_uri
 from rerank_ray.teacher.config import TeacherModel
-from rerank_ray.tune.config import BiEncoderTeacher, CrossEncoderTeacher, StudyConfig, load_study
+from rerank_ray.tune.config import (
+    BiEncoderTeacher,
+    CrossEncoderTeacher,
+    ScoresTeacher,
+    StudyConfig,
+    load_study,
+)
 from rerank_ray.tune.plan import TrialPlan, plan_study, teacher_scores_dir, teachers_used
 from rerank_ray.tune.report import EvalRecord, TrialRecord, build_report, read_per_query
 from rerank_ray.tune.tracking import child_tags, ensure_experiment, flatten_params, numeric
@@ -111,8 +117,10 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
         teacher_costs: dict[str, dict[str, float]] = {}
         for name in teachers_used(plans):
             record, cost = _teacher(cfg, name, groups_path, experiment_id, parent_id)
-            teacher_records[name], teacher_costs[name] = record, cost
-            mlflow.log_metrics({f"teacher/{name}/{k}": v for k, v in _keys(record, cfg).items()})
+            teacher_costs[name] = cost
+            if record is not None:  # a scores teacher has no model to evaluate
+                teacher_records[name] = record
+                mlflow.log_metrics({f"teacher/{name}/{k}": v for k, v in _keys(record, cfg).items()})
 
         statuses = _run_trials(cfg, plans, groups_path, tracking_uri, experiment_id, parent_id)
         records = [_trial_record(cfg, plan, status) for plan, status in zip(plans, statuses, strict=True)]
@@ -167,10 +175,11 @@ def _groups(cfg: StudyConfig) -> Path:
 
 def _teacher(
     cfg: StudyConfig, name: str, groups_path: Path, experiment_id: str, parent_id: str
-) -> tuple[EvalRecord, dict[str, float]]:
+) -> tuple[EvalRecord | None, dict[str, float]]:
     """Train (or load) teacher `name`, evaluate it and score the groups with it, in a child run."""
     import mlflow
 
+    from rerank_ray.teacher.given import import_reranker
     from rerank_ray.teacher.score import TeacherScorer, score_groups
 
     spec = cfg.teachers[name]
@@ -179,7 +188,9 @@ def _teacher(
     tags = child_tags(cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind)
     # experiment_id is explicit: a nested run does not inherit its parent's experiment.
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"teacher-{name}", nested=True, tags=tags):
-        if isinstance(spec, CrossEncoderTeacher) and spec.model is not None:
+        if isinstance(spec, ScoresTeacher):
+            return None, given_scores(spec, groups_path, teacher_scores_dir(cfg, name))
+        if isinstance(spec, CrossEncoderTeacher) and spec.trains:
             run = cfg.teacher_run(name)
             summary = _reusable_teacher(run)
             if summary is None:
@@ -197,10 +208,12 @@ def _teacher(
             scorer = TeacherModel(kind="cross_encoder", path=summary["model_dir"])
             evaluation = summary
         elif isinstance(spec, CrossEncoderTeacher):
-            assert spec.path is not None
-            scorer = TeacherModel(kind="cross_encoder", path=spec.path)
+            path = spec.path or str(import_reranker(spec.pretrained(), teacher_dir))
+            if spec.source is not None:
+                mlflow.log_params({"teacher.source": spec.source, "teacher.family": spec.pretrained().family})
+            scorer = TeacherModel(kind="cross_encoder", path=path)
             evaluation = evaluate_suites(
-                spec.path, cfg.eval, teacher_dir / "eval", root=cfg.base.data.root, tag=name
+                path, cfg.eval, teacher_dir / "eval", root=cfg.base.data.root, tag=name
             )
         else:
             assert isinstance(spec, BiEncoderTeacher)
@@ -218,7 +231,7 @@ def _teacher(
                 score_fn, cfg.eval, teacher_dir / "eval", root=cfg.base.data.root, tag=name
             )
             mlflow.log_params(flatten_params(spec.model_dump(mode="json"), prefix="teacher."))
-        if not (isinstance(spec, CrossEncoderTeacher) and spec.model is not None):
+        if not (isinstance(spec, CrossEncoderTeacher) and spec.trains):
             mlflow.log_metrics(evaluation["metrics"])
             mlflow.log_artifacts(evaluation["eval_dir"], "eval")
 
@@ -228,6 +241,21 @@ def _teacher(
         cost.update({f"scoring_{k}": v for k, v in scoring.items() if k != "actors"})
         mlflow.log_metrics({f"cost/{k}": v for k, v in numeric(cost).items()})
     return _evaluation_record(evaluation, cfg), cost
+
+
+def given_scores(spec: ScoresTeacher, groups_path: Path, out_dir: Path) -> dict[str, float]:
+    """Import a precomputed score file as the teacher's scores; log its provenance (path,
+    sha256, rows) to the active run. Returns the (zero) scoring cost."""
+    import mlflow
+
+    from rerank_ray.teacher.given import import_scores
+
+    scores = import_scores(spec.path, groups_path, out_dir)
+    mlflow.log_params(
+        {f"teacher.{k}": v for k, v in scores.manifest["teacher"].items() if k != "fingerprint"}
+    )
+    mlflow.log_artifact(str(out_dir / "manifest.json"), "teacher_scores")
+    return {"scoring_wall_s": 0.0, "scoring_cpu_hours": 0.0, "scoring_gpu_hours": 0.0}
 
 
 def _reusable_teacher(run: Any) -> dict[str, Any] | None:
