@@ -158,8 +158,28 @@ class StudyForecast:
         trials = sum(r.wall_s or 0.0 for r in self.trials)
         return teachers + trials / self.concurrency
 
-    def by_trial(self) -> dict[str, float | None]:
-        return {r.name: r.wall_s for r in self.trials}
+    def walls(self) -> dict[str, float]:
+        """Forecast wall seconds by run name (a trial's name; ``teacher <name>``), where known."""
+        return {r.name: r.wall_s for r in self.teachers + self.trials if r.wall_s is not None}
+
+    def to_json(self) -> dict[str, Any]:
+        runs = {}
+        for run in self.teachers + self.trials:
+            cpu_h, gpu_h = run.hours()
+            runs[run.name] = {
+                **{f"{stage}_pairs": run.pairs(stage) for stage in STAGES},
+                "wall_s": run.wall_s,
+                "cpu_hours": cpu_h,
+                "gpu_hours": gpu_h,
+                "interpolated": run.interpolated,
+            }
+        return {
+            "hardware": self.hardware,
+            "groups": self.groups,
+            "unique_pairs": self.unique_pairs,
+            "wall_s": self.wall_s,
+            "runs": runs,
+        }
 
 
 # ---------------------------------------------------------------------------------------------

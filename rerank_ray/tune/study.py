@@ -42,6 +42,7 @@ from rerank_ray.tune.config import (
     StudyConfig,
     load_study,
 )
+from rerank_ray.tune.forecast import ThroughputTable, forecast_study
 from rerank_ray.tune.plan import TrialPlan, plan_study, teacher_scores_dir, teachers_used
 from rerank_ray.tune.report import EvalRecord, TrialRecord, build_report, read_per_query
 from rerank_ray.tune.tracking import child_tags, ensure_experiment, flatten_params, numeric
@@ -82,6 +83,8 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
     study_dir = cfg.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    forecast = forecast_study(cfg, plans, ThroughputTable.load())
+    (study_dir / "forecast.json").write_text(json.dumps(forecast.to_json(), indent=2))
     _start_ray(cfg)
 
     tracking_uri = resolve_tracking_uri(cfg.base.mlflow)
@@ -106,6 +109,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
             }
         )
         mlflow.log_artifact(str(study_dir / "study.yaml"))
+        mlflow.log_artifact(str(study_dir / "forecast.json"))
 
         groups_path = _groups(cfg)
         first_stage = _evaluation_record(
@@ -124,6 +128,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
 
         statuses = _run_trials(cfg, plans, groups_path, tracking_uri, experiment_id, parent_id)
         records = [_trial_record(cfg, plan, status) for plan, status in zip(plans, statuses, strict=True)]
+        _add_forecast(forecast.walls(), records, teacher_costs)
         report = build_report(
             cfg,
             records,
@@ -267,6 +272,18 @@ def _reusable_teacher(run: Any) -> dict[str, Any] | None:
     if summary.get("run_config") != run.to_dict() or not Path(summary["model_dir"]).is_dir():
         return None
     return summary
+
+
+def _add_forecast(
+    walls: dict[str, float], records: list[TrialRecord], teacher_costs: dict[str, dict[str, float]]
+) -> None:
+    """Put each run's forecast wall time beside its actual cost (the report's cost table)."""
+    for record in records:
+        if record.name in walls:
+            record.cost["forecast_wall_s"] = walls[record.name]
+    for name, cost in teacher_costs.items():
+        if f"teacher {name}" in walls:
+            cost["forecast_wall_s"] = walls[f"teacher {name}"]
 
 
 def _run_trials(
