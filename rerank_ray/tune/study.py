@@ -29,7 +29,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -47,6 +47,9 @@ from rerank_ray.tune.plan import TrialPlan, plan_study, teacher_scores_dir, teac
 from rerank_ray.tune.report import EvalRecord, TrialRecord, build_report, read_per_query
 from rerank_ray.tune.tracking import child_tags, ensure_experiment, flatten_params, numeric
 from rerank_ray.tune.trial import SUMMARY, evaluate_suites, run_trial, train_and_evaluate
+
+if TYPE_CHECKING:
+    from rerank_ray.tune.registry import Registered
 
 __all__ = ["StudyResult", "TrialStatus", "load_study", "plan_study", "run_study"]
 
@@ -74,6 +77,8 @@ class StudyResult:
     experiment: str
     parent_run_id: str
     trials: list[TrialStatus]
+    # The best student of each strategy, registered under the study's name (tune/registry.py).
+    registered: list[Registered] = field(default_factory=list)
 
 
 def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
@@ -139,6 +144,9 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
             command=command or " ".join(["rerank-ray", *sys.argv[1:]]),
         )
         mlflow.log_artifacts(str(study_dir / "report"), "report")
+        from rerank_ray.tune.registry import register_best
+
+        registered = register_best(cfg, plans, records, parent_id)
         failed = [s.name for s in statuses if s.status != "ok"]
         mlflow.set_tags({"trials_failed": str(len(failed)), "trials_ok": str(len(statuses) - len(failed))})
     if failed:
@@ -153,6 +161,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
         experiment=experiment,
         parent_run_id=parent_id,
         trials=statuses,
+        registered=registered,
     )
 
 
