@@ -237,7 +237,9 @@ def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
     print(result.table_markdown)
     summary.outputs["report"] = str(result.report_md)
     summary.outputs["plot"] = str(result.plot_png)
-    summary.mlflow += mlflow_lines(result.tracking_uri, result.experiment, result.parent_run_id)
+    summary.mlflow += mlflow_lines(
+        result.tracking_uri, result.experiment, result.parent_run_id, result.experiment_id
+    )
     # A study with failed trials still writes its report, but the job must not read as a success.
     return 1 if any(t.status != "ok" for t in result.trials) else 0
 
@@ -292,14 +294,18 @@ def format_plan(plans: list[Any]) -> str:
     )
 
 
-def mlflow_lines(tracking_uri: str, experiment: str, run_id: str | None) -> list[str]:
-    """Where a run is in MLflow, and how to open it in the UI."""
+def mlflow_lines(
+    tracking_uri: str, experiment: str, run_id: str | None, experiment_id: str | None = None
+) -> list[str]:
+    """Where a run is in MLflow, and the UI link that opens the study's runs table."""
+    from rerank_ray.tune.tracking import experiment_url
+
     lines = [f"experiment {experiment!r}" + (f", parent run {run_id}" if run_id else "")]
     lines.append(f"store {tracking_uri}")
-    if tracking_uri.startswith(("http://", "https://")):
-        lines.append(f"browse {tracking_uri.rstrip('/')}/#/experiments")
-    else:
-        lines.append(f"browse `rerank-ray ui`, then http://127.0.0.1:{MLFLOW_UI_PORT}/#/experiments")
+    remote = tracking_uri.startswith(("http://", "https://"))
+    server = tracking_uri if remote else f"http://127.0.0.1:{MLFLOW_UI_PORT}"
+    link = experiment_url(server, experiment_id) if experiment_id else f"{server.rstrip('/')}/#/experiments"
+    lines.append(f"browse {link}" if remote else f"browse `rerank-ray ui`, then {link}")
     return lines
 
 

@@ -344,6 +344,7 @@ def test_study_summary_names_report_and_mlflow_run(run, library):
         tracking_uri="sqlite:///x/mlflow.db",
         experiment="quickstart",
         parent_run_id="abc123",
+        experiment_id="4",
         trials=[
             SimpleNamespace(name="contrastive-l1-s0", status="ok", error=None),
             SimpleNamespace(name="contrastive-l2-s0", status="error", error="ConfigError: bad"),
@@ -359,6 +360,7 @@ def test_study_summary_names_report_and_mlflow_run(run, library):
     assert "contrastive-l2-s0 failed: ConfigError: bad" in out
     assert "outputs/study/report.md" in out
     assert "experiment 'quickstart', parent run abc123" in out and "rerank-ray ui" in out
+    assert "#/experiments/4/runs?workflowType=machine_learning" in out
 
 
 def test_ui_serves_the_project_store_on_localhost(run, tmp_path, monkeypatch):
