@@ -35,10 +35,12 @@ from typing import Any
 
 import yaml
 
-from rerank_ray.config import ModelConfig, RunConfig
+from rerank_ray.config import PROJECT_ROOT, ModelConfig, RunConfig
 from rerank_ray.tune.config import BiEncoderTeacher, CrossEncoderTeacher, ScoresTeacher, StudyConfig
 
-THROUGHPUT_FILE = Path(__file__).resolve().parents[2] / "bench" / "throughput.yaml"
+# Looked up in the working directory first (a `ray job submit --working-dir .` upload), then in
+# the project checkout this package was imported from; an installed wheel ships no bench/.
+THROUGHPUT_FILES = (Path("bench") / "throughput.yaml", PROJECT_ROOT / "bench" / "throughput.yaml")
 STAGES = ("train", "score", "evaluate")
 
 
@@ -59,8 +61,14 @@ class ThroughputTable:
     hardware: dict[str, dict[str, Any]]
 
     @classmethod
-    def load(cls, path: str | Path = THROUGHPUT_FILE) -> ThroughputTable:
-        data = yaml.safe_load(Path(path).read_text())
+    def load(cls, path: str | Path | None = None) -> ThroughputTable:
+        """The table at `path`, else the first of :data:`THROUGHPUT_FILES` that exists."""
+        found = [Path(path)] if path is not None else [p for p in THROUGHPUT_FILES if p.is_file()]
+        if not found or not found[0].is_file():
+            tried = [str(path)] if path is not None else [str(p) for p in THROUGHPUT_FILES]
+            raise ForecastError(f"no throughput table at {' or '.join(tried)}; run from the project checkout")
+        path = found[0]
+        data = yaml.safe_load(path.read_text())
         for i, entry in enumerate(data["entries"]):
             missing = {"stage", "family", "layers", "hardware", "pairs_per_s", "measured"} - set(entry)
             if missing or entry["stage"] not in STAGES or entry["hardware"] not in data["hardware"]:
@@ -341,7 +349,8 @@ def _saved_model(path: str | None) -> ModelConfig:
     from rerank_ray.models.base import META_FILE
 
     meta = yaml.safe_load((Path(str(path)) / META_FILE).read_text())  # JSON is YAML
-    return ModelConfig.model_validate(meta["model"])
+    # The saved folder holds the (possibly truncated) backbone's own config.json.
+    return ModelConfig.model_validate({**meta["model"], "source": str(path)})
 
 
 # ---------------------------------------------------------------------------------------------

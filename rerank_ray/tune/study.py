@@ -42,7 +42,7 @@ from rerank_ray.tune.config import (
     StudyConfig,
     load_study,
 )
-from rerank_ray.tune.forecast import ThroughputTable, forecast_study
+from rerank_ray.tune.forecast import ForecastError, StudyForecast, ThroughputTable, forecast_study
 from rerank_ray.tune.plan import TrialPlan, plan_study, teacher_scores_dir, teachers_used
 from rerank_ray.tune.report import EvalRecord, TrialRecord, build_report, read_per_query
 from rerank_ray.tune.tracking import child_tags, ensure_experiment, flatten_params, numeric, run_note
@@ -89,8 +89,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
     study_dir = cfg.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    forecast = forecast_study(cfg, plans, ThroughputTable.load())
-    (study_dir / "forecast.json").write_text(json.dumps(forecast.to_json(), indent=2))
+    forecast = _forecast(cfg, plans, study_dir)
     _start_ray(cfg)
 
     tracking_uri = resolve_tracking_uri(cfg.base.mlflow)
@@ -115,7 +114,8 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
             }
         )
         mlflow.log_artifact(str(study_dir / "study.yaml"))
-        mlflow.log_artifact(str(study_dir / "forecast.json"))
+        if forecast is not None:
+            mlflow.log_artifact(str(study_dir / "forecast.json"))
 
         groups_path = _groups(cfg)
         first_stage = _evaluation_record(
@@ -134,7 +134,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
 
         statuses = _run_trials(cfg, plans, groups_path, tracking_uri, experiment_id, parent_id)
         records = [_trial_record(cfg, plan, status) for plan, status in zip(plans, statuses, strict=True)]
-        _add_forecast(forecast.walls(), records, teacher_costs)
+        _add_forecast(forecast.walls() if forecast else {}, records, teacher_costs)
         report = build_report(
             cfg,
             records,
@@ -284,6 +284,19 @@ def _reusable_teacher(run: Any) -> dict[str, Any] | None:
     if summary.get("run_config") != run.to_dict() or not Path(summary["model_dir"]).is_dir():
         return None
     return summary
+
+
+def _forecast(cfg: StudyConfig, plans: list[TrialPlan], study_dir: Path) -> StudyForecast | None:
+    """The dry run's forecast, written to ``forecast.json``; None (with a warning) without a
+    throughput table, which only the cost table's forecast column needs."""
+    try:
+        table = ThroughputTable.load()
+    except ForecastError as e:
+        log.warning("study %s: no cost forecast: %s", cfg.name, e)
+        return None
+    forecast = forecast_study(cfg, plans, table)
+    (study_dir / "forecast.json").write_text(json.dumps(forecast.to_json(), indent=2))
+    return forecast
 
 
 def _add_forecast(
