@@ -144,6 +144,7 @@ def cmd_train(args: argparse.Namespace, summary: Summary) -> None:
         out_dir=eval_dir,
         root=cfg.data.root,
         suites_defined=defined_suites(cfg.eval.suites_defined),
+        duplicate_run_entries=cfg.data.duplicate_run_entries,
     )
     summary.ran.append(f"evaluated on {', '.join(cfg.eval.suites)}")
     summary.metrics.update(evaluated.metrics)
@@ -170,6 +171,7 @@ def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
         out_dir=out,
         root=cfg.data.root,
         suites_defined=defined_suites(cfg.eval.suites_defined),
+        duplicate_run_entries=cfg.data.duplicate_run_entries,
     )
     what = "the first-stage run" if args.first_stage else f"model {args.model}"
     summary.ran.append(f"evaluated {what} on {', '.join(cfg.eval.suites)}")

@@ -76,6 +76,10 @@ class DataConfig(Section):
     train_split: str = "test"
     # The first-stage run used for hard negatives: ``<first_stage>.<split>.run`` in the folder.
     first_stage: str = "bm25-top100"
+    # A first-stage run listing one (query_id, doc_id) twice: "dedupe" keeps the best-ranked
+    # entry and counts the dropped ones (the MaxP rule, for runs built from passages), "error"
+    # refuses the run. Applies to training groups and to evaluation.
+    duplicate_run_entries: Literal["dedupe", "error"] = "dedupe"
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

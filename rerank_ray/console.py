@@ -79,7 +79,8 @@ HINTS: tuple[tuple[str, str, str], ...] = (
         "rerank_ray.data.shards",
         "MissingTeacherScores",
         "score these exact groups with `rerank-ray score` and point train.teacher_scores at "
-        "its Parquet output (teacher scores must come from the same groups file)",
+        "its Parquet output (teacher scores must come from the same groups file); if the scoring "
+        "job itself left pairs unscored, delete the shards named above (or the folder) and rerun it",
     ),
     (
         "rerank_ray.data.datasets",

@@ -18,238 +18,45 @@ What a :class:`Collection` holds (all ids are ``str``):
 - ``qrels``: ``{query_id: {doc_id: label}}``, graded integer labels, **all** judgments (also for
   documents outside the corpus: they count in the ideal DCG).
 - ``run``: ``{query_id: [(doc_id, score), ...]}``, the first-stage run in rank order (score
-  descending; ties keep file order).
+  descending; ties keep file order), each document once per query (``duplicates``: a repeated
+  entry is dropped and counted in ``run_duplicates``, or refused). An empty run is an error.
+- ``queries_without_text``: judged or retrieved query ids that have no query text.
 - ``doc_text(doc_id)``: ``title + " " + text``, the title omitted when empty.
 - ``docs_store``: the ir_datasets docstore. For local folders it is built once per corpus file
   version under ``$IR_DATASETS_HOME/rerank-ray/docstores`` (never beside the shared data) and
   reused by every later process.
 
-Malformed input (wrong column count, non-integer label, bad JSON, missing field) raises
-:class:`DataError` naming the file and the 1-based line number.
+The readers of the folder's files are in ``formats.py``: malformed input raises
+:class:`DataError` naming the file and the 1-based line number, and a UTF-8 byte order mark
+never turns into a phantom id.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import io
-import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import ir_datasets
-from ir_datasets.formats import (
-    BaseDocs,
-    BaseQrels,
-    BaseQueries,
-    BaseScoredDocs,
-    GenericQuery,
-    GenericScoredDoc,
-    TrecQrel,
-)
-from ir_datasets.indices import DEFAULT_DOCSTORE_OPTIONS, PickleLz4FullStore
 from ir_datasets.util import LocalDownload
 
 from rerank_ray.config import default_data_root
+from rerank_ray.data.formats import (
+    NAMESPACE,
+    BeirJsonlDocs,
+    BeirJsonlQueries,
+    BeirTsvQrels,
+    DataError,
+    RunLine,
+    TrecRunScoredDocs,
+)
 
 logger = logging.getLogger("rerank_ray.data")
 
-NAMESPACE = "rerank-ray"
-QRELS_HEADER = ("query-id", "corpus-id", "score")
-
-
-class DataError(ValueError):
-    """Input data is missing or malformed; the message names the file (and line) and the fix."""
-
-
-# ---------------------------------------------------------------------------------------------
-# ir_datasets formats for the BEIR-like layout, with line-numbered errors.
-
-
-class TitleTextDoc(NamedTuple):
-    doc_id: str
-    text: str
-    title: str
-
-    def default_text(self) -> str:
-        """``title text``; the title is omitted when empty."""
-        return f"{self.title} {self.text}" if self.title else self.text
-
-
-def _lines(dlc: LocalDownload) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its newline), blank lines skipped."""
-    with dlc.stream() as raw, io.TextIOWrapper(raw, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield number, line
-
-
-def _json_object(path: Path, number: int, line: str, required: tuple[str, ...]) -> dict[str, Any]:
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{number}: not valid JSON ({e.msg}): {line[:80]!r}") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}:{number}: expected a JSON object, found {type(data).__name__}")
-    missing = [key for key in required if key not in data]
-    if missing:
-        raise DataError(f"{path}:{number}: missing field(s) {missing}; expected {list(required)}")
-    return data
-
-
-class BeirJsonlDocs(BaseDocs):
-    """``corpus.jsonl``: ``{"_id", "title" (optional), "text"}`` a line -> :class:`TitleTextDoc`."""
-
-    def __init__(self, dlc: LocalDownload, namespace: str) -> None:
-        super().__init__()
-        self._dlc = dlc
-        self._namespace = namespace
-
-    def _docs_iter(self) -> Iterator[TitleTextDoc]:
-        path = self._dlc.path()
-        for number, line in _lines(self._dlc):
-            data = _json_object(path, number, line, ("_id", "text"))
-            yield TitleTextDoc(str(data["_id"]), str(data["text"]), str(data.get("title") or ""))
-
-    def docs_iter(self) -> Iterator[TitleTextDoc]:
-        return iter(self.docs_store())
-
-    def docs_cls(self) -> type:
-        return TitleTextDoc
-
-    def docs_store(
-        self, field: str = "doc_id", options: Any = DEFAULT_DOCSTORE_OPTIONS
-    ) -> PickleLz4FullStore:
-        return PickleLz4FullStore(
-            path=str(_docstore_dir(self._dlc.path()) / "docs.pklz4"),
-            init_iter_fn=self._docs_iter,
-            data_cls=TitleTextDoc,
-            lookup_field=field,
-            index_fields=["doc_id"],
-            options=options,
-        )
-
-    def docs_count(self) -> int | None:
-        store = self.docs_store()
-        return store.count() if store.built() else None
-
-    def docs_namespace(self) -> str:
-        return self._namespace
-
-    def docs_lang(self) -> None:
-        return None
-
-
-def _docstore_dir(corpus: Path) -> Path:
-    """One docstore per corpus file *version*: a rewritten corpus gets a fresh one."""
-    stat = corpus.stat()
-    key = hashlib.sha1(f"{corpus.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    slug = "-".join(corpus.resolve().parent.parts[-2:])
-    return ir_datasets.util.home_path() / NAMESPACE / "docstores" / f"{slug}-{key}"
-
-
-class BeirJsonlQueries(BaseQueries):
-    """``queries.jsonl``: ``{"_id", "text"}`` a line, kept when ``keep()`` contains the id."""
-
-    def __init__(self, dlc: LocalDownload, namespace: str, keep: Callable[[], set[str]]) -> None:
-        super().__init__()
-        self._dlc = dlc
-        self._namespace = namespace
-        self._keep = keep
-
-    def queries_iter(self) -> Iterator[GenericQuery]:
-        path = self._dlc.path()
-        keep = self._keep()
-        for number, line in _lines(self._dlc):
-            data = _json_object(path, number, line, ("_id", "text"))
-            if str(data["_id"]) in keep:
-                yield GenericQuery(str(data["_id"]), str(data["text"]))
-
-    def queries_cls(self) -> type:
-        return GenericQuery
-
-    def queries_namespace(self) -> str:
-        return self._namespace
-
-    def queries_lang(self) -> None:
-        return None
-
-
-class BeirTsvQrels(BaseQrels):
-    """``qrels/<split>.tsv``: the header ``query-id corpus-id score``, then tab-separated rows
-    with an integer label. (ir_datasets' own ``BeirQrels`` only asserts on a bad header and
-    reports no line numbers, hence this class.)"""
-
-    def __init__(self, dlc: LocalDownload) -> None:
-        self._dlc = dlc
-
-    def qrels_path(self) -> Path:
-        return self._dlc.path()
-
-    def qrels_iter(self) -> Iterator[TrecQrel]:
-        path = self._dlc.path()
-        lines = _lines(self._dlc)
-        for number, line in lines:
-            if tuple(line.split("\t")) != QRELS_HEADER:
-                raise DataError(
-                    f"{path}:{number}: expected the header {chr(9).join(QRELS_HEADER)!r}, found {line[:80]!r}"
-                )
-            break
-        for number, line in lines:
-            cols = line.split("\t")
-            if len(cols) != 3:
-                raise DataError(
-                    f"{path}:{number}: expected 3 tab-separated columns (query-id, corpus-id, score), "
-                    f"found {len(cols)}: {line[:80]!r}"
-                )
-            query_id, doc_id, label = cols
-            try:
-                relevance = int(label)
-            except ValueError:
-                raise DataError(f"{path}:{number}: the label must be an integer, found {label!r}") from None
-            yield TrecQrel(query_id, doc_id, relevance, "0")
-
-    def qrels_cls(self) -> type:
-        return TrecQrel
-
-    def qrels_defs(self) -> dict[int, str]:
-        return {}
-
-
-class TrecRunScoredDocs(BaseScoredDocs):
-    """A TREC run, ``query_id Q0 doc_id rank score tag`` a line (whitespace-separated)."""
-
-    def __init__(self, dlc: LocalDownload) -> None:
-        self._dlc = dlc
-
-    def scoreddocs_path(self) -> Path:
-        return self._dlc.path()
-
-    def scoreddocs_iter(self) -> Iterator[GenericScoredDoc]:
-        path = self._dlc.path()
-        for number, line in _lines(self._dlc):
-            cols = line.split()
-            if len(cols) != 6:
-                raise DataError(
-                    f"{path}:{number}: expected 6 columns (query_id Q0 doc_id rank score tag), "
-                    f"found {len(cols)}: {line[:80]!r}"
-                )
-            query_id, _, doc_id, rank, score, _ = cols
-            try:
-                int(rank)
-                value = float(score)
-            except ValueError:
-                raise DataError(
-                    f"{path}:{number}: rank must be an integer and score a number, found {rank!r} and {score!r}"
-                ) from None
-            yield GenericScoredDoc(query_id, doc_id, value)
-
-    def scoreddocs_cls(self) -> type:
-        return GenericScoredDoc
+DUPLICATE_POLICIES = ("dedupe", "error")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,14 +142,23 @@ class Collection:
 
     Parts load on first access and are then kept, so opening a collection is cheap."""
 
-    def __init__(self, name: str, dataset_id: str, run_file: Path | None = None) -> None:
+    def __init__(
+        self, name: str, dataset_id: str, run_file: Path | None = None, duplicates: str = "dedupe"
+    ) -> None:
+        if duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {duplicates!r}")
         self.name = name
         self.dataset_id = dataset_id
         # A TREC run read instead of the dataset's scoreddocs (ids without one, such as BEIR).
         self.run_file = run_file
+        # What a (query_id, doc_id) pair that the run lists twice does: see `run`.
+        self.duplicates = duplicates
 
     def __repr__(self) -> str:
-        return f"Collection(name={self.name!r}, dataset_id={self.dataset_id!r}, run_file={self.run_file!r})"
+        return (
+            f"Collection(name={self.name!r}, dataset_id={self.dataset_id!r}, run_file={self.run_file!r}, "
+            f"duplicates={self.duplicates!r})"
+        )
 
     @functools.cached_property
     def dataset(self) -> Any:
@@ -361,11 +177,27 @@ class Collection:
                 out.setdefault(qrel.query_id, {})[qrel.doc_id] = int(qrel.relevance)
         return out
 
-    @functools.cached_property
+    @property
     def run(self) -> dict[str, list[tuple[str, float]]]:
+        """The first-stage run in rank order (score descending, ties in file order), each document
+        once per query: with ``duplicates="dedupe"`` a repeated (query_id, doc_id) keeps its
+        best-ranked entry and the others are dropped (counted in :attr:`run_duplicates`, and
+        logged); with ``"error"`` a repeat raises :class:`DataError`. An empty run is an error."""
+        return self._run[0]
+
+    @property
+    def run_duplicates(self) -> int:
+        """How many run entries were dropped as repeats of a (query_id, doc_id) ranked higher."""
+        return self._run[1]
+
+    @functools.cached_property
+    def _run(self) -> tuple[dict[str, list[tuple[str, float]]], int]:
         if self.run_file is not None:
+            source = str(self.run_file)
             scoreddocs = TrecRunScoredDocs(LocalDownload(self.run_file, mkdir=False)).scoreddocs_iter()
         elif self.dataset.has_scoreddocs():
+            local = self.dataset_id in _REGISTERED
+            source = str(self.dataset.scoreddocs_path()) if local else f"{self.dataset_id} (scoreddocs)"
             with self._fetching("scoreddocs"):
                 scoreddocs = list(self.dataset.scoreddocs_iter())
         else:
@@ -373,12 +205,44 @@ class Collection:
                 f"{self.dataset_id} has no first-stage run (scoreddocs) to rerank or sample from; "
                 "give one as a TREC run file (a suite's run_file, or a study's eval.run_files)"
             )
-        out: dict[str, list[tuple[str, float]]] = {}
-        for sd in scoreddocs:
-            out.setdefault(sd.query_id, []).append((sd.doc_id, float(sd.score)))
-        for ranked in out.values():
-            ranked.sort(key=lambda pair: -pair[1])  # stable: ties keep file order
-        return out
+        entries: dict[str, list[tuple[str, float, str]]] = {}
+        for number, sd in enumerate(scoreddocs, start=1):
+            where = f"{source}:{sd.line}" if isinstance(sd, RunLine) else f"{source} entry {number}"
+            entries.setdefault(sd.query_id, []).append((sd.doc_id, float(sd.score), where))
+        if not entries:
+            raise DataError(
+                f"{source}: the first-stage run has no entries; write the candidates to rerank there"
+            )
+        run: dict[str, list[tuple[str, float]]] = {}
+        dropped: list[str] = []
+        for query_id, ranked in entries.items():
+            ranked.sort(key=lambda entry: -entry[1])  # stable: ties keep file order
+            kept: dict[str, float] = {}
+            for doc_id, score, where in ranked:
+                if doc_id not in kept:
+                    kept[doc_id] = score
+                    continue
+                if self.duplicates == "error":
+                    raise DataError(
+                        f"{where}: {query_id} {doc_id} is listed twice in the first-stage run; list each "
+                        "document once per query, or set data.duplicate_run_entries=dedupe to keep the "
+                        "best-ranked entry"
+                    )
+                dropped.append(f"{where} ({query_id} {doc_id})")
+            run[query_id] = list(kept.items())
+        if dropped:
+            logger.warning(
+                "%s: dropped %d repeated (query_id, doc_id) run entries, keeping each pair's best-ranked "
+                "entry (data.duplicate_run_entries=dedupe), e.g. %s",
+                self.name, len(dropped), dropped[:3],
+            )  # fmt: skip
+        return run, len(dropped)
+
+    @property
+    def queries_without_text(self) -> list[str]:
+        """Ids of judged or retrieved queries that ``queries.jsonl`` (the queries) gives no text."""
+        ids = dict.fromkeys([*self.qrels, *self.run])
+        return [query_id for query_id in ids if query_id not in self.queries]
 
     @functools.cached_property
     def docs_store(self) -> Any:
@@ -438,13 +302,16 @@ def open_collection(
     split: str = "test",
     first_stage: str = "bm25-top100",
     run_file: Path | str | None = None,
+    duplicates: str = "dedupe",
 ) -> Collection:
     """The collection `name` (a folder under `root`, default the configured data root, or an
     ir_datasets id). The same arguments give the same object while the files are unchanged,
     so parsed queries, qrels and run are shared within a process.
 
     `run_file` (a TREC run; relative paths are under `root`) replaces the first-stage run; an
-    ir_datasets id without scoreddocs (BEIR) needs one to be reranked."""
+    ir_datasets id without scoreddocs (BEIR) needs one to be reranked. `duplicates` says what a
+    run entry repeating a (query_id, doc_id) pair does (``data.duplicate_run_entries``):
+    ``"dedupe"`` keeps the best-ranked entry and counts the rest, ``"error"`` refuses the run."""
     root = default_data_root() if root is None else Path(root)
     run_path = None
     if run_file is not None:
@@ -458,9 +325,9 @@ def open_collection(
                 "or give another path (a study's eval.run_files)"
             )
     dataset_id = resolve_dataset_id(name, root=root, split=split, first_stage=first_stage)
-    key = (name, dataset_id, _signature(dataset_id), run_path, _file_signature(run_path))
+    key = (name, dataset_id, _signature(dataset_id), run_path, _file_signature(run_path), duplicates)
     if key not in _OPEN:
-        _OPEN[key] = Collection(name, dataset_id, run_path)
+        _OPEN[key] = Collection(name, dataset_id, run_path, duplicates)
     return _OPEN[key]
 
 

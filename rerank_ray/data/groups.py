@@ -24,8 +24,11 @@ Sampling, per query of each dataset in ``data.train`` (split ``data.train_split`
 
 Randomness comes from ``numpy.random.default_rng([groups.seed, hash(query_id)])``, so a query's
 groups do not depend on dataset order, ``max_queries`` or the other queries. Queries with no
-positive among the candidates, and queries with fewer than ``group_size - 1`` negatives, are
-skipped, counted and listed in the stats. ``groups.max_queries`` caps the queries considered
+positive among the candidates, queries with fewer than ``group_size - 1`` negatives, and
+judged or retrieved queries with no text, are skipped, counted and listed in the stats. A run
+that repeats a (query_id, doc_id) is handled as ``data.duplicate_run_entries`` says (the
+dropped entries are counted in the stats), so no document appears twice among a query's
+candidates. ``groups.max_queries`` caps the queries considered
 (across datasets, in order).
 """
 
@@ -68,16 +71,30 @@ class GroupStats:
     queries_without_positive: int = 0
     queries_without_enough_negatives: int = 0
     groups_written: int = 0
+    # Judged or retrieved queries with no text in the queries file: never seen, so never sampled.
+    queries_without_text: int = 0
+    # First-stage run entries dropped as repeats of a (query_id, doc_id) ranked higher.
+    run_duplicates_dropped: int = 0
     # dataset -> skipped query ids
     without_positive_ids: dict[str, list[str]] = field(default_factory=dict)
     without_enough_negatives_ids: dict[str, list[str]] = field(default_factory=dict)
+    without_text_ids: dict[str, list[str]] = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.groups_written} groups from {self.queries_with_groups} of {self.queries_seen} queries; "
             f"skipped {self.queries_without_positive} without a positive among the candidates and "
             f"{self.queries_without_enough_negatives} with too few negatives"
         )
+        if self.queries_without_text:
+            examples = [q for ids in self.without_text_ids.values() for q in ids][:5]
+            text += (
+                f"; {self.queries_without_text} judged or retrieved queries have no text in the queries "
+                f"file and were left out, e.g. {examples}"
+            )
+        if self.run_duplicates_dropped:
+            text += f"; dropped {self.run_duplicates_dropped} repeated first-stage run entries"
+        return text
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,7 +150,11 @@ def build_groups(cfg: RunConfig, out_dir: str | Path) -> GroupsResult:
         if budget is not None and stats.queries_seen >= budget:
             break
         collection = open_collection(
-            name, root=cfg.data.root, split=cfg.data.train_split, first_stage=cfg.data.first_stage
+            name,
+            root=cfg.data.root,
+            split=cfg.data.train_split,
+            first_stage=cfg.data.first_stage,
+            duplicates=cfg.data.duplicate_run_entries,
         )
         _add_dataset(cfg.groups, collection, stats, rows, budget)
 
@@ -155,6 +176,16 @@ def _add_dataset(
     cfg: GroupsConfig, collection: Collection, stats: GroupStats, rows: dict[str, list], budget: int | None
 ) -> None:
     run = collection.run
+    stats.run_duplicates_dropped += collection.run_duplicates
+    without_text = collection.queries_without_text
+    if without_text:
+        stats.queries_without_text += len(without_text)
+        stats.without_text_ids[collection.name] = without_text
+        logger.warning(
+            "%s: %d judged or retrieved queries have no text in the queries file, so they give no "
+            "training groups, e.g. %s; add them to queries.jsonl",
+            collection.name, len(without_text), without_text[:5],
+        )  # fmt: skip
     for query_id, query in collection.queries.items():
         if budget is not None and stats.queries_seen >= budget:
             return

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from rerank_ray.data.datasets import DataError
@@ -27,17 +28,39 @@ SCORE_COLUMNS = ["query_id", "doc_id", "score"]
 
 
 class MissingTeacherScores(DataError):
-    """Some (query_id, doc_id) pairs of the groups have no teacher score."""
+    """Some (query_id, doc_id) pairs of the groups have no (finite) teacher score: raised when
+    attaching scores to groups and when a scoring job ends with pairs left unscored."""
 
 
-def attach_teacher_scores(groups: pd.DataFrame, scores_path: str | Path) -> pd.DataFrame:
-    """A copy of `groups` with ``teacher_scores`` aligned with ``doc_ids``."""
+def read_teacher_scores(scores_path: str | Path) -> pd.DataFrame:
+    """The teacher-scores Parquet (a file or a folder of shards), checked: columns
+    ``query_id: str, doc_id: str, score: float``, every score finite, each pair once.
+
+    Row numbers in the messages are 0-based positions in the table as read."""
     scores = pd.read_parquet(scores_path)
     absent = [c for c in SCORE_COLUMNS if c not in scores.columns]
     if absent:
         raise DataError(
             f"teacher scores {scores_path} lack column(s) {absent}; expected {SCORE_COLUMNS}, "
             f"found {list(scores.columns)}"
+        )
+    for column in ("query_id", "doc_id"):
+        _check_id_column(scores, column, scores_path)
+    if not pd.api.types.is_numeric_dtype(scores["score"]) or pd.api.types.is_bool_dtype(scores["score"]):
+        raise DataError(
+            f"teacher scores {scores_path}: column score has type {scores['score'].dtype}; scores must "
+            "be float64 raw logits"
+        )
+    values = scores["score"].astype("float64")
+    bad = ~np.isfinite(values.to_numpy())
+    if bad.any():
+        rows = scores.loc[bad, SCORE_COLUMNS].head(3)
+        examples = [
+            f"row {i}: ({q}, {d}) {v}" for i, (q, d, v) in zip(rows.index, rows.to_numpy(), strict=True)
+        ]
+        raise DataError(
+            f"teacher scores {scores_path} hold {int(bad.sum())} non-finite (NaN or inf) scores of "
+            f"{len(scores)}, e.g. {examples}; rescore those pairs (check the teacher's dtype and inputs)"
         )
     duplicated = scores.duplicated(["query_id", "doc_id"])
     if duplicated.any():
@@ -46,13 +69,40 @@ def attach_teacher_scores(groups: pd.DataFrame, scores_path: str | Path) -> pd.D
             f"teacher scores {scores_path} hold {int(duplicated.sum())} duplicated (query_id, doc_id) "
             f"pairs, e.g. {example}; each pair must be scored once"
         )
-    lookup = dict(
-        zip(
-            zip(scores["query_id"].astype(str), scores["doc_id"].astype(str), strict=True),
-            scores["score"].astype("float64"),
-            strict=True,
-        )
+    return scores.assign(score=values)
+
+
+def _check_id_column(scores: pd.DataFrame, column: str, scores_path: str | Path) -> None:
+    """Ids are strings: a numeric id column would never match the groups' ids, so it is refused
+    as what it is, not reported as missing scores."""
+    ids = scores[column]
+    if all(isinstance(v, str) for v in ids.head(1000)):
+        return
+    example = f" (e.g. {ids.iloc[0]!r})" if len(ids) else ""
+    raise DataError(
+        f"teacher scores {scores_path}: column {column} has type {ids.dtype}{example}; ids must be "
+        "strings exactly as in the dataset: write the column from the original string ids"
     )
+
+
+def _float_formatted(missing: list[tuple[str, str]], lookup: dict[tuple[str, str], float]) -> str:
+    """A hint when the scores hold the missing pairs under float-formatted ids ("19335.0")."""
+    keys = set(lookup)
+    for query_id, doc_id in missing[:100]:
+        for q, d in ((f"{query_id}.0", doc_id), (query_id, f"{doc_id}.0"), (f"{query_id}.0", f"{doc_id}.0")):
+            if (q, d) in keys:
+                return (
+                    f"; the scores hold float-formatted ids ({(q, d)} for the groups' {(query_id, doc_id)}): "
+                    "ids must be strings exactly as in the dataset, never read or written as numbers"
+                )
+    return ""
+
+
+def attach_teacher_scores(groups: pd.DataFrame, scores_path: str | Path) -> pd.DataFrame:
+    """A copy of `groups` with ``teacher_scores`` aligned with ``doc_ids``; the scores are
+    checked by :func:`read_teacher_scores`."""
+    scores = read_teacher_scores(scores_path)
+    lookup = dict(zip(zip(scores["query_id"], scores["doc_id"], strict=True), scores["score"], strict=True))
     aligned: list[list[float]] = []
     missing: list[tuple[str, str]] = []
     for query_id, doc_ids in zip(groups["query_id"], groups["doc_ids"], strict=True):
@@ -68,8 +118,8 @@ def attach_teacher_scores(groups: pd.DataFrame, scores_path: str | Path) -> pd.D
         total = sum(len(d) for d in groups["doc_ids"])
         raise MissingTeacherScores(
             f"{len(missing)} of {total} (query_id, doc_id) pairs in the groups have no teacher score "
-            f"in {scores_path}, e.g. {missing[:5]}; run `rerank-ray score` on these groups / check the "
-            "teacher scored these groups (same groups file, same data.train)"
+            f"in {scores_path}, e.g. {missing[:5]}{_float_formatted(missing, lookup)}; run `rerank-ray "
+            "score` on these groups / check the teacher scored these groups (same groups file, same data.train)"
         )
     out = groups.copy()
     out["teacher_scores"] = aligned

@@ -38,7 +38,7 @@ class Suite:
     dataset: str  # a folder under the data root, or an ir_datasets id
     split: str  # for a folder; an ir_datasets id already names its split
     first_stage: str  # the run's name: ``<first_stage>.<split>.run`` in a folder
-    depth: int  # rerank this many first-stage candidates (and keep only them)
+    depth: int  # rerank this many first-stage candidates; the rest follow in first-stage order
     measures: tuple[str, ...]
     # A TREC run to rerank instead of the dataset's scoreddocs: absolute, or relative to the
     # data root. Needed for ir_datasets ids without scoreddocs (BEIR).

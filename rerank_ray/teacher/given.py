@@ -8,9 +8,10 @@ higher = more relevant) and ``manifest.json`` (see ``teacher/score.py``).
   installed weights package, hub id when online) as this project's reranker folder, once:
   ``<teacher>/model/`` plus ``source.json``, whose key is the content hash of the source's
   files and the ModelConfig. The saved folder is then scored like any saved cross-encoder.
-- :func:`import_scores` checks a precomputed score Parquet (a file, or a folder of them)
-  against the training groups: the three columns, no non-finite score, no pair scored twice
-  with different values, and every (query_id, doc_id) of the groups scored. The groups' pairs
+- :func:`import_scores` checks a precomputed score Parquet (a file, or a folder of them) with
+  ``data.shards.read_teacher_scores`` (the three columns, string ids, finite scores, each pair
+  once: the checks training applies to any teacher scores, raising ``DataError``), then that
+  every (query_id, doc_id) of the training groups is scored (``MissingTeacherScores``). The groups' pairs
   are copied into ``scores/part-00000.parquet``; the manifest records the file's path, sha256
   and row count (``teacher``), the pairs' fingerprint and the coverage. An import with the same
   file content and the same groups is reused.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,12 @@ from typing import Any
 import pandas as pd
 
 from rerank_ray.config import ModelConfig
+from rerank_ray.data.datasets import DataError
+from rerank_ray.data.shards import MissingTeacherScores, read_teacher_scores
 from rerank_ray.teacher.score import (
     MANIFEST,
     SCORE_COLUMNS,
     SCORES_DIR,
-    CoverageError,
     ScoreResult,
     data_fingerprint,
     pairs_from_groups,
@@ -44,10 +45,6 @@ from rerank_ray.teacher.score import (
 log = logging.getLogger("rerank_ray.teacher")
 
 SOURCE_RECORD = "source.json"
-
-
-class ScoreFileError(ValueError):
-    """A precomputed score file cannot serve as a teacher; the message names the problem and the fix."""
 
 
 def files_sha256(path: Path) -> str:
@@ -106,55 +103,12 @@ def import_reranker(model: ModelConfig, out_dir: Path) -> Path:
 # Precomputed scores.
 
 
-def read_score_file(path: Path) -> pd.DataFrame:
-    """``query_id, doc_id, score`` of a Parquet file or folder, ids as strings, score float64."""
-    path = Path(path)
-    if not path.exists():
-        raise ScoreFileError(f"teacher score file {path} does not exist; give a Parquet file or folder")
-    frame = pd.read_parquet(path)
-    missing = [c for c in SCORE_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ScoreFileError(
-            f"teacher score file {path} lacks column(s) {missing}; found {list(frame.columns)}; "
-            "it needs query_id, doc_id, score"
-        )
-    if not pd.api.types.is_numeric_dtype(frame["score"]):
-        raise ScoreFileError(
-            f"teacher score file {path}: column score is {frame['score'].dtype}, not numeric"
-        )
-    return pd.DataFrame(
-        {
-            "query_id": frame["query_id"].astype(str),
-            "doc_id": frame["doc_id"].astype(str),
-            "score": frame["score"].astype("float64"),
-        }
-    )
-
-
-def check_scores(scores: pd.DataFrame, path: Path) -> None:
-    """Raise :class:`ScoreFileError` on non-finite scores or a pair scored twice differently."""
-    bad = scores[~scores["score"].map(math.isfinite)]
-    if len(bad):
-        first = bad.iloc[0]
-        raise ScoreFileError(
-            f"teacher score file {path}: {len(bad)} of {len(scores)} scores are not finite (NaN or "
-            f"inf), e.g. row {bad.index[0]} ({first.query_id}, {first.doc_id}) = {first.score}; "
-            "fix or drop those rows"
-        )
-    twice = scores[scores.duplicated(["query_id", "doc_id"], keep=False)]
-    conflicting = twice.groupby(["query_id", "doc_id"])["score"].nunique()
-    conflicting = conflicting[conflicting > 1]
-    if len(conflicting):
-        raise ScoreFileError(
-            f"teacher score file {path}: {len(conflicting)} (query_id, doc_id) pairs have more than "
-            f"one different score, e.g. {conflicting.index[0]}; keep one score per pair"
-        )
-
-
 def import_scores(path: Path, groups_path: Path, out_dir: Path) -> ScoreResult:
     """Check the score file at `path` against the groups at `groups_path` and write the groups'
     scores to `out_dir` in the teacher-score layout (see the module docstring)."""
     path, out_dir = Path(path).resolve(), Path(out_dir).resolve()
+    if not path.exists():
+        raise DataError(f"teacher score file {path} does not exist; give a Parquet file or folder of them")
     pairs = pairs_from_groups(pd.read_parquet(groups_path))
     sha256 = files_sha256(path)
     teacher = {"kind": "scores", "path": str(path), "sha256": sha256, "fingerprint": sha256}
@@ -171,18 +125,16 @@ def import_scores(path: Path, groups_path: Path, out_dir: Path) -> ScoreResult:
             log.info("teacher scores from %s are up to date in %s; reusing them", path, out_dir)
             return ScoreResult(path=out_dir / SCORES_DIR, manifest=manifest, reused=True)
         manifest_path.unlink()
-    scores = read_score_file(path)
-    check_scores(scores, path)
+    # The same checks training applies to any teacher scores: columns, string ids, finite, once.
+    scores = read_teacher_scores(path)
     teacher["rows"] = len(scores)
     coverage = verify_coverage(pairs, scores)
     if not coverage.complete:
-        raise CoverageError(
+        raise MissingTeacherScores(
             f"teacher score file {path}: {coverage.summary()} of the training groups; score every "
             "pair of the groups (rerank-ray prepare writes them) and rerun"
         )
-    wanted = pairs[["query_id", "doc_id"]].merge(
-        scores.drop_duplicates(["query_id", "doc_id"]), on=["query_id", "doc_id"], how="left"
-    )
+    wanted = pairs[["query_id", "doc_id"]].merge(scores[SCORE_COLUMNS], on=["query_id", "doc_id"], how="left")
     _write(out_dir, wanted)
     manifest = _manifest(teacher, fingerprint, len(pairs), coverage.pairs_scored, str(groups_path))
     manifest_path.write_text(json.dumps(manifest, indent=2))

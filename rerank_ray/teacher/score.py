@@ -39,6 +39,7 @@ from typing import Any
 
 import pandas as pd
 
+from rerank_ray.data.shards import MissingTeacherScores
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
 
 log = logging.getLogger("rerank_ray.teacher")
@@ -48,10 +49,6 @@ SCORE_COLUMNS = ["query_id", "doc_id", "score"]
 MANIFEST = "manifest.json"
 JOB = "job.json"
 SCORES_DIR = "scores"
-
-
-class CoverageError(RuntimeError):
-    """Some (query_id, doc_id) pairs of the groups have no teacher score."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,17 +136,6 @@ def pairs_from_groups(groups: pd.DataFrame) -> pd.DataFrame:
     flat["doc_id"] = flat["doc_id"].astype(str)
     flat = flat.drop_duplicates(["query_id", "doc_id"])
     return flat[PAIR_COLUMNS].sort_values(["query_id", "doc_id"], ignore_index=True)
-
-
-def pairs_from_run(collection: Any, depth: int) -> pd.DataFrame:
-    """The unique pairs of a first-stage run (``data.datasets.Collection``), top `depth` per query."""
-    rows = [
-        (str(qid), str(did), collection.queries[qid], collection.doc_text(did))
-        for qid, ranked in collection.run.items()
-        for did, _ in ranked[:depth]
-    ]
-    frame = pd.DataFrame(rows, columns=PAIR_COLUMNS).drop_duplicates(["query_id", "doc_id"])
-    return frame.sort_values(["query_id", "doc_id"], ignore_index=True)
 
 
 def data_fingerprint(pairs: pd.DataFrame) -> str:
@@ -305,7 +291,7 @@ def score_pairs(
     scores = pd.read_parquet(out_dir / SCORES_DIR)
     coverage = verify_coverage(pairs, scores)
     if not coverage.complete:
-        raise CoverageError(
+        raise MissingTeacherScores(
             f"teacher scores in {out_dir}: {coverage.summary()}. Delete the shards that hold them "
             f"(or the whole folder) and rerun to rescore"
         )

