@@ -63,8 +63,8 @@ def evaluate(
     `depth` None = each suite's own depth. `tag` names the run in the TREC files (default: the
     model folder's name, or the first stage's). `run_files` maps a suite to a TREC run that
     replaces its first stage (absolute, or relative to `root`): the suite's own ``run_file``
-    otherwise. `duplicate_run_entries` is ``data.duplicate_run_entries`` (see ``open_collection``). `suites_defined` adds a config's own suites to the built-in
-    ones."""
+    otherwise. `duplicate_run_entries` is ``data.duplicate_run_entries`` (see ``open_collection``).
+    `suites_defined` adds a config's own suites to the built-in ones."""
     score_fn: ScoreFn | None = None
     if model_path is not None:
         from rerank_ray.models import load_reranker
