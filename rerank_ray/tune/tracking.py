@@ -52,7 +52,8 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
-    # Without this tag MLflow 3 opens the experiment on its GenAI overview, not the runs table.
+    # MLflow 3.17's UI ignores this tag for the page it opens (see the module docstring and
+    # experiment_url); other MLflow versions and tools read it.
     return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
 
 
