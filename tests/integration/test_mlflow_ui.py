@@ -1,8 +1,9 @@
 """The MLflow UI, checked in a real browser on the store of a real study: what a user sees when
 opening the link `rerank-ray study` prints.
 
-The test runs a tiny study itself (one random-init student, contrastive and distillation from a
-precomputed-scores teacher, 2 steps each) into a fresh sqlite store, so the runs, tags, metrics
+The test runs a tiny study itself (``byo_study``: one random-init student, contrastive and
+distillation from a precomputed-scores teacher, 2 steps each, on a collection defined in YAML)
+into a fresh sqlite store, so the runs, tags, metrics
 and the parent's description are exactly what the study runner writes. `rerank-ray ui` serves
 the store on a free port; Debian's chromium (headless, driven by Selenium through Debian's
 chromedriver) opens the printed link (``tune.tracking.experiment_url``: the runs table in
@@ -52,8 +53,8 @@ CHROMIUM_FLAGS = [
     # Wide: the runs grid renders only the columns that fit (column virtualisation).
     "--window-size=2400,1100",
 ]
-STUDY = "ui-study"
-METRIC = "tiny-scifact/nDCG_10"
+STUDY = "byo"  # tests/integration/conftest.py's byo_study
+METRIC = "mycorpus/nDCG_10"
 
 
 def free_port() -> int:
@@ -89,44 +90,19 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def study(ray_local, data_root, tmp_path_factory):
-    """A real tiny study (tests/integration/test_byo.py's collection and score file); returns
-    its StudyResult and the trials' metrics as the store holds them."""
+def study(byo_study):
+    """The shared tiny study (tests/integration/conftest.py) and its trials' in-domain metric
+    as the store holds it."""
     import mlflow
-    import yaml
 
-    from rerank_ray.tune.study import load_study, run_study
-    from tests.conftest import TINY_BERT
-    from tests.integration.test_byo import build_collection, precomputed_scores
-
-    tmp = tmp_path_factory.mktemp("ui-study")
-    folder = build_collection(data_root, tmp / "collection")
-    student = {**TINY_BERT, "config_overrides": {**TINY_BERT["config_overrides"], "num_hidden_layers": 1}}
-    spec = {
-        "name": STUDY,
-        "base": {
-            "output_dir": str(tmp / "out"),
-            "mlflow": {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": STUDY},
-            "data": {"train": [str(folder)], "train_split": "train", "first_stage": "bm25-top10"},
-            "groups": {"depth": 10, "group_size": 4, "groups_per_query": 2, "positive_min_label": 1},
-            "train": {"max_steps": 2, "micro_batch_groups": 2, "log_every_steps": 1},
-            "deepspeed": {"zero_stage": 0},
-        },
-        "teachers": {"mine": {"kind": "scores", "path": str(precomputed_scores(folder, tmp / "s.parquet"))}},
-        "students": {"tiny-l1": student},
-        "strategies": ["contrastive", "distillation"],
-        "eval": {"in_domain": ["tiny-scifact"]},
-        "tune": {"max_concurrent_trials": 2, "cpus_per_trial": 0.5},
-    }
-    (tmp / "study.yaml").write_text(yaml.safe_dump(spec))
-    result = run_study(load_study([tmp / "study.yaml"]), command="pytest")
+    _, result, _ = byo_study
     assert [t.status for t in result.trials] == ["ok", "ok"], [t.error for t in result.trials]
     client = mlflow.MlflowClient(result.tracking_uri)
     trials = client.search_runs(
-        [result.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'"
+        [result.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}' and tags.role = 'trial'",
     )
-    metrics = {r.info.run_name: r.data.metrics[METRIC] for r in trials if r.data.tags["role"] == "trial"}
-    return result, metrics
+    return result, {r.info.run_name: r.data.metrics[METRIC] for r in trials}
 
 
 @pytest.fixture
@@ -253,7 +229,7 @@ def test_parent_run_description_is_the_report(browser, mlflow_ui, study):
         # The report's table (student rows, the first-stage row) is rendered in the description.
         wait.until(lambda d: "first stage" in d.find_element(By.TAG_NAME, "body").text)
         text = browser.find_element(By.TAG_NAME, "body").text
-    assert "tiny-l1" in text and "tiny-scifact" in text
+    assert "tiny-l1" in text and "mycorpus" in text
 
 
 def compare_runs(browser, wait, link: str, metrics: dict[str, float]) -> tuple[set[str], dict[str, str]]:
