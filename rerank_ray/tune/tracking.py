@@ -66,6 +66,11 @@ def experiment_url(server: str, experiment_id: str) -> str:
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+def run_url(server: str, experiment_id: str, run_id: str) -> str:
+    """The UI link to one run's page (its description first), in model-training mode."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
 def run_note(markdown: str, artifact: str = "report/report.md") -> str:
     """A run description (``mlflow.note.content``): `markdown`, cut at a line to fit the tag
     limit, with a pointer to the full `artifact` when cut."""

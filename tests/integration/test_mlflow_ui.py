@@ -222,10 +222,12 @@ def test_parent_run_description_is_the_report(browser, mlflow_ui, study):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from rerank_ray.tune.tracking import run_url
+
     result, _ = study
     wait = WebDriverWait(browser, 90)
     with screenshot_on_exit(browser, "parent"):
-        browser.get(f"{mlflow_ui}/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}")
+        browser.get(run_url(mlflow_ui, result.experiment_id, result.parent_run_id))
         # The report's table (student rows, the first-stage row) is rendered in the description.
         wait.until(lambda d: "first stage" in d.find_element(By.TAG_NAME, "body").text)
         text = browser.find_element(By.TAG_NAME, "body").text

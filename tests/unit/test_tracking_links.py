@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rerank_ray.cli import mlflow_lines
-from rerank_ray.tune.tracking import NOTE_LIMIT, experiment_url, run_note
+from rerank_ray.tune.tracking import NOTE_LIMIT, experiment_url, run_note, run_url
 
 
 def test_experiment_url_opens_the_runs_table_in_model_training_mode():
@@ -11,6 +11,10 @@ def test_experiment_url_opens_the_runs_table_in_model_training_mode():
     # genai: the GenAI overview), not from the experiment-kind tag.
     assert experiment_url("http://127.0.0.1:5000/", "7") == (
         "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    )
+    assert (
+        run_url("http://h:5000", "7", "abc")
+        == "http://h:5000/#/experiments/7/runs/abc?workflowType=machine_learning"
     )
     lines = mlflow_lines("sqlite:///x.db", "quickstart", "abc", "7")
     assert lines[-1] == (
