@@ -177,7 +177,11 @@ class LossConfig(Section):
 
     @property
     def needs_teacher(self) -> bool:
-        return self.name in ("distillation", "mix", "margin_mse")
+        # Each loss class says whether it reads teacher scores; imported here, not at the top,
+        # because the losses import torch and this module (loading a config needs neither).
+        from rerank_ray.losses import TEACHER_LOSSES
+
+        return self.name in TEACHER_LOSSES
 
 
 class TrainConfig(Section):

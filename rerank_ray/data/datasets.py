@@ -54,7 +54,7 @@ from rerank_ray.data.formats import (
     TrecRunScoredDocs,
 )
 
-logger = logging.getLogger("rerank_ray.data")
+log = logging.getLogger("rerank_ray.data")
 
 DUPLICATE_POLICIES = ("dedupe", "error")
 
@@ -231,7 +231,7 @@ class Collection:
                 dropped.append(f"{where} ({query_id} {doc_id})")
             run[query_id] = list(kept.items())
         if dropped:
-            logger.warning(
+            log.warning(
                 "%s: dropped %d repeated (query_id, doc_id) run entries, keeping each pair's best-ranked "
                 "entry (data.duplicate_run_entries=dedupe), e.g. %s",
                 self.name, len(dropped), dropped[:3],

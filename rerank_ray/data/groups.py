@@ -22,7 +22,7 @@ Sampling, per query of each dataset in ``data.train`` (split ``data.train_split`
   anchors at most one group, so no (query, positive) pair is repeated; each group draws its
   negatives without replacement (a negative may recur across groups of the same query).
 
-Randomness comes from ``numpy.random.default_rng([groups.seed, hash(query_id)])``, so a query's
+Randomness comes from ``numpy.random.default_rng([groups.seed, sha256(query_id)])``, so a query's
 groups do not depend on dataset order, ``max_queries`` or the other queries. Queries with no
 positive among the candidates, queries with fewer than ``group_size - 1`` negatives, and
 judged or retrieved queries with no text, are skipped, counted and listed in the stats. A run
@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 from rerank_ray.config import GroupsConfig, RunConfig
 from rerank_ray.data.datasets import Collection, DataError, open_collection
 
-logger = logging.getLogger("rerank_ray.data")
+log = logging.getLogger("rerank_ray.data")
 
 GROUPS_FILE = "groups.parquet"
 STATS_FILE = "groups.stats.json"
@@ -158,7 +158,7 @@ def build_groups(cfg: RunConfig, out_dir: str | Path) -> GroupsResult:
         )
         _add_dataset(cfg.groups, collection, stats, rows, budget)
 
-    logger.info("training groups: %s", stats.summary())
+    log.info("training groups: %s", stats.summary())
     if stats.groups_written == 0:
         raise DataError(
             f"no training groups from {list(cfg.data.train)} (split {cfg.data.train_split!r}, "
@@ -181,7 +181,7 @@ def _add_dataset(
     if without_text:
         stats.queries_without_text += len(without_text)
         stats.without_text_ids[collection.name] = without_text
-        logger.warning(
+        log.warning(
             "%s: %d judged or retrieved queries have no text in the queries file, so they give no "
             "training groups, e.g. %s; add them to queries.jsonl",
             collection.name, len(without_text), without_text[:5],

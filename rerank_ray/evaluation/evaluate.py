@@ -31,7 +31,7 @@ from rerank_ray.evaluation.metrics import evaluate_run, mlflow_key, query_covera
 from rerank_ray.evaluation.rerank import ScoreFn, first_stage, rerank, with_first_stage_tail, write_trec_run
 from rerank_ray.evaluation.suites import Suite, get_suite
 
-logger = logging.getLogger("rerank_ray.evaluation")
+log = logging.getLogger("rerank_ray.evaluation")
 
 METRICS_FILE = "metrics.json"
 
@@ -145,7 +145,7 @@ def evaluate_scorer(
             "run_duplicates_dropped": collection.run_duplicates,
             "measures": aggregate,
         }
-        logger.info(
+        log.info(
             "%s (%d queries, depth %d): %s",
             name,
             len(per_query),
@@ -153,7 +153,7 @@ def evaluate_scorer(
             ", ".join(f"{m} {v:.4f}" for m, v in aggregate.items()),
         )
         if coverage.without_candidates or coverage.unjudged:
-            logger.warning("%s: %s", name, coverage.summary())
+            log.warning("%s: %s", name, coverage.summary())
     payload = {"model_path": model_path, "metrics": result.metrics, "suites": report}
     (out_dir / METRICS_FILE).write_text(json.dumps(payload, indent=2))
     return result

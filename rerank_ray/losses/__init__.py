@@ -3,13 +3,27 @@
 ``build_loss(cfg)`` returns a callable ``loss(scores, teacher) -> Tensor[]`` where ``scores``
 and ``teacher`` are ``Tensor[queries, group_size]`` of raw logits with the positive at index 0
 of every group (``teacher`` may be None for losses that do not need it). ``LOSSES`` keys are
-the ``LossName`` literal in rerank_ray.config (a unit test checks they are equal); adding a
-loss is one class, one line here and one test.
+the ``LossName`` literal in rerank_ray.config (tests/unit/test_registries.py checks they are
+equal). ``TEACHER_LOSSES`` is derived from each class's ``needs_teacher``; config, the study
+grid and the training driver read it from here.
+
+Adding a loss touches:
+
+- ``rerank_ray/losses/<listwise|pairwise|new>.py``: the class, with ``name``, ``needs_teacher``,
+  ``__init__(cfg: LossConfig)`` and ``__call__(scores, teacher)`` (start with ``check_scores``);
+- this file: one line in ``LOSSES``;
+- ``rerank_ray/config.py``: the name in ``LossName`` (and any new knob in ``LossConfig``);
+- ``tests/unit/test_losses.py``: a test against hand-computed values (the tests parametrized
+  over ``LOSSES`` then cover it too).
+
+A study names it in ``strategies`` with no further change (``tune/config.py`` reads
+``LossName``; the grid's teacher axis follows ``needs_teacher``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -20,15 +34,29 @@ from rerank_ray.losses.pairwise import MarginMSE
 # loss(scores [Q, G], teacher [Q, G] | None) -> scalar
 LossFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
-# name -> class; the class is built with the LossConfig and called with the scores.
-LOSSES: dict[str, Callable[[LossConfig], LossFn]] = {
+
+class Loss(Protocol):
+    """What a ``LOSSES`` entry is: a class built with the LossConfig, called with the scores."""
+
+    name: str
+    # True when the loss reads teacher scores (train.teacher_scores must then be set).
+    needs_teacher: bool
+
+    def __init__(self, cfg: LossConfig) -> None: ...
+
+    def __call__(self, scores: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+LOSSES: dict[str, type[Loss]] = {
     "contrastive": Contrastive,
     "distillation": Distillation,
     "mix": Mix,
     "margin_mse": MarginMSE,
 }
+# The losses that read teacher scores: the one source of LossConfig.needs_teacher.
+TEACHER_LOSSES: frozenset[str] = frozenset(name for name, cls in LOSSES.items() if cls.needs_teacher)
 
-__all__ = ["LOSSES", "LossFn", "build_loss"]
+__all__ = ["LOSSES", "TEACHER_LOSSES", "Loss", "LossFn", "build_loss"]
 
 
 def build_loss(cfg: LossConfig) -> LossFn:

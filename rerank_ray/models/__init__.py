@@ -2,8 +2,20 @@
 
 ``MODELS`` maps ``model.family`` (the ``ModelFamily`` literal in rerank_ray.config) to a
 :class:`~rerank_ray.models.base.Reranker` subclass. Each class is built as ``cls(cfg)`` and
-reloaded as ``cls.from_saved(path, cfg)``. Adding a family is one class, one line here and one
-test; a unit test checks that the keys equal ``ModelFamily``.
+reloaded as ``cls.from_saved(path, cfg)``; facts about a family (``bf16_on_gpu``) are class
+attributes, read from here rather than repeated as lists of family names.
+
+Adding a family touches:
+
+- ``rerank_ray/models/<family>.py``: the ``Reranker`` subclass (``family``, ``tokenize``,
+  ``forward``, ``save_backbone``, ``from_saved``); load weights with the helpers in
+  ``rerank_ray/models/hf.py`` (layer count, fit checks, own-memory copy, attention kwargs);
+- this file: one line in ``MODELS``;
+- ``rerank_ray/config.py``: the name in ``ModelFamily`` (tests/unit/test_registries.py checks
+  it equals ``MODELS``), and in ``ModelConfig._check`` if the family ignores ``model.template``
+  like the encoder;
+- ``tests/unit/test_<family>.py``: a tiny random-init model built from a config (build, score,
+  save -> load gives identical scores).
 """
 
 from __future__ import annotations
@@ -41,10 +53,11 @@ def build_model(cfg: ModelConfig) -> Reranker:
 
 
 def inference_dtype(cfg: ModelConfig, *, cuda: bool) -> torch.dtype:
-    """``model.dtype`` resolved: auto = bfloat16 for decoder/recurrent models on CUDA, else float32
-    (encoders are small, and bf16 matmuls on CPU are slow)."""
+    """``model.dtype`` resolved: auto = bfloat16 on CUDA for families whose class sets
+    ``bf16_on_gpu`` (decoder, recurrent), else float32 (encoders are small, and bf16 matmuls on
+    CPU are slow)."""
     if cfg.dtype == "auto":
-        return torch.bfloat16 if cuda and cfg.family in ("decoder", "recurrent") else torch.float32
+        return torch.bfloat16 if cuda and model_class(cfg.family).bf16_on_gpu else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,25 +42,12 @@ def seeded_init() -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def quiet_load_report() -> Iterator[None]:
-    """Hide transformers' table of dropped/missing layers; callers check the loading info
-    themselves and raise on anything unexpected. The level is raised on the "transformers"
-    parent logger, not on transformers.modeling_utils: a level set on that child makes
-    transformers 5 log a spurious "layers were not sharded" TP warning."""
-    log = logging.getLogger("transformers")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
 class Reranker(torch.nn.Module):
     """Base class: subclasses set ``self.tokenizer`` and implement tokenize/forward/save_backbone."""
 
     family: str = ""
+    # Evaluation with model.dtype=auto scores in bfloat16 on a GPU (large LMs); else float32.
+    bf16_on_gpu: bool = False
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

@@ -54,15 +54,13 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
 from rerank_ray.config import ModelConfig
-from rerank_ray.models.base import Reranker, quiet_load_report, seeded_init
+from rerank_ray.models import hf
+from rerank_ray.models.base import Reranker, seeded_init
 from rerank_ray.models.sources import resolve_gguf, resolve_source
 
-# Seed for every freshly initialised weight (the score head; everything when init="random"), so
-# each worker and each rebuild starts from the same model.
 HEAD_FILE = "score_head.safetensors"
 # model_type values that belong to model.family='recurrent' (rerank_ray.models.recurrent).
 RECURRENT_MODEL_TYPES = ("mamba", "mamba2")
@@ -76,6 +74,7 @@ _FLASH = {
 
 class DecoderReranker(Reranker):
     family = "decoder"
+    bf16_on_gpu = True
 
     def __init__(self, cfg: ModelConfig, *, saved: Path | None = None) -> None:
         """Build from `cfg`; with `saved`, load that folder's weights and tokenizer instead (used
@@ -91,7 +90,7 @@ class DecoderReranker(Reranker):
             self.backbone = self._build_backbone(cfg, config)
             self.tokenizer = _tokenizer(cfg.tokenizer or cfg.source)
         self._check_architecture()
-        _check_fit(cfg, self.backbone.config, self.tokenizer)
+        hf.check_fit(cfg, self.backbone.config, self.tokenizer)
         self.eos_id = _eos_id(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         self.yes_id = _single_token(self.tokenizer, cfg.yes_token) if cfg.scoring == "yes_logit" else None
@@ -142,7 +141,7 @@ class DecoderReranker(Reranker):
         return AutoModel if self.cfg.scoring == "head" else AutoModelForCausalLM
 
     def _build_backbone(self, cfg: ModelConfig, config: PretrainedConfig) -> PreTrainedModel:
-        kwargs = {} if cfg.attn_implementation is None else {"attn_implementation": cfg.attn_implementation}
+        kwargs = hf.attn_kwargs(cfg)
         if cfg.init == "random":
             with seeded_init():
                 return self._auto_class().from_config(config, dtype=torch.float32, **kwargs)
@@ -310,18 +309,7 @@ def _config(cfg: ModelConfig) -> PretrainedConfig:
         if not hasattr(config, key):
             raise ValueError(f"model.config_overrides.{key}: {type(config).__name__} has no such field")
         setattr(config, key, value)
-    if cfg.num_layers is not None:
-        if cfg.num_layers > config.num_hidden_layers:
-            raise ValueError(
-                f"model.num_layers={cfg.num_layers} but {cfg.source} has only "
-                f"{config.num_hidden_layers} layers; choose 1..{config.num_hidden_layers}"
-            )
-        config.num_hidden_layers = cfg.num_layers
-    # Per-layer lists (Qwen2's layer_types, hybrid models) follow the layer count.
-    for key in ("layer_types",):
-        layers = getattr(config, key, None)
-        if isinstance(layers, list) and len(layers) != config.num_hidden_layers:
-            setattr(config, key, layers[: config.num_hidden_layers])
+    hf.set_layers(cfg, config)
     config.use_cache = False
     return config
 
@@ -355,39 +343,15 @@ def _load(
         if gguf_file is None
         else {"gguf_file": gguf_file, "quantization_config": GgufConfig(dequantize=True)}
     )
-    with quiet_load_report():
+    with hf.quiet_load_report():
         model, info = auto.from_pretrained(
             folder, config=config, dtype=torch.float32, output_loading_info=True, **gguf, **kwargs
         )
     # A checkpoint that does not fit its architecture must not train silently. Dropped layers
     # (num_layers) and an unused LM head (AutoModel) show up as unexpected keys: those are fine.
     missing = sorted(info["missing_keys"] - model.all_tied_weights_keys.keys())
-    if missing or info["mismatched_keys"]:
-        raise ValueError(
-            f"weights in {folder} do not fit the model built from its config: missing {missing[:8]}, "
-            f"mismatched {sorted(map(str, info['mismatched_keys']))[:8]}; config_overrides that "
-            "change shapes need model.init='random'"
-        )
-    if not is_deepspeed_zero3_enabled():
-        # safetensors views sit at unaligned offsets, where CPU kernels round differently in the
-        # last bit; own copies make a reloaded model score bit-identically (see encoder.py).
-        for tensor in (*model.parameters(), *model.buffers()):
-            tensor.data = tensor.data.clone()
-    return model
-
-
-def _check_fit(cfg: ModelConfig, config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> None:
-    if len(tokenizer) > config.vocab_size:
-        raise ValueError(
-            f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}; "
-            "set model.config_overrides.vocab_size or use the source's own tokenizer"
-        )
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is not None and cfg.max_length > limit:
-        raise ValueError(
-            f"model.max_length={cfg.max_length} exceeds the model's max_position_embeddings={limit}; "
-            "lower model.max_length"
-        )
+    hf.check_weights_fit(folder, missing, info["mismatched_keys"])
+    return hf.own_memory(model)
 
 
 def _eos_id(tokenizer: PreTrainedTokenizerBase) -> int:

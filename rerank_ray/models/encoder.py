@@ -25,16 +25,12 @@ from transformers import (
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
-    PreTrainedTokenizerBase,
 )
-from transformers.integrations import is_deepspeed_zero3_enabled
 
 from rerank_ray.config import ModelConfig
-from rerank_ray.models.base import Reranker, quiet_load_report, seeded_init
+from rerank_ray.models import hf
+from rerank_ray.models.base import Reranker, seeded_init
 from rerank_ray.models.sources import resolve_source
-
-# Seed for every freshly initialised weight (the head; everything when init="random"), so each
-# worker and each rebuild starts from the same model.
 
 
 class EncoderReranker(Reranker):
@@ -54,7 +50,7 @@ class EncoderReranker(Reranker):
             self.model = _build_model(cfg, source)
             self.tokenizer = AutoTokenizer.from_pretrained(resolve_source(cfg.tokenizer or cfg.source))
         self.tokenizer.padding_side = cfg.padding_side
-        _check_fit(cfg, self.model.config, self.tokenizer)
+        hf.check_fit(cfg, self.model.config, self.tokenizer)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self._pair_specials = self.tokenizer.num_special_tokens_to_add(pair=True)
@@ -108,74 +104,30 @@ class EncoderReranker(Reranker):
 
 def _build_model(cfg: ModelConfig, source: str) -> PreTrainedModel:
     config = AutoConfig.from_pretrained(source, **cfg.config_overrides)
-    if cfg.num_layers is not None:
-        if cfg.num_layers > config.num_hidden_layers:
-            raise ValueError(
-                f"model.num_layers={cfg.num_layers} but {cfg.source} has only "
-                f"{config.num_hidden_layers} layers; choose 1..{config.num_hidden_layers}"
-            )
-        config.num_hidden_layers = cfg.num_layers
+    hf.set_layers(cfg, config)
     config.num_labels = 1
     if cfg.init == "random":
         with seeded_init():
-            return AutoModelForSequenceClassification.from_config(config, **_attn_kwargs(cfg))
+            return AutoModelForSequenceClassification.from_config(config, **hf.attn_kwargs(cfg))
     # Only the new head may be missing; anything else means the checkpoint does not fit the
     # architecture (for example an override changed hidden_size) and must not train silently.
     return _load_head_model(source, cfg, config=config, expect_missing=("classifier.", "score."))
 
 
-def _attn_kwargs(cfg: ModelConfig) -> dict[str, str]:
-    return {} if cfg.attn_implementation is None else {"attn_implementation": cfg.attn_implementation}
-
-
 def _load_head_model(
     source: str, cfg: ModelConfig, *, config: PretrainedConfig | None, expect_missing: tuple[str, ...]
 ) -> PreTrainedModel:
-    kwargs = _attn_kwargs(cfg) | ({} if config is None else {"config": config})
-    with seeded_init(), quiet_load_report():
+    kwargs = hf.attn_kwargs(cfg) | ({} if config is None else {"config": config})
+    with seeded_init(), hf.quiet_load_report():
         # ignore_mismatched_sizes: report mismatches below, in our words, instead of transformers
         # raising "look at the above report" about a report that quiet_load_report hid.
         model, info = AutoModelForSequenceClassification.from_pretrained(
             source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )
     missing = sorted(k for k in info["missing_keys"] if not k.startswith(expect_missing))
-    mismatched = sorted(f"{key} {tuple(ckpt)} -> {tuple(new)}" for key, ckpt, new in info["mismatched_keys"])
-    if not is_deepspeed_zero3_enabled():
-        # Under ZeRO-3 the parameters are partitioned placeholders that DeepSpeed owns.
-        _own_memory(model)
-    if missing or mismatched:
-        raise ValueError(
-            f"weights in {source} do not fit the model built from its config: "
-            f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, mismatched {mismatched[:8]}; "
-            "config_overrides that change shapes need model.init='random'"
-        )
+    hf.check_weights_fit(source, missing, info["mismatched_keys"])
     if info["unexpected_keys"] and config is None:
         raise ValueError(
             f"saved model {source} has unexpected weights: {sorted(info['unexpected_keys'])[:8]}"
         )
-    return model
-
-
-def _check_fit(cfg: ModelConfig, config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> None:
-    if len(tokenizer) > config.vocab_size:
-        raise ValueError(
-            f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}; "
-            "set model.config_overrides.vocab_size or use the source's own tokenizer"
-        )
-    if cfg.max_length > config.max_position_embeddings:
-        raise ValueError(
-            f"model.max_length={cfg.max_length} exceeds the model's "
-            f"max_position_embeddings={config.max_position_embeddings}; lower model.max_length"
-        )
-
-
-def _own_memory(model: PreTrainedModel) -> PreTrainedModel:
-    """Copy every loaded tensor into freshly allocated memory.
-
-    Tensors loaded from safetensors are views into the file buffer at an offset that is not
-    64-byte aligned; CPU kernels take another path on unaligned memory and round differently in
-    the last bit, so a reloaded model would not score bit-identically to the one saved.
-    """
-    for tensor in (*model.parameters(), *model.buffers()):
-        tensor.data = tensor.data.clone()
-    return model
+    return hf.own_memory(model)

@@ -31,6 +31,17 @@ class TeacherModel(Section):
       written by ``Reranker.save``); its own max_length and template are used.
     - ``bi_encoder``: ``path`` is a model source (local folder, weights package, hub id) of a
       sentence embedding model; the score is ``scale * cos(mean_pool(q), mean_pool(d))``.
+
+    ``kind`` is the registry of teacher kinds (tests/unit/test_registries.py checks that the
+    study's teacher specs cover exactly these). Adding a kind touches:
+
+    - this class: the name in ``kind`` and any field the kind needs;
+    - ``rerank_ray/teacher/score.py``: loading and scoring in ``TeacherScorer``, what
+      ``teacher_fingerprint`` hashes, and what ``provenance`` records (the reuse key);
+    - ``rerank_ray/tune/config.py``: a spec class with ``kind: Literal[...]`` in ``TeacherSpec``
+      (and its ``scorer()``), plus the module docstring's YAML example;
+    - ``rerank_ray/tune/study.py``: how ``_teacher`` turns the spec into a ready scorer;
+    - ``tests/unit/test_teacher.py``: scoring one batch without Ray.
     """
 
     kind: Literal["cross_encoder", "bi_encoder"]

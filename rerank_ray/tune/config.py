@@ -36,6 +36,7 @@ Files (``load_study`` only): ``base: {files: [run.yaml]}`` stacks RunConfig YAML
 files whose ``model`` becomes its model and whose other sections become its ``overrides``
 (their ``name`` is dropped: the study names its runs), under its own ``model``/``overrides``.
 Paths are relative to the study file, so a grid can reuse the per-run files it was built from.
+Both rewrites of the raw YAML (merging and ``files``) live in rerank_ray.tune.study_yaml.
 """
 
 from __future__ import annotations
@@ -62,8 +63,7 @@ from rerank_ray.config import (
 )
 from rerank_ray.evaluation.suites import Suite
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
-
-LOSS_NAMES: tuple[str, ...] = LossName.__args__  # type: ignore[attr-defined]
+from rerank_ray.tune.study_yaml import merge_base, read_files
 
 
 class CrossEncoderTeacher(Section):
@@ -148,8 +148,8 @@ TeacherSpec = Annotated[CrossEncoderTeacher | BiEncoderTeacher | ScoresTeacher, 
 class GridBlock(Section):
     """One cartesian product of names; None = every name defined in the study.
 
-    The teacher axis applies to teacher-needing strategies only (distillation, mix,
-    margin_mse); contrastive trials ignore it and run once per (student, seed)."""
+    The teacher axis applies to teacher-needing strategies only (``TEACHER_LOSSES`` in
+    rerank_ray.losses); contrastive trials ignore it and run once per (student, seed)."""
 
     strategies: tuple[str, ...] | None = None
     students: tuple[str, ...] | None = None
@@ -256,57 +256,7 @@ class StudyConfig(Section):
     @classmethod
     def _merge_base(cls, data: Any) -> Any:
         """Students over base.model, strategies over base.loss (see the module docstring)."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        base = data.get("base") or {}
-        base = base.model_dump(mode="json") if isinstance(base, RunConfig) else base
-        base_model = base.get("model") or {}
-        base_loss = {k: v for k, v in (base.get("loss") or {}).items() if k != "name"}
-        students = data.get("students")
-        if isinstance(students, dict):
-            overrides = dict(data.get("student_overrides") or {})
-            merged: dict[str, Any] = {}
-            for k, v in students.items():
-                v = _plain(v)
-                if isinstance(v, dict) and STUDENT_LONG_FORM & set(v):
-                    extra = sorted(set(v) - STUDENT_LONG_FORM)
-                    if extra:
-                        raise ValueError(
-                            f"students.{k}: the long form takes only `model` and `overrides`, found "
-                            f"{extra}; put model fields under `model` (or use the short form, model "
-                            "fields alone)"
-                        )
-                    v, overrides[k] = (
-                        _plain(v.get("model")),
-                        deep_merge(overrides.get(k) or {}, _plain(v.get("overrides"))),
-                    )
-                merged[k] = deep_merge(base_model, v) if isinstance(v, dict) else v
-            data["students"] = merged
-            if overrides:
-                data["student_overrides"] = overrides
-        strategies = data.get("strategies")
-        if isinstance(strategies, (list, tuple)):
-            strategies = {name: {} for name in strategies}
-        if isinstance(strategies, dict):
-            unknown = [k for k in strategies if k not in LOSS_NAMES]
-            if unknown:
-                raise ValueError(f"unknown strategy {unknown}; known strategies: {', '.join(LOSS_NAMES)}")
-            data["strategies"] = {
-                k: {**deep_merge(base_loss, _plain(v)), "name": k} for k, v in strategies.items()
-            }
-        teachers = data.get("teachers")
-        if isinstance(teachers, dict):
-            data["teachers"] = {
-                k: {**v, "model": deep_merge(base_model, _plain(v["model"]))}
-                if isinstance(v, dict)
-                and v.get("kind") == "cross_encoder"
-                and v.get("model") is not None
-                and v.get("source") is None
-                else v
-                for k, v in teachers.items()
-            }
-        return data
+        return merge_base(data)
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
@@ -398,13 +348,8 @@ class StudyConfig(Section):
         return self.model_dump(mode="json")
 
 
-STUDENT_LONG_FORM = {"model", "overrides"}
 # RunConfig sections a student may override; the others are shared by the whole study.
 STUDENT_OVERRIDABLE = {"train", "scaling", "deepspeed"}
-
-
-def _plain(value: Any) -> Any:
-    return value.model_dump(mode="json") if isinstance(value, Section) else (value or {})
 
 
 def load_study(
@@ -415,47 +360,7 @@ def load_study(
     ``files`` keys (see the module docstring) are read relative to the study file holding them."""
     merged: dict[str, Any] = {}
     for path in paths:
-        merged = deep_merge(merged, _read_files(read_yaml(Path(path)), Path(path).parent))
+        merged = deep_merge(merged, read_files(read_yaml(Path(path)), Path(path).parent))
     for item in overrides:
         merged = deep_merge(merged, parse_override(item))
     return validate(StudyConfig, merged)
-
-
-def _stack(files: Any, directory: Path, where: str) -> dict[str, Any]:
-    names = [files] if isinstance(files, str) else files
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"{where}.files: expected a path or a list of paths, got {files!r}")
-    out: dict[str, Any] = {}
-    for name in names:
-        path = Path(name) if Path(name).is_absolute() else directory / name
-        if not path.is_file():
-            raise ConfigError(f"{where}.files: {path} does not exist (paths are relative to {directory})")
-        out = deep_merge(out, read_yaml(path))
-    return out
-
-
-def _read_files(data: dict[str, Any], directory: Path) -> dict[str, Any]:
-    """Replace the ``files`` keys of `data` (one study file) by the RunConfig files they name."""
-    data = dict(data)
-    base = data.get("base")
-    if isinstance(base, dict) and "files" in base:
-        rest = {k: v for k, v in base.items() if k != "files"}
-        data["base"] = deep_merge(_stack(base["files"], directory, "base"), rest)
-    for section in ("students", "teachers"):
-        entries = data.get(section)
-        if not isinstance(entries, dict):
-            continue
-        data[section] = dict(entries)
-        for name, entry in entries.items():
-            if not (isinstance(entry, dict) and "files" in entry):
-                continue
-            run = _stack(entry["files"], directory, f"{section}.{name}")
-            run.pop("name", None)
-            model = run.pop("model", None) or {}
-            rest = {k: v for k, v in entry.items() if k != "files"}
-            data[section][name] = {
-                **rest,
-                "model": deep_merge(model, rest.get("model") or {}),
-                "overrides": deep_merge(run, rest.get("overrides") or {}),
-            }
-    return data

@@ -15,7 +15,6 @@ depth group, ``eval.json`` for all suites) and ``trial.json``, the summary the r
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,6 @@ import yaml
 from rerank_ray.config import RunConfig
 from rerank_ray.tune.config import StudyEvalConfig
 from rerank_ray.tune.tracking import child_tags, flatten_params, numeric
-
-log = logging.getLogger("rerank_ray.tune")
 
 SUMMARY = "trial.json"
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import typing
-
 import pytest
 from pydantic import ValidationError
 
 from rerank_ray.config import (
     ConfigError,
-    LossName,
-    ModelFamily,
     RunConfig,
     load_config,
     parse_override,
@@ -91,14 +87,6 @@ def test_bad_override_syntax_and_files(tmp_path):
     bad = write(tmp_path, "bad.yaml", "- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config([bad])
-
-
-def test_registry_literals_match_registries():
-    from rerank_ray.losses import LOSSES
-    from rerank_ray.models import MODELS
-
-    assert set(typing.get_args(LossName)) == set(LOSSES)
-    assert set(typing.get_args(ModelFamily)) == set(MODELS)
 
 
 def test_deepspeed_config_rendering():

