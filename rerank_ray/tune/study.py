@@ -45,7 +45,14 @@ from rerank_ray.tune.config import (
 from rerank_ray.tune.forecast import ForecastError, StudyForecast, ThroughputTable, forecast_study
 from rerank_ray.tune.plan import TrialPlan, plan_study, teacher_scores_dir, teachers_used
 from rerank_ray.tune.report import EvalRecord, TrialRecord, build_report, read_per_query
-from rerank_ray.tune.tracking import child_tags, ensure_experiment, flatten_params, numeric, run_note
+from rerank_ray.tune.tracking import (
+    child_tags,
+    ensure_experiment,
+    flatten_params,
+    numeric,
+    report_first,
+    run_note,
+)
 from rerank_ray.tune.trial import SUMMARY, evaluate_suites, run_trial, train_and_evaluate
 
 if TYPE_CHECKING:
@@ -145,7 +152,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
             command=command or " ".join(["rerank-ray", *sys.argv[1:]]),
         )
         mlflow.log_artifacts(str(study_dir / "report"), "report")
-        mlflow.set_tag("mlflow.note.content", run_note(report.markdown_path.read_text()))
+        mlflow.set_tag("mlflow.note.content", run_note(report_first(report)))
         from rerank_ray.tune.registry import register_best
 
         registered = register_best(cfg, plans, records, parent_id)

@@ -12,8 +12,9 @@
 - Artifacts: ``config/run_config.yaml``, ``eval/`` (TREC runs, per-query metrics,
   metrics.json), ``teacher_scores/manifest.json``; on the parent: ``study.yaml``,
   ``forecast.json``, the report.
-- The parent run's description (``mlflow.note.content``) is the report (table, significance,
-  costs), cut to MLflow's tag limit, so the answer is readable on the run's first page.
+- The parent run's description (``mlflow.note.content``) is the report (table first, then
+  significance, costs and the rest), cut to MLflow's tag limit, so the answer is readable on
+  the run's first page.
 - Opening the comparison: MLflow 3.17's UI does not read the experiment-kind tag to choose the
   experiment page. Its bundle derives the experiment kind from a *workflow type*, read from
   the URL parameter ``workflowType`` (``genai`` or ``machine_learning``) or else the browser's
@@ -69,6 +70,13 @@ def experiment_url(server: str, experiment_id: str) -> str:
 def run_url(server: str, experiment_id: str, run_id: str) -> str:
     """The UI link to one run's page (its description first), in model-training mode."""
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def report_first(report: Any) -> str:
+    """A study report (``tune.report.Report``) with its table first: MLflow shows the top of a
+    run's description and folds the rest under "Show more"."""
+    text = report.markdown_path.read_text()
+    return report.table_markdown.strip() + "\n\n" + text.replace(report.table_markdown.strip(), "", 1)
 
 
 def run_note(markdown: str, artifact: str = "report/report.md") -> str:

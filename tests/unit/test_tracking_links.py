@@ -30,3 +30,15 @@ def test_run_note_is_the_report_cut_at_a_line_to_the_tag_limit():
     assert len(note) <= NOTE_LIMIT
     kept, pointer = note.split("\n\n(cut here")
     assert long.startswith(kept + "\n") and "report/report.md" in pointer
+
+
+def test_report_first_puts_the_table_at_the_top_once(tmp_path):
+    from types import SimpleNamespace
+
+    from rerank_ray.tune.tracking import report_first
+
+    table = "| student | dl19 |\n|---|---|\n| l1 | 0.3 |"
+    path = tmp_path / "report.md"
+    path.write_text(f"# Study s\n\nGenerated today.\n\n{table}\n\n## Costs\n")
+    note = report_first(SimpleNamespace(markdown_path=path, table_markdown=table + "\n"))
+    assert note.startswith(table + "\n\n# Study s") and note.count("| l1 | 0.3 |") == 1 and "## Costs" in note
