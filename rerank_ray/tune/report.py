@@ -579,6 +579,7 @@ def _cost_table(trials: list[TrialRecord], teacher_costs: dict[str, dict[str, fl
                 f"teacher {name}",
                 "ok",
                 fmt(cost.get("wall_s"), ".0f"),
+                fmt(cost.get("forecast_wall_s"), ".0f"),
                 fmt(cost.get("pairs_per_s"), ".1f"),
                 fmt(cost.get("cpu_hours"), ".3f"),
                 fmt(cost.get("gpu_hours"), ".3f"),
@@ -593,13 +594,16 @@ def _cost_table(trials: list[TrialRecord], teacher_costs: dict[str, dict[str, fl
                 t.name,
                 t.status,
                 fmt(c.get("wall_s"), ".0f"),
+                fmt(c.get("forecast_wall_s"), ".0f"),
                 fmt(c.get("pairs_per_s"), ".1f"),
                 fmt(c.get("cpu_hours"), ".3f"),
                 fmt(c.get("gpu_hours"), ".3f"),
                 "",
             ]
         )
-    return _markdown(["run", "status", "wall (s)", "train pairs/s", "CPU-h", "GPU-h", "notes"], rows)
+    # forecast: `rerank-ray study --dry-run`'s wall time (tune/forecast.py), for comparison.
+    header = ["run", "status", "wall (s)", "forecast (s)", "train pairs/s", "CPU-h", "GPU-h", "notes"]
+    return _markdown(header, rows)
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:

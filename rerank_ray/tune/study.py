@@ -41,13 +41,20 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerank_ray.config import resolve_tracking_uri
-from rerank_ray.io import write_yaml
+from rerank_ray.io import write_json, write_yaml
 from rerank_ray.ray_runtime import run_need, scoring_need, start_ray
 from rerank_ray.teacher.config import TeacherModel
-from rerank_ray.tune.config import BiEncoderTeacher, CrossEncoderTeacher, StudyConfig, load_study
+from rerank_ray.tune.config import (
+    BiEncoderTeacher,
+    CrossEncoderTeacher,
+    ScoresTeacher,
+    StudyConfig,
+    load_study,
+)
+from rerank_ray.tune.forecast import ForecastError, StudyForecast, ThroughputTable, forecast_study
 from rerank_ray.tune.plan import TrialPlan, plan_study, teacher_scores_dir, teachers_used
 from rerank_ray.tune.report import (
     EvalRecord,
@@ -64,6 +71,8 @@ from rerank_ray.tune.tracking import (
     numeric,
     redact_config,
     redact_uri,
+    report_first,
+    run_note,
 )
 from rerank_ray.tune.trial import (
     SUMMARY,
@@ -72,6 +81,9 @@ from rerank_ray.tune.trial import (
     run_trial,
     train_and_evaluate,
 )
+
+if TYPE_CHECKING:
+    from rerank_ray.tune.registry import Registered
 
 __all__ = ["StudyResult", "TrialStatus", "load_study", "plan_study", "run_study"]
 
@@ -100,7 +112,10 @@ class StudyResult:
     tracking_uri: str
     experiment: str
     parent_run_id: str
+    experiment_id: str
     trials: list[TrialStatus]
+    # The best student of each strategy, registered under the study's name (tune/registry.py).
+    registered: list[Registered] = field(default_factory=list)
 
 
 def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
@@ -111,6 +126,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
     study_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(study_dir / "study.yaml", redact_config(cfg.to_dict()))
     needs = [run_need(p.run, f"trial {p.name}", p.resources) for p in plans] + [scoring_need(cfg.scoring)]
+    forecast = _forecast(cfg, plans, study_dir)
     start_ray(num_cpus=cfg.tune.num_cpus, needs=needs)
 
     tracking_uri = resolve_tracking_uri(cfg.base.mlflow)
@@ -135,6 +151,8 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
             }
         )
         mlflow.log_artifact(str(study_dir / "study.yaml"))
+        if forecast is not None:
+            mlflow.log_artifact(str(study_dir / "forecast.json"))
 
         groups_path = _groups(cfg)
         first_stage = _evaluation_record(
@@ -150,12 +168,15 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
         teacher_info: dict[str, TeacherInfo] = {}
         for name in teachers_used(plans):
             record, cost = _teacher(cfg, name, groups_path, experiment_id, parent_id)
-            teacher_records[name], teacher_costs[name] = record, cost
+            teacher_costs[name] = cost
             teacher_info[name] = _teacher_info(cfg, name, groups_path)
-            mlflow.log_metrics({f"teacher/{name}/{k}": v for k, v in _keys(record, cfg).items()})
+            if record is not None:  # a scores teacher has no model to evaluate
+                teacher_records[name] = record
+                mlflow.log_metrics({f"teacher/{name}/{k}": v for k, v in _keys(record, cfg).items()})
 
         statuses = _run_trials(cfg, plans, groups_path, tracking_uri, experiment_id, parent_id)
         records = [_trial_record(cfg, plan, status) for plan, status in zip(plans, statuses, strict=True)]
+        _add_forecast(forecast.walls() if forecast else {}, records, teacher_costs)
         report = build_report(
             cfg,
             records,
@@ -167,6 +188,10 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
             command=command or " ".join(["rerank-ray", *sys.argv[1:]]),
         )
         mlflow.log_artifacts(str(study_dir / "report"), "report")
+        mlflow.set_tag("mlflow.note.content", run_note(report_first(report)))
+        from rerank_ray.tune.registry import register_best
+
+        registered = register_best(cfg, plans, records, parent_id)
         failed = [s.name for s in statuses if s.status != "ok"]
         mlflow.set_tags({"trials_failed": str(len(failed)), "trials_ok": str(len(statuses) - len(failed))})
     if failed:
@@ -180,7 +205,9 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
         tracking_uri=tracking_uri,
         experiment=experiment,
         parent_run_id=parent_id,
+        experiment_id=experiment_id,
         trials=statuses,
+        registered=registered,
     )
 
 
@@ -197,11 +224,12 @@ def _groups(cfg: StudyConfig) -> Path:
 
 def _teacher(
     cfg: StudyConfig, name: str, groups_path: Path, experiment_id: str, parent_id: str
-) -> tuple[EvalRecord, dict[str, float]]:
+) -> tuple[EvalRecord | None, dict[str, float]]:
     """Train (or load) teacher `name`, evaluate it and score the groups with it, in a child run."""
     import mlflow
 
     from rerank_ray.heartbeat import heartbeat
+    from rerank_ray.teacher.given import import_reranker
     from rerank_ray.teacher.score import TeacherScorer, score_groups
 
     spec = cfg.teachers[name]
@@ -212,7 +240,9 @@ def _teacher(
     tags = child_tags(cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind)
     # experiment_id is explicit: a nested run does not inherit its parent's experiment.
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"teacher-{name}", nested=True, tags=tags):
-        if isinstance(spec, CrossEncoderTeacher) and spec.model is not None:
+        if isinstance(spec, ScoresTeacher):
+            return None, given_scores(spec, groups_path, teacher_scores_dir(cfg, name))
+        if isinstance(spec, CrossEncoderTeacher) and spec.trains:
             run = cfg.teacher_run(name)
             summary = finished_summary(run, groups_path, f"teacher {name}")
             if summary is None:
@@ -226,10 +256,12 @@ def _teacher(
             scorer = TeacherModel(kind="cross_encoder", path=summary["model_dir"])
             evaluation = summary
         elif isinstance(spec, CrossEncoderTeacher):
-            assert spec.path is not None
-            scorer = TeacherModel(kind="cross_encoder", path=spec.path)
+            path = spec.path or str(import_reranker(spec.pretrained(), teacher_dir))
+            if spec.source is not None:
+                mlflow.log_params({"teacher.source": spec.source, "teacher.family": spec.pretrained().family})
+            scorer = TeacherModel(kind="cross_encoder", path=path)
             evaluation = evaluate_suites(
-                spec.path,
+                path,
                 cfg.eval,
                 teacher_dir / "eval",
                 root=cfg.base.data.root,
@@ -257,7 +289,7 @@ def _teacher(
                 data=cfg.base.data,
             )
             mlflow.log_params(flatten_params(spec.model_dump(mode="json"), prefix="teacher."))
-        if not (isinstance(spec, CrossEncoderTeacher) and spec.model is not None):
+        if not (isinstance(spec, CrossEncoderTeacher) and spec.trains):
             mlflow.log_metrics(evaluation["metrics"])
             mlflow.log_artifacts(evaluation["eval_dir"], "eval")
 
@@ -290,8 +322,10 @@ def _teacher_info(cfg: StudyConfig, name: str, groups_path: Path) -> TeacherInfo
     spec = cfg.teachers[name]
     if isinstance(spec, BiEncoderTeacher):
         return TeacherInfo(None, f"zero-shot bi-encoder {spec.source}", diagnostics)
-    if spec.model is None:
-        return TeacherInfo(None, f"the given checkpoint {spec.path}", diagnostics)
+    if isinstance(spec, ScoresTeacher):
+        return TeacherInfo(None, f"precomputed scores {spec.path} (no model to evaluate)", diagnostics)
+    if not spec.trains:
+        return TeacherInfo(None, f"the given reranker {spec.path or spec.source}", diagnostics)
     if spec.cross_fit is not None:
         evaluates = (
             f"the mean of the {spec.cross_fit} cross-fit fold teachers (each trained on "
@@ -389,6 +423,46 @@ def _mean_record(records: list[EvalRecord]) -> EvalRecord:
             for s in records[0].per_query
         },
     )
+
+
+def given_scores(spec: ScoresTeacher, groups_path: Path, out_dir: Path) -> dict[str, float]:
+    """Import a precomputed score file as the teacher's scores; log its provenance (path,
+    sha256, rows) to the active run. Returns the (zero) scoring cost."""
+    import mlflow
+
+    from rerank_ray.teacher.given import import_scores
+
+    scores = import_scores(spec.path, groups_path, out_dir)
+    mlflow.log_params(
+        {f"teacher.{k}": v for k, v in scores.manifest["teacher"].items() if k != "fingerprint"}
+    )
+    mlflow.log_artifact(str(out_dir / "manifest.json"), "teacher_scores")
+    return {"scoring_wall_s": 0.0, "scoring_cpu_hours": 0.0, "scoring_gpu_hours": 0.0}
+
+
+def _forecast(cfg: StudyConfig, plans: list[TrialPlan], study_dir: Path) -> StudyForecast | None:
+    """The dry run's forecast, written to ``forecast.json``; None (with a warning) without a
+    throughput table, which only the cost table's forecast column needs."""
+    try:
+        table = ThroughputTable.load()
+    except ForecastError as e:
+        log.warning("study %s: no cost forecast: %s", cfg.name, e)
+        return None
+    forecast = forecast_study(cfg, plans, table)
+    write_json(study_dir / "forecast.json", forecast.to_json())
+    return forecast
+
+
+def _add_forecast(
+    walls: dict[str, float], records: list[TrialRecord], teacher_costs: dict[str, dict[str, float]]
+) -> None:
+    """Put each run's forecast wall time beside its actual cost (the report's cost table)."""
+    for record in records:
+        if record.name in walls:
+            record.cost["forecast_wall_s"] = walls[record.name]
+    for name, cost in teacher_costs.items():
+        if f"teacher {name}" in walls:
+            cost["forecast_wall_s"] = walls[f"teacher {name}"]
 
 
 def _run_trials(

@@ -69,7 +69,11 @@ def merge_base(data: Any) -> Any:
     if isinstance(teachers, dict):
         data["teachers"] = {
             k: {**v, "model": deep_merge(base_model, _plain(v["model"]))}
-            if isinstance(v, dict) and v.get("kind") == "cross_encoder" and v.get("model") is not None
+            # A `source` teacher's model is its own (ModelConfig defaults), not over base.model.
+            if isinstance(v, dict)
+            and v.get("kind") == "cross_encoder"
+            and v.get("model") is not None
+            and v.get("source") is None
             else v
             for k, v in teachers.items()
         }

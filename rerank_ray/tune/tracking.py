@@ -10,7 +10,19 @@
 - Metrics: evaluation keys from ``rerank_ray.evaluation.metrics.mlflow_key``
   (``dl19/nDCG_10``); training history under ``train/``; cost under ``cost/``.
 - Artifacts: ``config/run_config.yaml``, ``eval/`` (TREC runs, per-query metrics,
-  metrics.json), ``teacher_scores/manifest.json``; on the parent: ``study.yaml``, the report.
+  metrics.json), ``teacher_scores/manifest.json``; on the parent: ``study.yaml``,
+  ``forecast.json``, the report.
+- The parent run's description (``mlflow.note.content``) is the report (table first, then
+  significance, costs and the rest), cut to MLflow's tag limit, so the answer is readable on
+  the run's first page.
+- Opening the comparison: MLflow 3.17's UI does not read the experiment-kind tag to choose the
+  experiment page. Its bundle derives the experiment kind from a *workflow type*, read from
+  the URL parameter ``workflowType`` (``genai`` or ``machine_learning``) or else the browser's
+  local storage key ``mlflow.workflowType``, whose default is ``genai``: hence a study opened
+  from the experiment list lands on the GenAI overview. :func:`experiment_url` is the link
+  that opens the runs table in model-training mode; the project prints it. The tag
+  ``mlflow.experimentKind=custom_model_development`` is still set, for MLflow versions and
+  tools that read it.
 - A tracking URI may embed credentials (``https://user:password@host``, ``?token=...``): it is
   logged, printed and saved only through :func:`redact_uri` (params, saved configs, logs).
 """
@@ -86,8 +98,39 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
-    # Without this tag MLflow 3 opens the experiment on its GenAI overview, not the runs table.
+    # MLflow 3.17's UI ignores this tag for the page it opens (see the module docstring and
+    # experiment_url); other MLflow versions and tools read it.
     return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
+
+
+# MLflow's limit on a tag value (mlflow.utils.validation.MAX_TAG_VAL_LENGTH); a note is a tag.
+NOTE_LIMIT = 8000
+
+
+def experiment_url(server: str, experiment_id: str) -> str:
+    """The UI link that opens the experiment's runs table in model-training mode."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def run_url(server: str, experiment_id: str, run_id: str) -> str:
+    """The UI link to one run's page (its description first), in model-training mode."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def report_first(report: Any) -> str:
+    """A study report (``tune.report.Report``) with its table first: MLflow shows the top of a
+    run's description and folds the rest under "Show more"."""
+    text = report.markdown_path.read_text()
+    return report.table_markdown.strip() + "\n\n" + text.replace(report.table_markdown.strip(), "", 1)
+
+
+def run_note(markdown: str, artifact: str = "report/report.md") -> str:
+    """A run description (``mlflow.note.content``): `markdown`, cut at a line to fit the tag
+    limit, with a pointer to the full `artifact` when cut."""
+    if len(markdown) <= NOTE_LIMIT:
+        return markdown
+    tail = f"\n\n(cut here: the full text is the run's artifact `{artifact}`)"
+    return markdown[: markdown.rfind("\n", 0, NOTE_LIMIT - len(tail))] + tail
 
 
 def child_tags(study: str, parent_run_id: str, role: str, **extra: str) -> dict[str, str]:

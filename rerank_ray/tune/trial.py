@@ -63,6 +63,7 @@ def evaluate_suites(
             "tag": tag,
             "run_files": {k: str(v) for k, v in eval_cfg.run_files.items()},
             "data": data,
+            "suites_defined": eval_cfg.defined(),
         }
         if model is None or callable(model):
             result = evaluate_scorer(model, suites, **common)

@@ -1,14 +1,17 @@
-"""The MLflow UI, checked in a real browser: `rerank-ray ui` serves a study's runs and a user can
-compare them by strategy, student and nDCG.
+"""The MLflow UI, checked in a real browser on the store of a real study: what a user sees when
+opening the link `rerank-ray study` prints.
 
-The store holds one study laid out by the study runner's own MLflow conventions
-(``rerank_ray.tune.tracking``: a parent run, one child run per trial with ``strategy`` /
-``student`` / ``teacher`` / ``seed`` tags, metrics named by ``mlflow_key``), written with
-MLflow's client so the test takes seconds, not a training run. `rerank-ray ui` serves it on a
-free port; Debian's chromium (headless, driven by Selenium through Debian's chromedriver) opens
-the experiment, expands the study's parent run, adds the nDCG metric and the strategy and
-student tag columns from the Columns menu, and the test reads the grid. The screenshot goes to
-``test-artifacts/mlflow-ui-study.png``.
+The test runs a tiny study itself (``byo_study``: one random-init student, contrastive and
+distillation from a precomputed-scores teacher, 2 steps each, on a collection defined in YAML)
+into a fresh sqlite store, so the runs, tags, metrics
+and the parent's description are exactly what the study runner writes. `rerank-ray ui` serves
+the store on a free port; Debian's chromium (headless, driven by Selenium through Debian's
+chromedriver) opens the printed link (``tune.tracking.experiment_url``: the runs table in
+model-training mode, which MLflow 3.17 takes from the URL, not from the experiment's tag),
+checks the study's parent run is listed at first load, expands it, adds the in-domain metric
+and the strategy and student tag columns from the Columns menu, and reads the grid against the
+store; then it opens the parent run and reads the report in its description. The screenshots
+go to ``test-artifacts/mlflow-ui-*.png``.
 
 Needs: chromium, chromium-driver (apt) and selenium (pip); `make browser-deps` installs them and
 the `browser` fixture runs it when something is missing.
@@ -50,12 +53,8 @@ CHROMIUM_FLAGS = [
     # Wide: the runs grid renders only the columns that fit (column virtualisation).
     "--window-size=2400,1100",
 ]
-TRIALS = [  # (strategy, student, teacher, dl19 nDCG@10, scifact nDCG@10)
-    ("contrastive", "minilm-l1", None, 0.4123, 0.5521),
-    ("distillation", "minilm-l1", "ce-l6", 0.4456, 0.5702),
-    ("contrastive", "minilm-l2", None, 0.4789, 0.5813),
-    ("distillation", "minilm-l2", "ce-l6", 0.5012, 0.6034),
-]
+STUDY = "byo"  # tests/integration/conftest.py's byo_study
+METRIC = "mycorpus/nDCG_10"
 
 
 def free_port() -> int:
@@ -90,37 +89,26 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
-def write_study(tracking_uri: str) -> str:
-    """A study as the study runner logs it; returns the experiment id."""
+@pytest.fixture(scope="module")
+def study(byo_study):
+    """The shared tiny study (tests/integration/conftest.py) and its trials' in-domain metric
+    as the store holds it."""
     import mlflow
 
-    from rerank_ray.evaluation.metrics import mlflow_key
-    from rerank_ray.tune.tracking import child_tags, ensure_experiment
-
-    client = mlflow.MlflowClient(tracking_uri)
-    experiment_id = ensure_experiment(tracking_uri, "ui-study")
-    parent = client.create_run(
-        experiment_id, run_name="ui-study", tags={"role": "study", "study": "ui-study"}
+    _, result, _ = byo_study
+    assert [t.status for t in result.trials] == ["ok", "ok"], [t.error for t in result.trials]
+    client = mlflow.MlflowClient(result.tracking_uri)
+    trials = client.search_runs(
+        [result.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}' and tags.role = 'trial'",
     )
-    for strategy, student, teacher, dl19, scifact in TRIALS:
-        name = "+".join([strategy, student, *([teacher] if teacher else []), "s0"])
-        tags = child_tags(
-            "ui-study", parent.info.run_id, "trial",
-            strategy=strategy, student=student, teacher=teacher or "none", seed="0",
-        )  # fmt: skip
-        run = client.create_run(experiment_id, run_name=name, tags=tags)
-        client.log_metric(run.info.run_id, mlflow_key("dl19", "nDCG@10"), dl19)
-        client.log_metric(run.info.run_id, mlflow_key("scifact", "nDCG@10"), scifact)
-        client.set_terminated(run.info.run_id)
-    client.set_terminated(parent.info.run_id)
-    return experiment_id
+    return result, {r.info.run_name: r.data.metrics[METRIC] for r in trials}
 
 
 @pytest.fixture
-def mlflow_ui(tmp_path):
-    """`rerank-ray ui` over a fresh sqlite store holding one study; yields (url, experiment id)."""
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment_id = write_study(tracking_uri)
+def mlflow_ui(study, tmp_path):
+    """`rerank-ray ui` over the study's store; yields its URL."""
+    tracking_uri = study[0].tracking_uri
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "RERANK_RAY_LOG_DIR": str(tmp_path / "logs")}
     log = open(tmp_path / "ui.log", "w")
@@ -132,7 +120,7 @@ def mlflow_ui(tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc, tmp_path / "ui.log")
-        yield url, experiment_id
+        yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -165,7 +153,7 @@ def header_texts(driver) -> set[str]:
     return {text for row in rows for text in row.text.split("\n") if text}
 
 
-def grid_rows(driver) -> dict[str, str]:
+def grid_rows(driver, names) -> dict[str, str]:
     """Run name -> the text of its whole row. AG Grid renders a row as one element per
     container (pinned left, centre), joined here by their shared row index."""
     from selenium.webdriver.common.by import By
@@ -178,68 +166,109 @@ def grid_rows(driver) -> dict[str, str]:
     rows = {}
     for texts in parts.values():
         joined = " | ".join(texts)
-        for strategy, student, teacher, *_ in TRIALS:
-            name = "+".join([strategy, student, *([teacher] if teacher else []), "s0"])
+        for name in names:
             if name in joined.split(" | "):
                 rows[name] = joined
     return rows
 
 
-def test_study_runs_show_strategy_student_and_ndcg(browser, mlflow_ui):
+def screenshot_on_exit(browser, name: str):
+    """Save the page as test-artifacts/mlflow-ui-<name>.png when the block ends, also on failure."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def saving():
+        ARTIFACTS.mkdir(exist_ok=True)
+        try:
+            yield
+        finally:  # the picture is the quickest way to see what the page showed
+            browser.save_screenshot(str(ARTIFACTS / f"mlflow-ui-{name}.png"))
+
+    return saving()
+
+
+def test_printed_link_opens_the_study_runs_table(browser, mlflow_ui, study):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, experiment_id = mlflow_ui
+    from rerank_ray.tune.tracking import experiment_url
+
+    result, metrics = study
     wait = WebDriverWait(browser, 90)
     started = time.perf_counter()
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "mlflow-ui-study.png"
-    try:
-        headers, rows = compare_runs(browser, wait, url, experiment_id)
-    finally:  # also on failure: the picture is the quickest way to see what the page showed
-        browser.save_screenshot(str(shot))
-    print(f"\nMLflow UI checked in {time.perf_counter() - started:.1f}s; screenshot {shot}")
+    with screenshot_on_exit(browser, "study"):
+        headers, rows = compare_runs(browser, wait, experiment_url(mlflow_ui, result.experiment_id), metrics)
+    print(f"\nMLflow UI checked in {time.perf_counter() - started:.1f}s; screenshots in {ARTIFACTS}")
 
-    assert {"dl19/nDCG_10", "scifact/nDCG_10", "strategy", "student"} <= headers
-    for strategy, student, teacher, dl19, scifact in TRIALS:
-        name = "+".join([strategy, student, *([teacher] if teacher else []), "s0"])
+    assert {METRIC, "strategy", "student"} <= headers
+    for name, value in metrics.items():
         cells = rows[name].split(" | ")
-        assert strategy in cells and student in cells, rows[name]
-        assert f"{dl19:.4f}".rstrip("0") in cells and f"{scifact:.4f}".rstrip("0") in cells, rows[name]
+        strategy = name.split("+")[0]
+        assert strategy in cells and "tiny-l1" in cells, rows[name]
+        assert any(cell and abs(float(cell) - value) < 1e-3 for cell in cells if _number(cell)), (
+            value,
+            rows[name],
+        )
 
 
-def compare_runs(browser, wait, url: str, experiment_id: str) -> tuple[set[str], dict[str, str]]:
-    """What a user does to compare a study's trials; returns the grid's headers and rows."""
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def test_parent_run_description_is_the_report(browser, mlflow_ui, study):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from rerank_ray.tune.tracking import run_url
+
+    result, _ = study
+    wait = WebDriverWait(browser, 90)
+    with screenshot_on_exit(browser, "parent"):
+        browser.get(run_url(mlflow_ui, result.experiment_id, result.parent_run_id))
+        # The report's table (student rows, the first-stage row) is rendered in the description.
+        wait.until(lambda d: "first stage" in d.find_element(By.TAG_NAME, "body").text)
+        text = browser.find_element(By.TAG_NAME, "body").text
+    assert "tiny-l1" in text and "mycorpus" in text
+
+
+def compare_runs(browser, wait, link: str, metrics: dict[str, float]) -> tuple[set[str], dict[str, str]]:
+    """What a user does after opening the link: the study's parent run is listed (the runs
+    table, not the GenAI overview); expand it, add the metric and tag columns; returns the
+    grid's headers and rows."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
 
-    # The runs tab of the experiment, in the "model training" view (not GenAI traces).
-    browser.get(f"{url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+    browser.get(link)
 
-    # The study is one parent run; its trials are nested under it until expanded.
+    # First load: the study's parent run in the runs grid; its trials are nested under it.
     parent_cell = wait.until(
-        ec.presence_of_element_located((By.XPATH, "//div[@role='gridcell'][.//a/span[text()='ui-study']]"))
+        ec.presence_of_element_located((By.XPATH, f"//div[@role='gridcell'][.//a/span[text()='{STUDY}']]"))
     )
     parent_cell.find_element(
         By.CSS_SELECTOR, "button[data-component-id$='runnamecellrenderer.tsx_46']"
     ).click()
-    wait.until(
-        ec.presence_of_element_located((By.XPATH, "//a/span[text()='distillation+minilm-l2+ce-l6+s0']"))
-    )
+    last = sorted(metrics)[-1]
+    wait.until(ec.presence_of_element_located((By.XPATH, f"//a/span[text()='{last}']")))
 
-    # Columns menu: every metric, and the strategy and student tags.
+    # Columns menu: the in-domain metric, and the strategy and student tags.
     browser.find_element(By.XPATH, "//button[.//*[text()='Columns'] or text()='Columns']").click()
     menu = wait.until(
-        ec.visibility_of_element_located((By.XPATH, "//div[@role='dialog'][.//*[text()='Tags (6)']]"))
+        ec.visibility_of_element_located(
+            (By.XPATH, "//div[@role='dialog'][.//*[starts-with(text(), 'Tags (')]]")
+        )
     )
-    for label in ("Metrics (2)", "strategy", "student"):
+    for label in (METRIC, "strategy", "student"):
         menu.find_element(By.XPATH, f".//*[text()='{label}']").click()
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
 
-    wanted = {"dl19/nDCG_10", "scifact/nDCG_10", "strategy", "student"}
+    wanted = {METRIC, "strategy", "student"}
     headers = wait.until(lambda d: wanted <= (found := header_texts(d)) and found)
-    wait.until(lambda d: len(grid_rows(d)) == len(TRIALS))
-    return headers, grid_rows(browser)
+    wait.until(lambda d: len(grid_rows(d, metrics)) == len(metrics))
+    return headers, grid_rows(browser, metrics)
 
 
 def test_make_browser_deps_is_idempotent():

@@ -166,7 +166,7 @@ def test_killed_study_resumes_and_reuses_by_content(tmp_path):
     study_file = tmp_path / "study.yaml"
     study_file.write_text(yaml.safe_dump(resume_study(tmp_path)))
     trials = tmp_path / "out" / "resume" / "trials"
-    contrastive, distillation = trials / "contrastive-ok-s0", trials / "distillation-ok-t-s0"
+    contrastive, distillation = trials / "contrastive+ok+s0", trials / "distillation+ok+t+s0"
 
     proc = rerank_ray_study(study_file)
     try:
@@ -187,12 +187,12 @@ def test_killed_study_resumes_and_reuses_by_content(tmp_path):
     proc = rerank_ray_study(study_file)
     out = finish(proc)
     assert proc.returncode == 1, out[-3000:]  # a study with a failed trial exits 1, after its report
-    assert "trial contrastive-ok-s0: reusing the finished run" in out
-    assert "trial distillation-ok-t-s0: reusing the finished run" in out
+    assert "trial contrastive+ok+s0: reusing the finished run" in out
+    assert "trial distillation+ok+t+s0: reusing the finished run" in out
     assert "teacher t: reusing the finished run" in out
     assert {t: (t / "model" / "model.safetensors").stat().st_mtime_ns for t in stamp} == stamp
     report = (tmp_path / "out" / "resume" / "report" / "report.md").read_text()
-    for name in ("contrastive-ok-s0", "distillation-ok-t-s0", "contrastive-bad-s0"):
+    for name in ("contrastive+ok+s0", "distillation+ok+t+s0", "contrastive+bad+s0"):
         assert name in report, report
     assert "max_position_embeddings=16" in report, report  # the failure, with its error
 
@@ -202,7 +202,7 @@ def test_killed_study_resumes_and_reuses_by_content(tmp_path):
     out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
     assert "teacher t: training again, its config changed" in out
-    assert "trial distillation-ok-t-s0: training again, its teacher scores changed" in out
-    assert "trial contrastive-ok-s0: reusing the finished run" in out
+    assert "trial distillation+ok+t+s0: training again, its teacher scores changed" in out
+    assert "trial contrastive+ok+s0: reusing the finished run" in out
     assert (contrastive / "model" / "model.safetensors").stat().st_mtime_ns == stamp[contrastive]
     assert (distillation / "model" / "model.safetensors").stat().st_mtime_ns != stamp[distillation]

@@ -234,7 +234,17 @@ def test_train_then_evaluates_on_the_config_suites(run, library, tmp_path):
         )
 
     def evaluate(
-        model_path, suites, *, depth, batch_size, out_dir, root, data, pool=None, pool_min_pairs=None
+        model_path,
+        suites,
+        *,
+        depth,
+        batch_size,
+        out_dir,
+        root,
+        data,
+        suites_defined,
+        pool=None,
+        pool_min_pairs=None,
     ):
         calls["evaluate"] = (model_path, suites, out_dir)
         calls["pool"] = (pool.actors, pool.cpus_per_actor, pool.batch_size, pool_min_pairs)
@@ -259,7 +269,7 @@ def test_train_then_evaluates_on_the_config_suites(run, library, tmp_path):
 def test_evaluate_first_stage(run, library):
     seen = {}
 
-    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root, data, **pool):
+    def evaluate(model_path, suites, *, depth, batch_size, out_dir, root, data, suites_defined, **pool):
         seen.update(model_path=model_path, suites=suites, depth=depth, duplicates=data.duplicate_run_entries)
         return SimpleNamespace(metrics={"dl19/nDCG_10": 0.5058})
 
@@ -309,7 +319,13 @@ def test_study_dry_run_plans_and_starts_nothing(run, library, tmp_path):
         "micro",
         "2x1",
     ]
-    assert len([r for r in rows if r.startswith("contrastive+")]) == 4
+    plan, forecast = out.split("Cost forecast")
+    assert len([r for r in plan.splitlines() if r.startswith("contrastive+")]) == 4
+    # The forecast: the default groups (dl20 + dl21) give 660 groups, 5,280 training pairs per
+    # trial; dl19's depth-100 candidates are 4,300 evaluation pairs per trial.
+    assert "Training groups: 660" in forecast
+    forecast_rows = [r.split() for r in forecast.splitlines() if r.startswith("contrastive+")]
+    assert len(forecast_rows) == 4 and all(r[1:4] == ["5,280", "0", "4,300"] for r in forecast_rows)
     assert "planned study tiny: 4 trial(s), at most 1 at a time; nothing was started (--dry-run)" in out
 
 
@@ -347,6 +363,7 @@ def test_study_summary_names_report_and_mlflow_run(run, library, tmp_path):
         tracking_uri="sqlite:///x/mlflow.db",
         experiment="quickstart",
         parent_run_id="abc123",
+        experiment_id="4",
         trials=[
             SimpleNamespace(name="contrastive-l1-s0", status="ok", error=None, reused=True),
             SimpleNamespace(name="contrastive-l2-s0", status="error", error="ConfigError: bad", reused=False),
@@ -363,6 +380,7 @@ def test_study_summary_names_report_and_mlflow_run(run, library, tmp_path):
     assert "contrastive-l2-s0 failed: ConfigError: bad" in out
     assert "outputs/study/report.md" in out
     assert "experiment 'quickstart', parent run abc123" in out and "rerank-ray ui" in out
+    assert "#/experiments/4/runs?workflowType=machine_learning" in out
 
 
 def test_ui_serves_the_project_store_on_localhost(run, tmp_path, monkeypatch):

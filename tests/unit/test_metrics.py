@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import math
 import re
-import typing
 
 import ir_measures
 import pytest
 
-from rerank_ray.config import SuiteName
 from rerank_ray.evaluation.metrics import evaluate_run, mlflow_key
 from rerank_ray.evaluation.suites import SUITES, get_suite
 
@@ -103,10 +101,6 @@ def test_mlflow_keys_are_safe_and_distinct(suite):
     assert len(set(keys)) == len(keys)
     for m in SUITES[suite].measures:
         ir_measures.parse_measure(m)  # every suite measure is a valid ir_measures name
-
-
-def test_suites_match_config_literal():
-    assert set(SUITES) == set(typing.get_args(SuiteName))
 
 
 def test_unknown_suite():

@@ -35,6 +35,7 @@ CHOICES = (
     {"float32", "bfloat16"},  # ScoringConfig.dtype
     {"randomization", "ttest"},  # the report's significance test
     {"dedupe", "error"},  # DataConfig.duplicate_run_entries
+    {"scores"},  # ScoresTeacher.kind: precomputed scores (teacher.given), no scorer loads them
 )
 
 
@@ -100,7 +101,8 @@ def test_every_literal_equals_its_registry_or_is_a_closed_choice(where, values):
 def test_study_teacher_specs_cover_every_teacher_kind():
     union = typing.get_args(typing.get_args(rerank_ray.tune.config.TeacherSpec)[0])
     kinds = set().union(*(typing.get_args(spec.model_fields["kind"].annotation) for spec in union))
-    assert kinds == teacher_kinds()
+    # Every scorer kind, plus precomputed scores, which are imported rather than scored.
+    assert kinds == teacher_kinds() | {"scores"}
 
 
 def test_teacher_losses_follow_each_class():

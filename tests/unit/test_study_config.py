@@ -83,7 +83,7 @@ def test_grid_blocks_select_combinations(tmp_path):
             "strategies=[contrastive, distilation]",
             "known strategies: contrastive, distillation, mix, margin_mse",
         ),
-        ("eval.in_domain=[dl99]", "eval.in_domain.0"),
+        ("eval.in_domain=[dl99]", "eval.in_domain: Value error, unknown evaluation suite(s) ['dl99']"),
         ("teachers.ce-l6.overrides={train: {epoch: 2}}", "teachers.ce-l6.overrides"),
         ("students.l1.num_layer=1", "students.l1.num_layer"),
     ],

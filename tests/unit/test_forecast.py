@@ -1,0 +1,84 @@
+"""The dry run's cost forecast: throughput lookup, pair counts, and the quickstart against its
+recorded actual cost (README: 40m34s; teacher ce-l6 1,286 s)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rerank_ray.config import load_config
+from rerank_ray.tune.config import load_study
+from rerank_ray.tune.forecast import (
+    ThroughputTable,
+    count_groups,
+    forecast_study,
+    format_forecast,
+    train_pairs,
+)
+from rerank_ray.tune.plan import plan_study
+
+HW = "cpu-2core"
+
+
+@pytest.fixture(scope="module")
+def table():
+    return ThroughputTable.load()
+
+
+def test_lookup_measured_interpolated_and_missing(table):
+    assert table.lookup("train", "encoder", 6, HW).pairs_per_s == 10.8
+    assert table.lookup("train", "encoder", 6, HW).measured
+    # Between measured sizes 2 (11.3 pairs/s) and 6 (10.8): linear in seconds per pair.
+    l3 = table.lookup("train", "encoder", 3, HW)
+    assert not l3.measured
+    assert 1 / l3.pairs_per_s == pytest.approx(1 / 11.3 + (1 / 10.8 - 1 / 11.3) / 4)
+    # One measured size: seconds per pair scale with (layers + 1).
+    assert table.lookup("evaluate", "encoder", 1, HW).pairs_per_s == pytest.approx(42.2 * 7 / 2)
+    assert table.lookup("train", "decoder", 24, HW) is None
+    assert table.lookup("train", "encoder", 6, "h100") is None
+    assert table.default_hardware(gpu=False) == HW and table.default_hardware(gpu=True) is None
+
+
+def test_train_pairs_counts_steps_and_caps_at_max_steps():
+    run = load_config(overrides=["train.micro_batch_groups=4", "groups.group_size=8"])
+    assert train_pairs(run, 660) == 165 * 4 * 8
+    two_epochs = load_config(overrides=["train.micro_batch_groups=4", "train.epochs=2", "train.grad_accum=2"])
+    assert train_pairs(two_epochs, 660) == 2 * 83 * 8 * 8
+    assert train_pairs(load_config(overrides=["train.max_steps=2"]), 660) == 2 * 2 * 8
+
+
+def test_groups_count_matches_build_groups(tmp_path, data_root):
+    from rerank_ray.data.groups import build_groups
+
+    run = load_config(
+        overrides=[
+            "data.train=[fixtures/tiny-scifact]",
+            "data.train_split=train",
+            "data.first_stage=bm25-top10",
+            "groups.depth=10",
+            "groups.group_size=4",
+            "groups.groups_per_query=2",
+            "groups.positive_min_label=1",
+        ]
+    )
+    groups, unique = count_groups(run)
+    import pandas as pd
+
+    from rerank_ray.teacher.score import pairs_from_groups
+
+    built = pd.read_parquet(build_groups(run, tmp_path).path)
+    assert groups == len(built) and unique == len(pairs_from_groups(built))
+
+
+def test_quickstart_forecast_is_within_30_percent_of_its_recorded_cost(table, data_root):
+    cfg = load_study(["experiments/quickstart.yaml"])
+    forecast = forecast_study(cfg, plan_study(cfg), table, price_per_hour=2.0)
+    assert (forecast.groups, forecast.unique_pairs) == (660, 3936)  # issue 10: 3,936 unique pairs
+    teacher = forecast.teachers[0]
+    # 2 epochs x 660 groups x 8 at 10.8 pairs/s; 9,550 evaluation pairs at 42.2; 3,936 scored
+    # at 24.0; 38 s start-up.
+    assert [teacher.pairs(s) for s in ("train", "score", "evaluate")] == [10560, 3936, 9550]
+    assert teacher.wall_s == pytest.approx(38 + 10560 / 10.8 + 9550 / 42.2 + 3936 / 24.0)
+    assert teacher.wall_s == pytest.approx(1286, rel=0.3)
+    assert forecast.wall_s == pytest.approx(40 * 60 + 34, rel=0.3)
+    text = format_forecast(forecast)
+    assert "total: 4 trial(s), 2 at a time" in text and "per CPU-hour" in text
