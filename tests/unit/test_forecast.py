@@ -3,6 +3,8 @@ recorded actual cost (README: 40m34s; teacher ce-l6 1,286 s)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rerank_ray.config import load_config
@@ -70,7 +72,8 @@ def test_groups_count_matches_build_groups(tmp_path, data_root):
 
 
 def test_quickstart_forecast_is_within_30_percent_of_its_recorded_cost(table, data_root):
-    cfg = load_study(["experiments/quickstart.yaml"])
+    # The quickstart design whose cost was recorded (experiments/quickstart.yaml has changed since).
+    cfg = load_study([Path(__file__).parent / "data" / "quickstart-2026-11-27.yaml"])
     forecast = forecast_study(cfg, plan_study(cfg), table, price_per_hour=2.0)
     assert (forecast.groups, forecast.unique_pairs) == (660, 3936)  # issue 10: 3,936 unique pairs
     teacher = forecast.teachers[0]
