@@ -158,33 +158,35 @@ def train_and_evaluate(cfg: RunConfig, args: argparse.Namespace, summary: Summar
     )
     if args.no_eval:
         return
-    from rerank_ray.config import defined_suites
-    from rerank_ray.evaluation.evaluate import evaluate, pool_options
-    from rerank_ray.heartbeat import heartbeat
-
     eval_dir = Path(result.model_dir).parent / "eval"
-    with heartbeat(f"evaluating {cfg.name}", waiting_on="reranking the suites' candidates"):
-        evaluated = evaluate(
-            str(result.model_dir),
-            list(cfg.eval.suites),
-            depth=cfg.eval.depth,
-            batch_size=cfg.eval.batch_size,
-            out_dir=eval_dir,
-            root=cfg.data.root,
-            data=cfg.data,
-            suites_defined=defined_suites(cfg.eval.suites_defined),
-            **pool_options(cfg.eval),
-        )
+    evaluated = evaluate_config(cfg, str(result.model_dir), eval_dir, label=cfg.name)
     summary.ran.append(f"evaluated on {', '.join(cfg.eval.suites)}")
     summary.metrics.update(evaluated.metrics)
     summary.outputs["eval"] = str(eval_dir)
 
 
-def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
+def evaluate_config(cfg: RunConfig, model: str | None, out_dir: Path, *, label: str) -> Any:
+    """``evaluate`` on the config's suites, as the train and evaluate verbs both run it: its
+    data (validation queries, duplicate handling), defined suites and actor-pool settings."""
     from rerank_ray.config import defined_suites
     from rerank_ray.evaluation.evaluate import evaluate, pool_options
     from rerank_ray.heartbeat import heartbeat
 
+    with heartbeat(f"evaluating {label}", waiting_on="reranking the suites' candidates"):
+        return evaluate(
+            model,
+            list(cfg.eval.suites),
+            depth=cfg.eval.depth,
+            batch_size=cfg.eval.batch_size,
+            out_dir=out_dir,
+            root=cfg.data.root,
+            data=cfg.data,
+            suites_defined=defined_suites(cfg.eval.suites_defined),
+            **pool_options(cfg.eval),
+        )
+
+
+def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
     args.args = [*args.args, *suites_override(args.suite)]
     cfg = load_run_config(args)
     if args.out:
@@ -193,20 +195,8 @@ def cmd_evaluate(args: argparse.Namespace, summary: Summary) -> None:
         out = Path(args.model).resolve().parent / "eval"
     else:
         out = cfg.output_dir / "first-stage" / "eval"
-    with heartbeat(
-        f"evaluating {args.model or 'the first stage'}", waiting_on="reranking the suites' candidates"
-    ):
-        evaluated = evaluate(
-            None if args.first_stage else str(args.model),
-            list(cfg.eval.suites),
-            depth=cfg.eval.depth,
-            batch_size=cfg.eval.batch_size,
-            out_dir=out,
-            root=cfg.data.root,
-            data=cfg.data,
-            suites_defined=defined_suites(cfg.eval.suites_defined),
-            **pool_options(cfg.eval),
-        )
+    model = None if args.first_stage else str(args.model)
+    evaluated = evaluate_config(cfg, model, out, label=args.model or "the first stage")
     what = "the first-stage run" if args.first_stage else f"model {args.model}"
     summary.ran.append(f"evaluated {what} on {', '.join(cfg.eval.suites)}")
     summary.metrics.update(evaluated.metrics)
