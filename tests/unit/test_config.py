@@ -112,6 +112,7 @@ def test_deepspeed_config_rendering():
     )
     assert ds["scheduler"]["params"]["total_num_steps"] == 100
     assert ds["optimizer"]["params"]["torch_adam"] is True
+    assert ds["optimizer"]["params"]["fused"] is True  # torch's fused AdamW kernel
     gpu = load_config(
         overrides=["scaling.use_gpu=true", "deepspeed.zero_stage=3", "deepspeed.offload_optimizer=true"]
     )
@@ -119,3 +120,4 @@ def test_deepspeed_config_rendering():
     assert ds["bf16"]["enabled"] is True
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ds["optimizer"]["params"]["torch_adam"] is False  # offload needs DeepSpeedCPUAdam
+    assert "fused" not in ds["optimizer"]["params"]  # DeepSpeedCPUAdam takes no such argument
