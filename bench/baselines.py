@@ -4,7 +4,8 @@ Each is what a careful engineer would write without the project: no Ray, no Deep
 threads set to the cores given; inference under ``torch.inference_mode``; pairs tokenised once,
 sorted by token length over the whole input, and cut into dynamically padded batches.
 
-- :func:`plain_train`: AdamW on the same model, groups, batch, tokenizer call and loss.
+- :func:`plain_train`: AdamW on the same model, groups, batch, tokenizer call and loss, in
+  training mode (dropout on) as in the project's loop.
 - :func:`plain_score`: scores (query, document) pairs with a cross-encoder.
 - :func:`st_predict`: sentence-transformers' ``CrossEncoder.predict`` on a saved model folder
   (the ``bench`` extra: ``pip install -e '.[bench]'``).
@@ -42,9 +43,11 @@ def plain_train(
     warmup: int,
 ) -> Timing:
     """Train on `batches` (``(queries, docs per query)``, positive first) one optimizer step
-    each; time the steps after the first `warmup`. The model's train/eval mode is left as it is
-    (the project's loop does not change it either)."""
+    each; time the steps after the first `warmup`. The model is put in training mode first
+    (dropout on), as the project's loop does before every step (``train.loop.train_step``), so
+    P1 times the same forward and backward on both sides."""
     torch.set_num_threads(threads)
+    model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n.lower()]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n.lower()]
     optimizer = torch.optim.AdamW(

@@ -1,7 +1,8 @@
 """The project's speed against plain loops, stage by stage, in one run on the real data.
 
 - P1 training: ``train.driver.train`` (Ray Train + DeepSpeed, one worker holding every core) ÷
-  ``baselines.plain_train`` (same model, groups, batch of groups, tokenizer call, AdamW, loss).
+  ``baselines.plain_train`` (same model, groups, batch of groups, tokenizer call, AdamW, loss,
+  training mode: dropout on in both).
   Both are steady-state pairs/s: the first ``WARMUP_STEPS`` steps are left out (the project's
   from its metric windows, ``history.json``); end-to-end times are printed too.
 - P2 teacher scoring: the ``rerank-ray score`` path (``teacher.score.score_groups``: unique

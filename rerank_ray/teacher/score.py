@@ -43,11 +43,12 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from rerank_ray.data.shards import MissingTeacherScores
@@ -232,30 +233,46 @@ def teacher_fingerprint(teacher: TeacherModel) -> str:
 
 @dataclass(frozen=True)
 class Coverage:
+    """How many of the wanted pairs have a finite teacher score. `missing`: pairs with no score
+    row; `nonfinite`: pairs whose score is NaN or +-inf (a teacher that overflowed, or bad
+    input), named apart because the fix differs (rescore vs. score at all)."""
+
     pairs_expected: int
     pairs_scored: int
     missing: list[tuple[str, str]]
+    nonfinite: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
-        return not self.missing
+        return not self.missing and not self.nonfinite
 
     def summary(self) -> str:
         if self.complete:
             return f"all {self.pairs_expected} pairs scored"
-        return (
-            f"{len(self.missing)} of {self.pairs_expected} pairs have no teacher score, "
-            f"e.g. {self.missing[:3]}"
-        )
+        problems = []
+        if self.nonfinite:
+            problems.append(
+                f"{len(self.nonfinite)} of {self.pairs_expected} pairs have non-finite teacher scores "
+                f"(NaN/inf), e.g. {self.nonfinite[:3]}"
+            )
+        if self.missing:
+            problems.append(
+                f"{len(self.missing)} of {self.pairs_expected} pairs have no teacher score, "
+                f"e.g. {self.missing[:3]}"
+            )
+        return "; ".join(problems)
 
 
 def verify_coverage(pairs: pd.DataFrame, scores: pd.DataFrame) -> Coverage:
-    """Which of `pairs` (query_id, doc_id) have no finite score in `scores`."""
-    finite = scores[scores["score"].notna() & (scores["score"].abs() != float("inf"))]
-    have = set(zip(finite["query_id"].astype(str), finite["doc_id"].astype(str), strict=True))
+    """Which of `pairs` (query_id, doc_id) have no score row in `scores`, and which have a
+    non-finite (NaN/inf) one."""
+    keys = zip(scores["query_id"].astype(str), scores["doc_id"].astype(str), strict=True)
+    finite = dict(zip(keys, np.isfinite(scores["score"].to_numpy(dtype="float64")), strict=True))
     wanted = list(zip(pairs["query_id"], pairs["doc_id"], strict=True))
-    missing = [p for p in wanted if p not in have]
-    return Coverage(pairs_expected=len(wanted), pairs_scored=len(wanted) - len(missing), missing=missing)
+    missing = [p for p in wanted if p not in finite]
+    nonfinite = [p for p in wanted if p in finite and not finite[p]]
+    scored = len(wanted) - len(missing) - len(nonfinite)
+    return Coverage(pairs_expected=len(wanted), pairs_scored=scored, missing=missing, nonfinite=nonfinite)
 
 
 # ---------------------------------------------------------------------------------------------

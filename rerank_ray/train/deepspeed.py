@@ -4,13 +4,25 @@ Units: DeepSpeed counts "samples"; here one sample is one *group* (1 positive + 
 so ``train_micro_batch_size_per_gpu`` is ``train.micro_batch_groups`` and
 ``train_batch_size = micro_batch_groups * grad_accum * world_size`` groups per optimizer step.
 
-The optimizer and LR schedule are DeepSpeed's too: AdamW (``torch_adam`` selects
-``torch.optim.AdamW``, fused, which runs everywhere; with optimizer offload DeepSpeed needs its
-``DeepSpeedCPUAdam``) and ``WarmupDecayLR`` (linear warmup from 0, then linear decay to 0).
+The optimizer is DeepSpeed's too: AdamW (``torch_adam`` selects ``torch.optim.AdamW``, with
+torch's fused kernel, which runs everywhere; with optimizer offload DeepSpeed needs its
+``DeepSpeedCPUAdam``). The LR schedule is not in that config: `lr_schedule` gives ``deepspeed.initialize(lr_scheduler=...)``
+transformers' ``get_linear_schedule_with_warmup`` (linear warmup from 0 over
+``round(warmup_ratio * total_steps)`` steps, then linear decay to 0 at ``total_steps``).
+DeepSpeed's own ``WarmupDecayLR`` is not that schedule: it raises ``warmup_num_steps`` to at
+least 2 and its warmup starts at 0, so with ``warmup_ratio: 0`` the first optimizer step ran at
+lr 0 and the second at half the lr (deepspeed 0.19 ``runtime/lr_schedules.py``, ``WarmupLR``).
+
+Optimizer step k (1-based) runs at ``learning_rate * lambda(k - 1)``, where lambda is
+transformers' ``_get_linear_schedule_with_warmup_lr_lambda``; DeepSpeed steps the scheduler
+once per optimizer step (after each accumulation window), and saves and restores its state with
+the engine's checkpoints.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from rerank_ray.config import RunConfig
@@ -23,8 +35,9 @@ def precision(cfg: RunConfig) -> str:
     return cfg.deepspeed.precision
 
 
-def deepspeed_config(cfg: RunConfig, *, total_steps: int, world_size: int) -> dict[str, Any]:
-    """DeepSpeed config for `total_steps` optimizer steps on `world_size` workers."""
+def deepspeed_config(cfg: RunConfig, *, world_size: int) -> dict[str, Any]:
+    """DeepSpeed config for `world_size` workers; the LR schedule is `lr_schedule`, passed to
+    ``deepspeed.initialize`` beside it."""
     ds, tr = cfg.deepspeed, cfg.train
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage >= 1:
@@ -36,7 +49,6 @@ def deepspeed_config(cfg: RunConfig, *, total_steps: int, world_size: int) -> di
     if ds.zero_stage == 3:
         # Gather the partitioned weights on save, so the final export is one HF checkpoint.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
-    warmup = int(round(tr.warmup_ratio * total_steps))
     return {
         "train_micro_batch_size_per_gpu": tr.micro_batch_groups,
         "gradient_accumulation_steps": tr.grad_accum,
@@ -59,17 +71,24 @@ def deepspeed_config(cfg: RunConfig, *, total_steps: int, world_size: int) -> di
                 **({"fused": True} if not ds.offload_optimizer else {}),
             },
         },
-        "scheduler": {
-            "type": "WarmupDecayLR",
-            "params": {
-                "warmup_min_lr": 0.0,
-                "warmup_max_lr": tr.learning_rate,
-                # DeepSpeed requires at least one warmup step.
-                "warmup_num_steps": max(warmup, 1),
-                "warmup_type": "linear",
-                "total_num_steps": max(total_steps, 1),
-            },
-        },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def warmup_steps(cfg: RunConfig, total_steps: int) -> int:
+    """The schedule's warmup length: ``round(warmup_ratio * total_steps)`` optimizer steps."""
+    return int(round(cfg.train.warmup_ratio * total_steps))
+
+
+def lr_schedule(cfg: RunConfig, *, total_steps: int) -> Callable[[Any], Any]:
+    """What ``deepspeed.initialize(lr_scheduler=...)`` calls with the optimizer it built from
+    `deepspeed_config`: transformers' linear warmup, then linear decay to 0 at `total_steps`
+    optimizer steps (see the module docstring)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    return partial(
+        get_linear_schedule_with_warmup,
+        num_warmup_steps=warmup_steps(cfg, total_steps),
+        num_training_steps=total_steps,
+    )

@@ -309,7 +309,7 @@ def _setup(cfg: Any, total_steps: int, world: int) -> tuple[Any, Any]:
     from transformers.integrations import HfDeepSpeedConfig
 
     from rerank_ray.models import build_model
-    from rerank_ray.train.deepspeed import deepspeed_config
+    from rerank_ray.train.deepspeed import deepspeed_config, lr_schedule
 
     _seed_everything(cfg.train.seed)
     if not cfg.scaling.use_gpu:
@@ -317,13 +317,14 @@ def _setup(cfg: Any, total_steps: int, world: int) -> tuple[Any, Any]:
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     # Ray Train already built the torch process group; DeepSpeed's comm layer wraps it.
     deepspeed.init_distributed(dist_backend="nccl" if cfg.scaling.use_gpu else "gloo")
-    ds_config = deepspeed_config(cfg, total_steps=total_steps, world_size=world)
+    ds_config = deepspeed_config(cfg, world_size=world)
     hf_ds = HfDeepSpeedConfig(ds_config) if cfg.deepspeed.zero_stage == 3 else None
     # bf16 (GPU) casting is DeepSpeed's job, from ds_config["bf16"].
     model = build_model(cfg.model)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=_param_groups(model, cfg.train.weight_decay),
+        lr_scheduler=lr_schedule(cfg, total_steps=total_steps),
         config=ds_config,
     )
     if world == 1 and cfg.deepspeed.zero_stage == 0:

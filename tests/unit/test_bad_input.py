@@ -358,6 +358,16 @@ def test_scoring_job_gaps_are_missing_teacher_scores_with_a_hint(tmp_path):
     assert "1 of 2 pairs have no teacher score, e.g. [('q1', 'd2')]" in str(err.value)
     explained = explain(err.value)
     assert explained.known and "rerun it" in explained.fix and "rerank-ray score" in explained.fix
+    # A shard holding a NaN score (a teacher that overflowed) is named as such, not as a gap.
+    pd.DataFrame({"query_id": ["q1", "q1"], "doc_id": ["d1", "d2"], "score": [1.0, float("nan")]}).to_parquet(
+        shard_path(out, 0)
+    )
+    with pytest.raises(MissingTeacherScores) as err:
+        score_pairs(
+            pairs, TeacherModel(kind="cross_encoder", path=str(teacher)), out, scoring=ScoringConfig()
+        )
+    assert "1 of 2 pairs have non-finite teacher scores (NaN/inf), e.g. [('q1', 'd2')]" in str(err.value)
+    assert "no teacher score" not in str(err.value)
 
 
 def test_run_queries_without_text_stop_reranking_with_the_fix(tmp_path, monkeypatch):

@@ -85,3 +85,40 @@ def test_quickstart_forecast_is_within_30_percent_of_its_recorded_cost(table, da
     assert forecast.wall_s == pytest.approx(40 * 60 + 34, rel=0.3)
     text = format_forecast(forecast)
     assert "total: 4 trial(s), 2 at a time" in text and "per CPU-hour" in text
+
+
+def test_a_bi_encoder_teacher_is_forecast_from_the_entry_bench_writes(table, data_root, tmp_path):
+    # bench/ is a folder of scripts, not a package: load the module from its file.
+    import importlib.util
+    import sys
+
+    from rerank_ray.config import PROJECT_ROOT
+
+    path = PROJECT_ROOT / "bench" / "teacher_throughput.py"
+    spec = importlib.util.spec_from_file_location("teacher_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["teacher_throughput"] = bench
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        del sys.modules["teacher_throughput"]
+    cfg = load_study([PROJECT_ROOT / "experiments" / "quickstart.yaml"])
+    (name,) = [n for n, t in cfg.teachers.items() if t.kind == "bi_encoder"]
+    teacher = {"kind": "bi_encoder", "path": cfg.teachers[name].source}
+    entry = bench.throughput_entry(teacher, 123.4, hardware=HW, date="2026-12-02", note="test")
+    assert (entry["stage"], entry["family"], entry["layers"]) == ("score", "bi_encoder", 6)
+    with_entry = ThroughputTable(
+        entries=[*table.entries, entry], overhead_s=table.overhead_s, hardware=table.hardware
+    )
+    forecast = forecast_study(cfg, plan_study(cfg), with_entry)
+    (bi,) = [t for t in forecast.teachers if t.name == f"teacher {name}"]
+    score = next(s for s in bi.stages if s.stage == "score")
+    assert score.throughput is not None and score.throughput.pairs_per_s == 123.4
+    assert score.seconds == pytest.approx(forecast.unique_pairs / 123.4)
+    assert bi.wall_s is not None
+    assert "score bi_encoder" not in format_forecast(forecast)
+    # The line bench prints, pasted under `entries:`, loads as that entry.
+    line = bench.yaml_line(entry)
+    assert line.startswith("  - {stage: score, family: bi_encoder, layers: 6,") and "\n" not in line
+    (tmp_path / "t.yaml").write_text(f"hardware:\n  {HW}: {{kind: cpu}}\nentries:\n{line}\n")
+    assert ThroughputTable.load(tmp_path / "t.yaml").entries == [entry]

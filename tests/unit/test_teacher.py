@@ -65,9 +65,27 @@ def test_coverage_reports_missing_and_non_finite_pairs():
         }
     )
     coverage = verify_coverage(pairs, scores)
-    assert not coverage.complete
-    assert coverage.missing == [("q1", "d5"), ("q2", "d4")]
-    assert "2 of 5 pairs" in coverage.summary()
+    assert not coverage.complete and coverage.pairs_scored == 3
+    # A NaN score is a score that went wrong, not an absent one: each is named apart.
+    assert coverage.missing == [("q2", "d4")]
+    assert coverage.nonfinite == [("q1", "d5")]
+    assert coverage.summary() == (
+        "1 of 5 pairs have non-finite teacher scores (NaN/inf), e.g. [('q1', 'd5')]; "
+        "1 of 5 pairs have no teacher score, e.g. [('q2', 'd4')]"
+    )
+
+
+def test_coverage_names_infinite_scores_and_only_absent_pairs_as_missing():
+    pairs = pairs_from_groups(groups_frame())
+    ids = pairs[["query_id", "doc_id"]]
+    infinite = ids.assign(score=[1.0, -math.inf, 0.5, math.inf, 2.0])
+    coverage = verify_coverage(pairs, infinite)
+    assert coverage.missing == [] and len(coverage.nonfinite) == 2
+    assert coverage.summary().startswith("2 of 5 pairs have non-finite teacher scores (NaN/inf), e.g. [")
+    assert "no teacher score" not in coverage.summary()
+    absent = verify_coverage(pairs, ids.iloc[:3].assign(score=1.0))
+    assert absent.nonfinite == [] and absent.summary().startswith("2 of 5 pairs have no teacher score")
+    assert "non-finite" not in absent.summary()
 
 
 def test_bi_encoder_scorer_scores_one_batch_without_ray():

@@ -1,16 +1,19 @@
 """The training loop's phases without a Ray cluster or DeepSpeed: the per-step function (training
-mode, dropout), step counting, resume-skipping, reports, restore, and the test-only fault hook."""
+mode, dropout), step counting, resume-skipping, reports, restore, and the test-only fault hook;
+and the plain baseline loop bench/ratios.py times it against (same training mode)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 from transformers import MambaConfig
 
-from rerank_ray.config import ModelConfig, RunConfig, TrainConfig
+from rerank_ray.config import PROJECT_ROOT, ModelConfig, RunConfig, TrainConfig
 from rerank_ray.losses import build_loss
 from rerank_ray.models import build_model
 from rerank_ray.models.base import apply_dropout
@@ -86,6 +89,27 @@ def test_every_dropout_is_active_during_a_training_step(dropout):
     assert all(training for training, _ in seen[0]), seen[0]
     assert all(p == pytest.approx(expected_p) for _, p in seen[0]), seen[0]
     assert pairs == 4 and tokens > 0 and np.isfinite(loss)
+
+
+def test_the_plain_training_baseline_runs_with_dropout_on_like_the_loop(monkeypatch):
+    # bench/ is a folder of scripts, not a package: load the module from its file.
+    spec = importlib.util.spec_from_file_location("baselines", PROJECT_ROOT / "bench" / "baselines.py")
+    baselines = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "baselines", baselines)  # its dataclasses look themselves up
+    spec.loader.exec_module(baselines)
+    cfg = run_cfg(None)
+    model = build_model(cfg.model).eval()  # as from_pretrained hands it over
+    seen: list[list[tuple[bool, float]]] = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(dropout_states(module)), with_kwargs=True
+    )
+    batches = [(list(BATCH["query"]), [list(d) for d in BATCH["docs"]])]
+    baselines.plain_train(
+        model, model.tokenize, batches, build_loss(cfg.loss),
+        learning_rate=1e-3, weight_decay=0.0, max_grad_norm=1.0, threads=1, warmup=0,
+    )  # fmt: skip
+    assert len(seen) == 1 and len(seen[0]) >= 4, seen
+    assert all(training for training, _ in seen[0]), seen[0]
 
 
 def test_dropout_zero_turns_every_dropout_off():

@@ -1,0 +1,103 @@
+"""The DeepSpeed engine the training loop builds (`train.loop._setup`), in this process on one
+CPU rank without Ray: its LR schedule is transformers' linear warmup then linear decay to 0, and
+the first optimizer step of a run without warmup changes the weights."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from rerank_ray.config import RunConfig
+from rerank_ray.losses import build_loss
+from rerank_ray.train.loop import _setup, train_step
+from tests.conftest import TINY_BERT
+
+LR = 1e-3
+BATCH = {
+    "query": np.array(["what is a cell", "protein folding"], dtype=object),
+    "docs": np.array([np.array(["cells live", "a rock"]), np.array(["helices fold", "a car"])], dtype=object),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def one_rank():
+    """The environment of a one-worker run (what Ray Train gives its worker), and the gloo
+    process group DeepSpeed builds from it, destroyed after the module."""
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "LOCAL_RANK": "0"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {**env, "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}.items():
+            mp.setenv(key, value)
+        yield
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def engine_for(warmup_ratio: float, total_steps: int):
+    cfg = RunConfig.from_dict(
+        {
+            "model": TINY_BERT,
+            "groups": {"group_size": 2},
+            "train": {"micro_batch_groups": 2, "learning_rate": LR, "warmup_ratio": warmup_ratio},
+            "scaling": {"cpus_per_worker": 1},
+            "deepspeed": {"zero_stage": 0},
+        }
+    )
+    engine, _ = _setup(cfg, total_steps, 1)
+    return engine, cfg
+
+
+def step_lrs(warmup_ratio: float, total_steps: int) -> list[float]:
+    """The lr each optimizer step of a `total_steps` run runs at, read from the engine."""
+    engine, cfg = engine_for(warmup_ratio, total_steps)
+    loss_fn, lrs = build_loss(cfg.loss), []
+    for _ in range(total_steps):
+        lrs.append(engine.get_lr()[0])
+        train_step(engine, loss_fn, BATCH, cfg)
+    return lrs
+
+
+@pytest.mark.parametrize(
+    ("warmup_ratio", "factors"),
+    [
+        # No warmup: the full lr at the first step, then down by 1/10 per step.
+        (0.0, [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]),
+        # 2 warmup steps (0/2, 1/2 of the lr), then (10 - k) / (10 - 2) for step index k >= 2.
+        (0.2, [0.0, 0.5, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]),
+    ],
+)
+def test_the_engine_runs_transformers_linear_warmup_then_decay(one_rank, warmup_ratio, factors):
+    assert step_lrs(warmup_ratio, 10) == pytest.approx([LR * f for f in factors])
+
+
+def test_the_schedule_is_get_linear_schedule_with_warmup():
+    from transformers import get_linear_schedule_with_warmup
+
+    from rerank_ray.train.deepspeed import lr_schedule, warmup_steps
+
+    cfg = RunConfig.from_dict({"train": {"learning_rate": LR, "warmup_ratio": 0.25}})
+    assert warmup_steps(cfg, 100) == 25
+    ours, theirs = (torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=LR) for _ in range(2))
+    ours_schedule = lr_schedule(cfg, total_steps=100)(ours)
+    reference = get_linear_schedule_with_warmup(theirs, num_warmup_steps=25, num_training_steps=100)
+    for _ in range(100):
+        assert ours_schedule.get_last_lr() == reference.get_last_lr()
+        for optimizer, schedule in ((ours, ours_schedule), (theirs, reference)):
+            optimizer.step()
+            schedule.step()
+
+
+def test_one_step_without_warmup_changes_every_weight(one_rank):
+    engine, cfg = engine_for(0.0, 1)
+    before = {name: p.detach().clone() for name, p in engine.module.named_parameters()}
+    train_step(engine, build_loss(cfg.loss), BATCH, cfg)
+    unchanged = [name for name, p in engine.module.named_parameters() if torch.equal(before[name], p)]
+    assert not unchanged, f"parameters that did not change after one step: {unchanged}"
