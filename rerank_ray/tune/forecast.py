@@ -20,6 +20,13 @@ size, seconds per pair are scaled by ``(layers + 1) / (measured layers + 1)``: e
 head count as about one layer); such figures are marked ``~``. A stage with no entry for the
 family and hardware has no time (``None``), and the forecast lists what is missing.
 
+Concurrency: on ``kind: cpu`` hardware the table's rates were measured with the whole machine
+(every core), so trials running k at a time (k = ``tune.max_concurrent_trials``, at most the
+number of trials) share it and each runs k times slower than alone; the trials' total wall time
+is then their sum alone, not that sum / k. (The quickstart of 2026-12-02 measured it: 6-layer
+trials trained at 3.5 to 4.3 pairs/s two at a time, against 10.8 alone.) On GPU hardware each
+trial holds its own devices, so k trials run side by side at the measured rates.
+
 Resources: CPU-hours = wall x (the trial process's CPUs + the train workers' CPUs) while
 training, like the actual cost in ``tune/trial.py``; GPU-hours likewise with GPUs. The study's
 wall time is the teachers' (they run one after another) plus the trials' spread over
@@ -84,8 +91,10 @@ class ThroughputTable:
 
     def lookup(self, stage: str, family: str, layers: int, hardware: str) -> Throughput | None:
         """Pairs/s for (stage, family, layers, hardware): measured, interpolated, or None."""
+        # An entry measured while k runs shared the machine (``shared_by: k``) is scaled to the
+        # machine alone: k times its rate.
         points = sorted(
-            (e["layers"], 1.0 / e["pairs_per_s"], e["measured"])
+            (e["layers"], 1.0 / (e["pairs_per_s"] * e.get("shared_by", 1)), e["measured"])
             for e in self.entries
             if (e["stage"], e["family"], e["hardware"]) == (stage, family, hardware)
         )
@@ -127,6 +136,8 @@ class RunForecast:
     cpus: float
     gpus: float
     missing: list[str] = field(default_factory=list)
+    # How many runs share the hardware the rates were measured on (see the module docstring).
+    sharing: int = 1
 
     def pairs(self, stage: str) -> int:
         return sum(s.pairs for s in self.stages if s.stage == stage)
@@ -135,7 +146,7 @@ class RunForecast:
     def wall_s(self) -> float | None:
         if any(s.seconds is None for s in self.stages):
             return None
-        return self.overhead_s + sum(s.seconds or 0.0 for s in self.stages)
+        return (self.overhead_s + sum(s.seconds or 0.0 for s in self.stages)) * self.sharing
 
     @property
     def interpolated(self) -> bool:
@@ -282,6 +293,8 @@ def forecast_study(
     evaluate = count_eval_pairs(cfg)
     estimator = _Estimator(table, hardware)
     teachers = [_teacher(cfg, name, estimator, groups, unique, evaluate) for name in teachers_used(plans)]
+    kind = table.hardware.get(hardware, {}).get("kind") if hardware else None
+    sharing = min(cfg.tune.max_concurrent_trials, len(plans)) if kind == "cpu" else 1
     trials = []
     for plan in plans:
         family, layers = plan.run.model.family, model_layers(plan.run.model)
@@ -291,7 +304,7 @@ def forecast_study(
         ]
         cpus = plan.resources.get("CPU", 0.0) + plan.train_resources.get("CPU", 0.0)
         gpus = plan.resources.get("GPU", 0.0) + plan.train_resources.get("GPU", 0.0)
-        trials.append(RunForecast(plan.name, stages, estimator.overhead, cpus, gpus))
+        trials.append(RunForecast(plan.name, stages, estimator.overhead, cpus, gpus, sharing=max(sharing, 1)))
     return StudyForecast(
         hardware, groups, unique, teachers, trials, cfg.tune.max_concurrent_trials, price_per_hour
     )

@@ -29,10 +29,12 @@ def table():
 def test_lookup_measured_interpolated_and_missing(table):
     assert table.lookup("train", "encoder", 6, HW).pairs_per_s == 10.8
     assert table.lookup("train", "encoder", 6, HW).measured
-    # Between measured sizes 2 (11.3 pairs/s) and 6 (10.8): linear in seconds per pair.
+    # Size 2 was measured at 11.3 pairs/s with two trials sharing the machine (shared_by: 2):
+    # 22.6 alone. Between sizes 2 and 6 (10.8, alone): linear in seconds per pair.
+    assert table.lookup("train", "encoder", 2, HW).pairs_per_s == pytest.approx(22.6)
     l3 = table.lookup("train", "encoder", 3, HW)
     assert not l3.measured
-    assert 1 / l3.pairs_per_s == pytest.approx(1 / 11.3 + (1 / 10.8 - 1 / 11.3) / 4)
+    assert 1 / l3.pairs_per_s == pytest.approx(1 / 22.6 + (1 / 10.8 - 1 / 22.6) / 4)
     # One measured size: seconds per pair scale with (layers + 1).
     assert table.lookup("evaluate", "encoder", 1, HW).pairs_per_s == pytest.approx(42.2 * 7 / 2)
     assert table.lookup("train", "decoder", 24, HW) is None
@@ -83,6 +85,11 @@ def test_quickstart_forecast_is_within_30_percent_of_its_recorded_cost(table, da
     assert teacher.wall_s == pytest.approx(38 + 10560 / 10.8 + 9550 / 42.2 + 3936 / 24.0)
     assert teacher.wall_s == pytest.approx(1286, rel=0.3)
     assert forecast.wall_s == pytest.approx(40 * 60 + 34, rel=0.3)
+    # Two trials at a time share the 2 cores: each runs twice as long as alone, and the trials'
+    # total is the sum of their times alone.
+    alone = [t.wall_s / 2 for t in forecast.trials]
+    assert [t.sharing for t in forecast.trials] == [2, 2, 2, 2]
+    assert forecast.wall_s == pytest.approx(teacher.wall_s + sum(alone))
     text = format_forecast(forecast)
     assert "total: 4 trial(s), 2 at a time" in text and "per CPU-hour" in text
 
@@ -122,3 +129,13 @@ def test_a_bi_encoder_teacher_is_forecast_from_the_entry_bench_writes(table, dat
     assert line.startswith("  - {stage: score, family: bi_encoder, layers: 6,") and "\n" not in line
     (tmp_path / "t.yaml").write_text(f"hardware:\n  {HW}: {{kind: cpu}}\nentries:\n{line}\n")
     assert ThroughputTable.load(tmp_path / "t.yaml").entries == [entry]
+
+
+def test_the_redesigned_quickstart_forecast_is_within_30_percent_of_its_measured_run(table, data_root):
+    """experiments/quickstart.yaml as run on 2026-12-02 (README: `make quickstart`, the study done in
+    42m59s = 2,579 s; 6-layer trials 1,475 and 1,526 s, 2-layer 556 and 599 s, two at a time)."""
+    cfg = load_study([Path(__file__).parent / "data" / "quickstart-2026-12-02.yaml"])
+    forecast = forecast_study(cfg, plan_study(cfg), table)
+    assert forecast.wall_s == pytest.approx(2579, rel=0.3)
+    walls = forecast.walls()
+    assert walls["contrastive+minilm-l2+s0"] == pytest.approx(556, rel=0.3)
