@@ -404,7 +404,7 @@ def _verdict_section(cfg: StudyConfig, rows: list[VerdictRow]) -> list[str]:
 
 
 def _layers(cfg: StudyConfig, student: str) -> str:
-    size = student_size(cfg.students[student])
+    size = student_size(cfg.students[student].model)
     return f"{size:g}" if size is not None else ""
 
 
@@ -427,7 +427,7 @@ def _rival(
     the best one, with its in-domain mean."""
     means = {s: _contrastive_mean(cfg, ok, s, suites) for s in cfg.students}
     means = {s: m for s, m in means.items() if m is not None}
-    same = [s for s in means if info.size is not None and student_size(cfg.students[s]) == info.size]
+    same = [s for s in means if info.size is not None and student_size(cfg.students[s].model) == info.size]
     if same:
         return same[0], means[same[0]]
     if not means:
@@ -504,7 +504,7 @@ def _teacher_conclusion(
     )
     comparison = ""
     if rival is not None and teacher_level is not None:
-        same = info.size is not None and student_size(cfg.students[rival[0]]) == info.size
+        same = info.size is not None and student_size(cfg.students[rival[0]].model) == info.size
         which = "contrastive student of its size" if same else "best contrastive student"
         comparison = f"in-domain {cfg.eval.measure} {teacher_level:.3f} against {rival[1]:.3f} for the {which} `{rival[0]}`"
         if teacher_level <= rival[1]:
@@ -534,8 +534,8 @@ def _table(
     suites = cfg.eval.suites
     header = ["student", "layers"] + [f"{suite} · {variant_label(*v)}" for suite in suites for v in variants]
     rows = []
-    for student, model in cfg.students.items():
-        size = student_size(model)
+    for student, spec in cfg.students.items():
+        size = student_size(spec.model)
         row = [student, f"{size:g}" if size is not None else ""]
         for suite in suites:
             for v in variants:
@@ -640,7 +640,7 @@ def _plot(
     panels = [p for p in panels if p[1]]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     students = list(cfg.students)
-    sizes = [student_size(cfg.students[s]) for s in students]
+    sizes = [student_size(cfg.students[s].model) for s in students]
     xs = sizes if all(s is not None for s in sizes) else list(range(1, len(students) + 1))
     for ax, (title, suites) in zip(axes[0], panels, strict=True):
         for v in variants:
