@@ -1,6 +1,6 @@
 """Evaluate a saved reranker (or the first stage itself) on named suites.
 
-``evaluate(model_path, suites, *, depth, batch_size, out_dir, root)`` writes, per suite,
+``evaluate(model, suites, *, depth, batch_size, out_dir, root)`` writes, per suite,
 ``<out_dir>/<suite>.run`` (TREC run: the reranked top ``depth``, then the remaining first-stage
 candidates in first-stage order) and ``<out_dir>/<suite>.per_query.tsv`` (``query_id measure
 value`` with a header), and once ``<out_dir>/metrics.json``::
@@ -14,7 +14,7 @@ Every measure is computed on that whole candidate list, so a measure deeper than
 (R@100 after reranking the top 10) keeps its name's meaning: the tail is the first stage's.
 The metrics equal those of the written run file (ties: first-stage order, see ``rerank.py``).
 ``queries`` counts the judged queries the means are over; a judged query without candidates
-scores 0 (see ``metrics.py``). ``model_path=None`` evaluates the first-stage run itself, so the
+scores 0 (see ``metrics.py``). ``model=None`` evaluates the first-stage run itself, so the
 BM25 figures in ``../shared/data/README.md`` can be checked.
 
 The ``validation`` suite needs ``data`` (the run's ``DataConfig``): it reranks the queries that
