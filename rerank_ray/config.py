@@ -508,17 +508,25 @@ def _format_errors(cls: type[BaseModel], err: ValidationError) -> str:
 
 
 def _allowed_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    model: Any = cls
+    """The keys allowed at `loc` (a pydantic error location) under `cls`, following fields and
+    the values of ``dict[str, Model]`` fields (``students.<name>.model``); [] when unknown."""
+    ann: Any = cls
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None:
+        model = _model_in(ann)
+        if getattr(ann, "__origin__", None) is dict:
+            ann = ann.__args__[1]  # a key of a dict field: its value type
+        elif model is not None and isinstance(part, str) and part in model.model_fields:
+            ann = model.model_fields[part].annotation
+        else:
             return []
-        ann = field.annotation
-        candidates = [ann, *getattr(ann, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
-            return []
-    return sorted(model.model_fields)
+    model = _model_in(ann)
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _model_in(ann: Any) -> type[BaseModel] | None:
+    """The pydantic model `ann` is, or the one in its union (``X | None``), else None."""
+    candidates = [ann, *getattr(ann, "__args__", ())]
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
 
 
 def validate(cls: type[C], data: dict[str, Any]) -> C:

@@ -1,6 +1,6 @@
 """Evaluate a saved reranker (or the first stage itself) on named suites.
 
-``evaluate(model_path, suites, *, depth, batch_size, out_dir, root)`` writes, per suite,
+``evaluate(model, suites, *, depth, batch_size, out_dir, root)`` writes, per suite,
 ``<out_dir>/<suite>.run`` (TREC run: the reranked top ``depth``, then the remaining first-stage
 candidates in first-stage order) and ``<out_dir>/<suite>.per_query.tsv`` (``query_id measure
 value`` with a header), and once ``<out_dir>/metrics.json``::
@@ -14,7 +14,7 @@ Every measure is computed on that whole candidate list, so a measure deeper than
 (R@100 after reranking the top 10) keeps its name's meaning: the tail is the first stage's.
 The metrics equal those of the written run file (ties: first-stage order, see ``rerank.py``).
 ``queries`` counts the judged queries the means are over; a judged query without candidates
-scores 0 (see ``metrics.py``). ``model_path=None`` evaluates the first-stage run itself, so the
+scores 0 (see ``metrics.py``). ``model=None`` evaluates the first-stage run itself, so the
 BM25 figures in ``../shared/data/README.md`` can be checked.
 
 The ``validation`` suite needs ``data`` (the run's ``DataConfig``): it reranks the queries that
@@ -35,7 +35,9 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from rerank_ray.config import DataConfig, EvalConfig
 from rerank_ray.data.datasets import Collection, open_collection
@@ -53,6 +55,9 @@ from rerank_ray.evaluation.suites import Suite, get_suite
 from rerank_ray.io import write_json
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
 from rerank_ray.teacher.score import torch_threads
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("rerank_ray.evaluation")
 
@@ -77,7 +82,7 @@ RerankSuite = Callable[[Collection, int, str], dict[str, list[tuple[str, float]]
 
 
 def evaluate(
-    model_path: str | Path | None,
+    model: str | Path | TeacherModel | None,
     suites: Sequence[str],
     *,
     depth: int | None = None,
@@ -91,7 +96,8 @@ def evaluate(
     pool: ScoringConfig | None = None,
     pool_min_pairs: int = POOL_MIN_PAIRS,
 ) -> EvalResult:
-    """Rerank each suite with the reranker saved at `model_path` (None: no reranking).
+    """Rerank each suite with `model`: the reranker saved at a path, a teacher (a bi-encoder,
+    or a cross-encoder teacher's saved path), or None (no reranking: the first stage).
 
     `depth` None = each suite's own depth. `tag` names the run in the TREC files (default: the
     model folder's name, or the first stage's). `run_files` maps a suite to a TREC run that
@@ -99,11 +105,18 @@ def evaluate(
     otherwise. With `pool`, a suite of at least `pool_min_pairs` pairs is scored by the teacher
     scoring job (``teacher.score.score_pairs``: an actor pool laid out by `pool`, resumable from
     ``<out_dir>/scores/<suite>/``); smaller suites, and all of them without `pool`, in process.
+    A bi-encoder is always scored in process, each suite's unique pairs in one
+    ``TeacherScorer`` call (forward passes of `batch_size` texts).
     `data` (the run's ``DataConfig``) gives the validation suite's held-out queries and
     ``data.duplicate_run_entries`` (see ``open_collection``); None = no validation suite, dedupe.
     `suites_defined` adds a config's own suites to the built-in ones."""
     rerank_suite = None
-    if model_path is not None:
+    model_path = None
+    if isinstance(model, TeacherModel) and model.kind == "bi_encoder":
+        rerank_suite = _bi_encoder_reranker(model, batch_size)
+        model_path, tag = model.path, tag or Path(model.path).name
+    elif model is not None:
+        model_path = model.path if isinstance(model, TeacherModel) else str(model)
         rerank_suite = _model_reranker(Path(model_path), batch_size, Path(out_dir), pool, pool_min_pairs)
         tag = tag or Path(model_path).name
     return _evaluate_runs(
@@ -113,7 +126,7 @@ def evaluate(
         out_dir=out_dir,
         root=root,
         tag=tag,
-        model_path=None if model_path is None else str(model_path),
+        model_path=model_path,
         run_files=run_files,
         data=data,
         suites_defined=suites_defined,
@@ -212,6 +225,28 @@ def _bf16_autocast(score_fn: ScoreFn) -> ScoreFn:
     return autocast_score_fn
 
 
+def _bi_encoder_reranker(teacher: TeacherModel, batch_size: int) -> RerankSuite:
+    """Reranks one suite with a bi-encoder teacher: the suite's unique pairs in ONE
+    ``TeacherScorer`` call, so each distinct document and query is encoded once per suite (the
+    scorer is loaded on first use; torch threads = this process's CPU budget)."""
+    loaded = []
+
+    def rerank_suite(collection: Collection, cut: int, name: str) -> dict[str, list[tuple[str, float]]]:
+        from rerank_ray.teacher.score import TeacherScorer
+
+        if not loaded:
+            loaded.append(TeacherScorer(teacher.model_dump(), batch_size=batch_size, threads=torch_threads()))
+        pairs = candidates(collection, cut)
+        frame = _pair_frame(collection, pairs)
+        log.info("rerank %s: %d unique pairs with the bi-encoder %s", name, len(frame), teacher.path)
+        scores = loaded[0](frame)
+        if not np.isfinite(scores["score"]).all():
+            raise ValueError(f"the bi-encoder {teacher.path} gave NaN or inf scores on {name}")
+        return _ranked_by_lookup(pairs, scores)
+
+    return rerank_suite
+
+
 def _rerank_on_pool(
     model_path: Path,
     collection: Collection,
@@ -225,13 +260,29 @@ def _rerank_on_pool(
 
     from rerank_ray.teacher.score import PAIR_COLUMNS, score_pairs
 
+    frame = _pair_frame(collection, pairs)
+    teacher = TeacherModel(kind="cross_encoder", path=str(model_path.resolve()))
+    result = score_pairs(frame[PAIR_COLUMNS], teacher, scores_dir, scoring=pool, source=collection.name)
+    return _ranked_by_lookup(pairs, pd.read_parquet(result.path))
+
+
+def _pair_frame(collection: Collection, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """The unique `pairs` (first occurrence order) with their texts: ``query_id, doc_id, query,
+    doc``, what a ``TeacherScorer`` and the scoring job take."""
+    import pandas as pd
+
     unique = list(dict.fromkeys(pairs))
     frame = pd.DataFrame(unique, columns=["query_id", "doc_id"])
     frame["query"] = [collection.queries[q] for q, _ in unique]
     frame["doc"] = collection.doc_texts([d for _, d in unique])
-    teacher = TeacherModel(kind="cross_encoder", path=str(model_path.resolve()))
-    result = score_pairs(frame[PAIR_COLUMNS], teacher, scores_dir, scoring=pool, source=collection.name)
-    scores = pd.read_parquet(result.path)
+    return frame
+
+
+def _ranked_by_lookup(
+    pairs: list[tuple[str, str]], scores: pd.DataFrame
+) -> dict[str, list[tuple[str, float]]]:
+    """`pairs` ranked (``rerank.ranked``) by the ``score`` of their row in `scores`
+    (``query_id, doc_id, score``)."""
     lookup = dict(zip(zip(scores["query_id"], scores["doc_id"], strict=True), scores["score"], strict=True))
     return ranked(pairs, [float(lookup[pair]) for pair in pairs])
 
@@ -258,19 +309,7 @@ def _evaluate_runs(
         suite = get_suite(name, suites_defined)
         cut = depth or suite.depth
         collections = _collections(suite, (run_files or {}).get(name, suite.run_file), root, data)
-        run: dict[str, list[tuple[str, float]]] = {}
-        qrels: dict[str, dict[str, int]] = {}
-        for collection in collections:
-            several = len(collections) > 1
-            prefix = f"{collection.name}:" if several else ""
-            if rerank_suite is None:
-                part = first_stage(collection)  # nothing reranked: the whole list
-            else:
-                label = f"{name}-{collection.name}" if several else name
-                part = with_first_stage_tail(rerank_suite(collection, cut, label), collection)
-            run.update({prefix + q: ranked for q, ranked in part.items()})
-            qrels.update({prefix + q: judged for q, judged in collection.qrels.items()})
-        collection = collections[0]
+        run, qrels = _suite_run(rerank_suite, name, collections, cut)
         write_trec_run(run, out_dir / f"{name}.run", tag or suite.first_stage or "validation")
         aggregate, per_query = evaluate_run(qrels, run, suite.measures)
         coverage = query_coverage(qrels, run)
@@ -281,26 +320,42 @@ def _evaluate_runs(
             "dataset": suite.dataset or ",".join(c.name for c in collections),
             "split": suite.split or (data.train_split if data else ""),
             "first_stage": suite.first_stage or (data.first_stage if data else ""),
-            "run_file": None if collection.run_file is None else str(collection.run_file),
+            "run_file": None if collections[0].run_file is None else str(collections[0].run_file),
             "depth": cut,
             "queries": len(per_query),
             "judged_queries_without_candidates": coverage.without_candidates,
             "run_queries_without_judgments": coverage.unjudged,
-            "run_duplicates_dropped": collection.run_duplicates,
+            "run_duplicates_dropped": collections[0].run_duplicates,
             "measures": aggregate,
         }
-        log.info(
-            "%s (%d queries, depth %d): %s",
-            name,
-            len(per_query),
-            cut,
-            ", ".join(f"{m} {v:.4f}" for m, v in aggregate.items()),
-        )
+        log.info("%s (%d queries, depth %d): %s", name, len(per_query), cut, ", ".join(f"{m} {v:.4f}" for m, v in aggregate.items()))  # fmt: skip
         if coverage.without_candidates or coverage.unjudged:
             log.warning("%s: %s", name, coverage.summary())
-    payload = {"model_path": model_path, "metrics": result.metrics, "suites": report}
-    write_json(out_dir / METRICS_FILE, payload)
+    write_json(
+        out_dir / METRICS_FILE, {"model_path": model_path, "metrics": result.metrics, "suites": report}
+    )
     return result
+
+
+def _suite_run(
+    rerank_suite: RerankSuite | None, name: str, collections: list[Collection] | list[HeldOut], cut: int
+) -> tuple[dict[str, list[tuple[str, float]]], dict[str, dict[str, int]]]:
+    """The run (reranked top `cut`, then the first-stage tail; or the first stage itself) and
+    the qrels of suite `name` over its collections; query ids are prefixed ``<collection>:``
+    when there are several (the validation suite of several training datasets)."""
+    run: dict[str, list[tuple[str, float]]] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    several = len(collections) > 1
+    for collection in collections:
+        prefix = f"{collection.name}:" if several else ""
+        if rerank_suite is None:
+            part = first_stage(collection)  # nothing reranked: the whole list
+        else:
+            label = f"{name}-{collection.name}" if several else name
+            part = with_first_stage_tail(rerank_suite(collection, cut, label), collection)
+        run.update({prefix + q: ranked for q, ranked in part.items()})
+        qrels.update({prefix + q: judged for q, judged in collection.qrels.items()})
+    return run, qrels
 
 
 def _collections(

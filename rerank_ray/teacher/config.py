@@ -41,7 +41,10 @@ class TeacherModel(Section):
       ``teacher_fingerprint`` hashes, and what ``provenance`` records (the reuse key);
     - ``rerank_ray/tune/config.py``: a spec class with ``kind: Literal[...]`` in ``TeacherSpec``
       (and its ``scorer()``), plus the module docstring's YAML example;
-    - ``rerank_ray/tune/study.py``: how ``_teacher`` turns the spec into a ready scorer;
+    - ``rerank_ray/tune/study.py``: one function per kind that turns the spec into a ready
+      scorer and its evaluation (``_teacher`` picks it);
+    - ``rerank_ray/evaluation/evaluate.py``: how ``evaluate`` reranks with a teacher of the
+      kind (a bi-encoder: ``_bi_encoder_reranker``);
     - ``tests/unit/test_teacher.py``: scoring one batch without Ray.
     """
 

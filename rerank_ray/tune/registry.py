@@ -15,7 +15,6 @@ a DataFrame with ``query`` and ``doc`` (text) columns and returns one raw score 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -30,7 +29,7 @@ from rerank_ray.evaluation.metrics import mlflow_key
 from rerank_ray.tune.config import StudyConfig
 from rerank_ray.tune.plan import TrialPlan
 from rerank_ray.tune.report import TrialRecord
-from rerank_ray.tune.trial import SUMMARY
+from rerank_ray.tune.trial import read_summary
 
 log = logging.getLogger("rerank_ray.tune")
 
@@ -147,8 +146,7 @@ def register_best(
 
 
 def _model_dir(run: RunConfig) -> str:
-    summary = json.loads((Path(run.output_dir) / run.name / SUMMARY).read_text())
-    return summary["model_dir"]
+    return str(read_summary(Path(run.output_dir) / run.name).model_dir)
 
 
 def _signature() -> Any:

@@ -42,6 +42,7 @@ import numpy as np
 from rerank_ray.config import ModelConfig
 from rerank_ray.teacher.diagnostics import ONE_HOT_ENTROPY_FRACTION, ONE_HOT_P_POSITIVE, near_one_hot
 from rerank_ray.tune.config import StudyConfig
+from rerank_ray.tune.records import Cost
 from rerank_ray.tune.stats import bootstrap_interval, holm, paired_randomization_test, paired_t_test
 
 # Suites left out of the verdict: the validation split chooses schedules, it does not judge them.
@@ -69,8 +70,7 @@ class TrialRecord:
     seed: int
     status: str  # "ok" | "error"
     eval: EvalRecord | None = None
-    # wall_s, pairs_per_s, cpu_hours, gpu_hours
-    cost: dict[str, float] = field(default_factory=dict)
+    cost: Cost = field(default_factory=Cost)
     error: str | None = None
 
 
@@ -166,7 +166,7 @@ def build_report(
     *,
     first_stage: EvalRecord | None,
     teachers: dict[str, EvalRecord],
-    teacher_costs: dict[str, dict[str, float]] | None = None,
+    teacher_costs: dict[str, Cost] | None = None,
     teacher_info: dict[str, TeacherInfo] | None = None,
     out_dir: str | Path,
     command: str = "",
@@ -181,32 +181,8 @@ def build_report(
     table = _table(cfg, ok, variants, marked, first_stage, teachers)
     plot_path = _plot(cfg, ok, variants, first_stage, teachers, out_dir / "report.png")
     verdict = _verdict(cfg, ok, variants)
-
-    measure = cfg.eval.measure
-    test = "paired randomization test" if cfg.report.test == "randomization" else "paired t-test"
     lines = [
-        f"# Study `{cfg.name}`",
-        "",
-        f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
-        + (f" by `{command}`" if command else "")
-        + f". {len(ok)} of {len(trials)} trials finished; seeds: {', '.join(map(str, cfg.seeds))}.",
-        "",
-        f"## {measure} (mean ± std over seeds)",
-        "",
-        f"In-domain: {', '.join(cfg.eval.in_domain) or '-'}; out-of-domain: {', '.join(cfg.eval.out_of_domain) or '-'}.",
-        "",
-        table,
-        "",
-        f"† = differs from `{cfg.report.baseline}` on the same student and benchmark at p < "
-        f"{cfg.report.alpha} ({test}, two-sided, per-query {measure} averaged over seeds; not "
-        "corrected for multiple comparisons: the verdict below is).",
-        *[
-            f"Row `teacher: {name}` evaluates {info.evaluates}."
-            for name, info in (teacher_info or {}).items()
-        ],
-        "",
-        f"![{measure} against student size]({plot_path.name})",
-        "",
+        *_results_section(cfg, trials, ok, table, plot_path, command, teacher_info or {}),
         "## What to do",
         "",
         *_verdict_section(cfg, verdict),
@@ -236,6 +212,41 @@ def build_report(
         significance=significance,
         verdict=verdict,
     )
+
+
+def _results_section(
+    cfg: StudyConfig,
+    trials: list[TrialRecord],
+    ok: list[TrialRecord],
+    table: str,
+    plot_path: Path,
+    command: str,
+    teacher_info: dict[str, TeacherInfo],
+) -> list[str]:
+    """The report's title, what generated it, the results table with its legend, and the plot."""
+    measure = cfg.eval.measure
+    test = "paired randomization test" if cfg.report.test == "randomization" else "paired t-test"
+    return [
+        f"# Study `{cfg.name}`",
+        "",
+        f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+        + (f" by `{command}`" if command else "")
+        + f". {len(ok)} of {len(trials)} trials finished; seeds: {', '.join(map(str, cfg.seeds))}.",
+        "",
+        f"## {measure} (mean ± std over seeds)",
+        "",
+        f"In-domain: {', '.join(cfg.eval.in_domain) or '-'}; out-of-domain: {', '.join(cfg.eval.out_of_domain) or '-'}.",
+        "",
+        table,
+        "",
+        f"† = differs from `{cfg.report.baseline}` on the same student and benchmark at p < "
+        f"{cfg.report.alpha} ({test}, two-sided, per-query {measure} averaged over seeds; not "
+        "corrected for multiple comparisons: the verdict below is).",
+        *[f"Row `teacher: {name}` evaluates {info.evaluates}." for name, info in teacher_info.items()],
+        "",
+        f"![{measure} against student size]({plot_path.name})",
+        "",
+    ]
 
 
 def _variants(cfg: StudyConfig, ok: list[TrialRecord]) -> list[tuple[str, str | None]]:
@@ -393,7 +404,7 @@ def _verdict_section(cfg: StudyConfig, rows: list[VerdictRow]) -> list[str]:
 
 
 def _layers(cfg: StudyConfig, student: str) -> str:
-    size = student_size(cfg.students[student])
+    size = student_size(cfg.students[student].model)
     return f"{size:g}" if size is not None else ""
 
 
@@ -416,7 +427,7 @@ def _rival(
     the best one, with its in-domain mean."""
     means = {s: _contrastive_mean(cfg, ok, s, suites) for s in cfg.students}
     means = {s: m for s, m in means.items() if m is not None}
-    same = [s for s in means if info.size is not None and student_size(cfg.students[s]) == info.size]
+    same = [s for s in means if info.size is not None and student_size(cfg.students[s].model) == info.size]
     if same:
         return same[0], means[same[0]]
     if not means:
@@ -493,7 +504,7 @@ def _teacher_conclusion(
     )
     comparison = ""
     if rival is not None and teacher_level is not None:
-        same = info.size is not None and student_size(cfg.students[rival[0]]) == info.size
+        same = info.size is not None and student_size(cfg.students[rival[0]].model) == info.size
         which = "contrastive student of its size" if same else "best contrastive student"
         comparison = f"in-domain {cfg.eval.measure} {teacher_level:.3f} against {rival[1]:.3f} for the {which} `{rival[0]}`"
         if teacher_level <= rival[1]:
@@ -523,8 +534,8 @@ def _table(
     suites = cfg.eval.suites
     header = ["student", "layers"] + [f"{suite} · {variant_label(*v)}" for suite in suites for v in variants]
     rows = []
-    for student, model in cfg.students.items():
-        size = student_size(model)
+    for student, spec in cfg.students.items():
+        size = student_size(spec.model)
         row = [student, f"{size:g}" if size is not None else ""]
         for suite in suites:
             for v in variants:
@@ -566,7 +577,7 @@ def _significance_table(rows: list[SignificanceRow]) -> str:
     )
 
 
-def _cost_table(trials: list[TrialRecord], teacher_costs: dict[str, dict[str, float]]) -> str:
+def _cost_table(trials: list[TrialRecord], teacher_costs: dict[str, Cost]) -> str:
     def fmt(value: Any, spec: str) -> str:
         return (
             "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
@@ -578,13 +589,13 @@ def _cost_table(trials: list[TrialRecord], teacher_costs: dict[str, dict[str, fl
             [
                 f"teacher {name}",
                 "ok",
-                fmt(cost.get("wall_s"), ".0f"),
-                fmt(cost.get("forecast_wall_s"), ".0f"),
-                fmt(cost.get("pairs_per_s"), ".1f"),
-                fmt(cost.get("cpu_hours"), ".3f"),
-                fmt(cost.get("gpu_hours"), ".3f"),
-                f"scoring {fmt(cost.get('scoring_wall_s'), '.0f')} s, {fmt(cost.get('scoring_pairs_per_s'), '.1f')} pairs/s, "
-                f"{fmt(cost.get('scoring_cpu_hours'), '.3f')} CPU-h (once)",
+                fmt(cost.wall_s, ".0f"),
+                fmt(cost.forecast_wall_s, ".0f"),
+                fmt(cost.pairs_per_s, ".1f"),
+                fmt(cost.cpu_hours, ".3f"),
+                fmt(cost.gpu_hours, ".3f"),
+                f"scoring {fmt(cost.scoring_wall_s, '.0f')} s, {fmt(cost.scoring_pairs_per_s, '.1f')} pairs/s, "
+                f"{fmt(cost.scoring_cpu_hours, '.3f')} CPU-h (once)",
             ]
         )
     for t in trials:
@@ -593,11 +604,11 @@ def _cost_table(trials: list[TrialRecord], teacher_costs: dict[str, dict[str, fl
             [
                 t.name,
                 t.status,
-                fmt(c.get("wall_s"), ".0f"),
-                fmt(c.get("forecast_wall_s"), ".0f"),
-                fmt(c.get("pairs_per_s"), ".1f"),
-                fmt(c.get("cpu_hours"), ".3f"),
-                fmt(c.get("gpu_hours"), ".3f"),
+                fmt(c.wall_s, ".0f"),
+                fmt(c.forecast_wall_s, ".0f"),
+                fmt(c.pairs_per_s, ".1f"),
+                fmt(c.cpu_hours, ".3f"),
+                fmt(c.gpu_hours, ".3f"),
                 "",
             ]
         )
@@ -629,7 +640,7 @@ def _plot(
     panels = [p for p in panels if p[1]]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     students = list(cfg.students)
-    sizes = [student_size(cfg.students[s]) for s in students]
+    sizes = [student_size(cfg.students[s].model) for s in students]
     xs = sizes if all(s is not None for s in sizes) else list(range(1, len(students) + 1))
     for ax, (title, suites) in zip(axes[0], panels, strict=True):
         for v in variants:

@@ -36,10 +36,9 @@ Layout under ``<base.output_dir>/<name>/``: ``groups/``, ``first_stage/``,
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,8 +55,10 @@ from rerank_ray.tune.config import (
 )
 from rerank_ray.tune.forecast import ForecastError, StudyForecast, ThroughputTable, forecast_study
 from rerank_ray.tune.plan import TrialPlan, plan_study, teacher_scores_dir, teachers_used
+from rerank_ray.tune.records import Cost, EvalSummary, TrialSummary
 from rerank_ray.tune.report import (
     EvalRecord,
+    Report,
     TeacherInfo,
     TrialRecord,
     build_report,
@@ -76,8 +77,10 @@ from rerank_ray.tune.tracking import (
 )
 from rerank_ray.tune.trial import (
     SUMMARY,
+    cost_metrics,
     evaluate_suites,
     finished_summary,
+    read_summary,
     run_trial,
     train_and_evaluate,
 )
@@ -118,77 +121,45 @@ class StudyResult:
     registered: list[Registered] = field(default_factory=list)
 
 
+@dataclass
+class StudyTeachers:
+    """What the study's teachers hand the report, per teacher name: the evaluation (none for a
+    scores teacher, which has no model), the cost, and what the report says of it."""
+
+    records: dict[str, EvalRecord] = field(default_factory=dict)
+    costs: dict[str, Cost] = field(default_factory=dict)
+    info: dict[str, TeacherInfo] = field(default_factory=dict)
+
+
 def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
+    """Run the study `cfg` (the module docstring's steps 0-5); `command` is quoted in the report."""
     import mlflow
 
+    # 0. The plan, the study folder, the forecast, Ray and the MLflow experiment.
     plans = plan_study(cfg)
-    study_dir = cfg.study_dir
-    study_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(study_dir / "study.yaml", redact_config(cfg.to_dict()))
-    needs = [run_need(p.run, f"trial {p.name}", p.resources) for p in plans] + [scoring_need(cfg.scoring)]
-    forecast = _forecast(cfg, plans, study_dir)
-    start_ray(num_cpus=cfg.tune.num_cpus, needs=needs)
-
+    forecast = _prepare(cfg, plans)
     tracking_uri = resolve_tracking_uri(cfg.base.mlflow)
-    experiment = cfg.base.mlflow.experiment
-    experiment_id = ensure_experiment(tracking_uri, experiment)
+    experiment_id = ensure_experiment(tracking_uri, cfg.base.mlflow.experiment)
     mlflow.set_tracking_uri(tracking_uri)
     log.info(
-        "study %s: %d trial(s); MLflow %s, experiment %r", cfg.name, len(plans), redact_uri(tracking_uri), experiment
+        "study %s: %d trial(s); MLflow %s, experiment %r",
+        cfg.name, len(plans), redact_uri(tracking_uri), cfg.base.mlflow.experiment,
     )  # fmt: skip
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=cfg.name, tags={"role": "study", "study": cfg.name}
     ) as parent:
         parent_id = parent.info.run_id
-        mlflow.log_params(
-            {
-                "students": ",".join(cfg.students),
-                "strategies": ",".join(cfg.strategies),
-                "teachers": ",".join(cfg.teachers) or "none",
-                "seeds": ",".join(map(str, cfg.seeds)),
-                "trials": len(plans),
-                **flatten_params(cfg.base.to_dict(), prefix="base."),
-            }
-        )
-        mlflow.log_artifact(str(study_dir / "study.yaml"))
-        if forecast is not None:
-            mlflow.log_artifact(str(study_dir / "forecast.json"))
-
+        _log_study(cfg, plans, forecast)
+        # 1. The shared groups and the first stage; 2-3. the teachers and their scores.
         groups_path = _groups(cfg)
-        first_stage = _evaluation_record(
-            evaluate_suites(
-                None, cfg.eval, study_dir / "first_stage", root=cfg.base.data.root, data=cfg.base.data
-            ),
-            cfg,
-        )
-        mlflow.log_metrics({f"first_stage/{k}": v for k, v in _keys(first_stage, cfg).items()})
-
-        teacher_records: dict[str, EvalRecord] = {}
-        teacher_costs: dict[str, dict[str, float]] = {}
-        teacher_info: dict[str, TeacherInfo] = {}
-        for name in teachers_used(plans):
-            record, cost = _teacher(cfg, name, groups_path, experiment_id, parent_id)
-            teacher_costs[name] = cost
-            teacher_info[name] = _teacher_info(cfg, name, groups_path)
-            if record is not None:  # a scores teacher has no model to evaluate
-                teacher_records[name] = record
-                mlflow.log_metrics({f"teacher/{name}/{k}": v for k, v in _keys(record, cfg).items()})
-
+        first_stage = _first_stage(cfg)
+        teachers = _teachers(cfg, plans, groups_path, experiment_id, parent_id)
+        # 4. The trials: reused when finished with the same inputs, the rest on Ray Tune.
         statuses = _run_trials(cfg, plans, groups_path, tracking_uri, experiment_id, parent_id)
         records = [_trial_record(cfg, plan, status) for plan, status in zip(plans, statuses, strict=True)]
-        _add_forecast(forecast.walls() if forecast else {}, records, teacher_costs)
-        report = build_report(
-            cfg,
-            records,
-            first_stage=first_stage,
-            teachers=teacher_records,
-            teacher_costs=teacher_costs,
-            teacher_info=teacher_info,
-            out_dir=study_dir / "report",
-            command=command or " ".join(["rerank-ray", *sys.argv[1:]]),
-        )
-        mlflow.log_artifacts(str(study_dir / "report"), "report")
-        mlflow.set_tag("mlflow.note.content", run_note(report_first(report)))
+        _add_forecast(forecast.walls() if forecast else {}, records, teachers.costs)
+        # 5. The report, and the best student of each strategy registered.
+        report = _report(cfg, records, first_stage, teachers, command)
         from rerank_ray.tune.registry import register_best
 
         registered = register_best(cfg, plans, records, parent_id)
@@ -203,12 +174,43 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
         plot_png=report.plot_path,
         table_markdown=report.table_markdown,
         tracking_uri=tracking_uri,
-        experiment=experiment,
+        experiment=cfg.base.mlflow.experiment,
         parent_run_id=parent_id,
         experiment_id=experiment_id,
         trials=statuses,
         registered=registered,
     )
+
+
+def _prepare(cfg: StudyConfig, plans: list[TrialPlan]) -> StudyForecast | None:
+    """Write the study folder's ``study.yaml`` (secrets redacted) and forecast, and start (or
+    join) Ray with room for every trial and the scoring job; returns the forecast."""
+    study_dir = cfg.study_dir
+    study_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(study_dir / "study.yaml", redact_config(cfg.to_dict()))
+    needs = [run_need(p.run, f"trial {p.name}", p.resources) for p in plans] + [scoring_need(cfg.scoring)]
+    forecast = _forecast(cfg, plans, study_dir)
+    start_ray(num_cpus=cfg.tune.num_cpus, needs=needs)
+    return forecast
+
+
+def _log_study(cfg: StudyConfig, plans: list[TrialPlan], forecast: StudyForecast | None) -> None:
+    """The study's axes and base config as the parent run's parameters; its files as artifacts."""
+    import mlflow
+
+    mlflow.log_params(
+        {
+            "students": ",".join(cfg.students),
+            "strategies": ",".join(cfg.strategies),
+            "teachers": ",".join(cfg.teachers) or "none",
+            "seeds": ",".join(map(str, cfg.seeds)),
+            "trials": len(plans),
+            **flatten_params(cfg.base.to_dict(), prefix="base."),
+        }
+    )
+    mlflow.log_artifact(str(cfg.study_dir / "study.yaml"))
+    if forecast is not None:
+        mlflow.log_artifact(str(cfg.study_dir / "forecast.json"))
 
 
 def _groups(cfg: StudyConfig) -> Path:
@@ -222,84 +224,159 @@ def _groups(cfg: StudyConfig) -> Path:
     return groups.path
 
 
-def _teacher(
-    cfg: StudyConfig, name: str, groups_path: Path, experiment_id: str, parent_id: str
-) -> tuple[EvalRecord | None, dict[str, float]]:
-    """Train (or load) teacher `name`, evaluate it and score the groups with it, in a child run."""
+def _first_stage(cfg: StudyConfig) -> EvalRecord:
+    """The first stage evaluated on every suite (``first_stage/`` metrics of the parent run)."""
     import mlflow
 
-    from rerank_ray.heartbeat import heartbeat
-    from rerank_ray.teacher.given import import_reranker
-    from rerank_ray.teacher.score import TeacherScorer, score_groups
+    evaluation = evaluate_suites(
+        None, cfg.eval, cfg.study_dir / "first_stage", root=cfg.base.data.root, data=cfg.base.data
+    )
+    record = _evaluation_record(evaluation, cfg)
+    mlflow.log_metrics({f"first_stage/{k}": v for k, v in _keys(record, cfg).items()})
+    return record
+
+
+def _teachers(
+    cfg: StudyConfig, plans: list[TrialPlan], groups_path: Path, experiment_id: str, parent_id: str
+) -> StudyTeachers:
+    """Each teacher the plans use, once: trained or loaded, evaluated, scoring the groups."""
+    import mlflow
+
+    teachers = StudyTeachers()
+    for name in teachers_used(plans):
+        record, teachers.costs[name] = _teacher(cfg, name, groups_path, experiment_id, parent_id)
+        teachers.info[name] = _teacher_info(cfg, name, groups_path)
+        if record is not None:  # a scores teacher has no model to evaluate
+            teachers.records[name] = record
+            mlflow.log_metrics({f"teacher/{name}/{k}": v for k, v in _keys(record, cfg).items()})
+    return teachers
+
+
+def _report(
+    cfg: StudyConfig,
+    records: list[TrialRecord],
+    first_stage: EvalRecord,
+    teachers: StudyTeachers,
+    command: str | None,
+) -> Report:
+    """Build the report under ``<study>/report/`` and log it to the parent run (its first
+    lines become the run's note)."""
+    import mlflow
+
+    report = build_report(
+        cfg,
+        records,
+        first_stage=first_stage,
+        teachers=teachers.records,
+        teacher_costs=teachers.costs,
+        teacher_info=teachers.info,
+        out_dir=cfg.study_dir / "report",
+        command=command or " ".join(["rerank-ray", *sys.argv[1:]]),
+    )
+    mlflow.log_artifacts(str(cfg.study_dir / "report"), "report")
+    mlflow.set_tag("mlflow.note.content", run_note(report_first(report)))
+    return report
+
+
+def _teacher(
+    cfg: StudyConfig, name: str, groups_path: Path, experiment_id: str, parent_id: str
+) -> tuple[EvalRecord | None, Cost]:
+    """Train (or load) teacher `name`, evaluate it and score the groups with it, in a child run.
+    A scores teacher has no model to evaluate: its record is None."""
+    import mlflow
 
     spec = cfg.teachers[name]
     if isinstance(spec, CrossEncoderTeacher) and spec.cross_fit is not None:
         return _cross_fit_teacher(cfg, name, groups_path, experiment_id, parent_id)
-    teacher_dir = cfg.study_dir / "teachers" / name
-    cost: dict[str, float] = {}
     tags = child_tags(cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind)
     # experiment_id is explicit: a nested run does not inherit its parent's experiment.
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"teacher-{name}", nested=True, tags=tags):
         if isinstance(spec, ScoresTeacher):
             return None, given_scores(spec, groups_path, teacher_scores_dir(cfg, name))
-        if isinstance(spec, CrossEncoderTeacher) and spec.trains:
-            run = cfg.teacher_run(name)
-            summary = finished_summary(run, groups_path, f"teacher {name}")
-            if summary is None:
-                summary = train_and_evaluate(
-                    run, groups_path=groups_path, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
-                )
-            else:
-                mlflow.set_tag("reused", "true")
-                mlflow.log_metrics(summary["metrics"])
-            cost.update({k: v for k, v in summary["cost"].items() if v is not None})
-            scorer = TeacherModel(kind="cross_encoder", path=summary["model_dir"])
-            evaluation = summary
-        elif isinstance(spec, CrossEncoderTeacher):
-            path = spec.path or str(import_reranker(spec.pretrained(), teacher_dir))
-            if spec.source is not None:
-                mlflow.log_params({"teacher.source": spec.source, "teacher.family": spec.pretrained().family})
-            scorer = TeacherModel(kind="cross_encoder", path=path)
-            evaluation = evaluate_suites(
-                path,
-                cfg.eval,
-                teacher_dir / "eval",
-                root=cfg.base.data.root,
-                tag=name,
-                data=cfg.base.data,
-            )
+        if isinstance(spec, BiEncoderTeacher):
+            scorer, evaluation, cost = _bi_encoder_teacher(cfg, name, spec)
+        elif spec.trains:
+            scorer, evaluation, cost = _trained_teacher(cfg, name, groups_path)
         else:
-            assert isinstance(spec, BiEncoderTeacher)
-            scorer = spec.scorer()
-            model = TeacherScorer(scorer.model_dump(), batch_size=cfg.scoring.batch_size)
-
-            def score_fn(queries: list[str], docs: list[str]) -> list[float]:
-                import pandas as pd
-
-                ids = [str(i) for i in range(len(queries))]
-                batch = pd.DataFrame({"query_id": ids, "doc_id": ids, "query": queries, "doc": docs})
-                return model(batch)["score"].tolist()
-
-            evaluation = evaluate_suites(
-                score_fn,
-                cfg.eval,
-                teacher_dir / "eval",
-                root=cfg.base.data.root,
-                tag=name,
-                data=cfg.base.data,
-            )
-            mlflow.log_params(flatten_params(spec.model_dump(mode="json"), prefix="teacher."))
-        if not (isinstance(spec, CrossEncoderTeacher) and spec.trains):
-            mlflow.log_metrics(evaluation["metrics"])
-            mlflow.log_artifacts(evaluation["eval_dir"], "eval")
-
-        with heartbeat(f"scoring with teacher {name}", waiting_on="the Ray Data scoring job"):
-            scores = score_groups(groups_path, scorer, teacher_scores_dir(cfg, name), scoring=cfg.scoring)
-        mlflow.log_artifact(str(scores.path.parent / "manifest.json"), "teacher_scores")
-        scoring = scores.manifest["cost"]
-        cost.update({f"scoring_{k}": v for k, v in scoring.items() if k != "actors"})
-        mlflow.log_metrics({f"cost/{k}": v for k, v in numeric(cost).items()})
+            scorer, evaluation, cost = _given_cross_encoder(cfg, name, spec)
+        cost = _score_groups(cfg, name, scorer, groups_path, cost)
     return _evaluation_record(evaluation, cfg), cost
+
+
+def _trained_teacher(
+    cfg: StudyConfig, name: str, groups_path: Path
+) -> tuple[TeacherModel, TrialSummary, Cost]:
+    """A study-trained cross-encoder: trained contrastively on the groups and evaluated
+    (``train_and_evaluate``), or reused when a finished run had the same inputs."""
+    import mlflow
+
+    run = cfg.teacher_run(name)
+    summary = finished_summary(run, groups_path, f"teacher {name}")
+    if summary is None:
+        summary = train_and_evaluate(
+            run, groups_path=groups_path, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
+        )
+    else:
+        mlflow.set_tag("reused", "true")
+        mlflow.log_metrics(summary.metrics)
+    return TeacherModel(kind="cross_encoder", path=str(summary.model_dir)), summary, summary.cost
+
+
+def _given_cross_encoder(
+    cfg: StudyConfig, name: str, spec: CrossEncoderTeacher
+) -> tuple[TeacherModel, EvalSummary, Cost]:
+    """A cross-encoder used as it is (a saved folder, or a published reranker imported into
+    ``teachers/<name>/``), evaluated; it costs nothing to train."""
+    import mlflow
+
+    from rerank_ray.teacher.given import import_reranker
+
+    path = spec.path or str(import_reranker(spec.pretrained(), cfg.study_dir / "teachers" / name))
+    if spec.source is not None:
+        mlflow.log_params({"teacher.source": spec.source, "teacher.family": spec.pretrained().family})
+    scorer = TeacherModel(kind="cross_encoder", path=path)
+    return scorer, _evaluate_teacher(cfg, name, path), Cost()
+
+
+def _bi_encoder_teacher(
+    cfg: StudyConfig, name: str, spec: BiEncoderTeacher
+) -> tuple[TeacherModel, EvalSummary, Cost]:
+    """A zero-shot bi-encoder, evaluated as it is; it costs nothing to train."""
+    import mlflow
+
+    scorer = spec.scorer()
+    mlflow.log_params(flatten_params(spec.model_dump(mode="json"), prefix="teacher."))
+    return scorer, _evaluate_teacher(cfg, name, scorer), Cost()
+
+
+def _evaluate_teacher(cfg: StudyConfig, name: str, model: str | TeacherModel) -> EvalSummary:
+    """A teacher that is not trained here, evaluated on every suite into ``teachers/<name>/eval``
+    and logged to its (active) run."""
+    import mlflow
+
+    teacher_dir = cfg.study_dir / "teachers" / name
+    evaluation = evaluate_suites(
+        model, cfg.eval, teacher_dir / "eval", root=cfg.base.data.root, tag=name, data=cfg.base.data
+    )
+    mlflow.log_metrics(evaluation.metrics)
+    mlflow.log_artifacts(str(evaluation.eval_dir), "eval")
+    return evaluation
+
+
+def _score_groups(cfg: StudyConfig, name: str, scorer: TeacherModel, groups_path: Path, cost: Cost) -> Cost:
+    """Score the groups with teacher `name` (``score_groups``: resumable, reused when up to
+    date); returns `cost` with the scoring job's, both logged to the active run."""
+    import mlflow
+
+    from rerank_ray.heartbeat import heartbeat
+    from rerank_ray.teacher.score import score_groups
+
+    with heartbeat(f"scoring with teacher {name}", waiting_on="the Ray Data scoring job"):
+        scores = score_groups(groups_path, scorer, teacher_scores_dir(cfg, name), scoring=cfg.scoring)
+    mlflow.log_artifact(str(scores.path.parent / "manifest.json"), "teacher_scores")
+    cost = cost.with_scoring(scores.manifest["cost"])
+    mlflow.log_metrics(cost_metrics(cost))
+    return cost
 
 
 def _teacher_info(cfg: StudyConfig, name: str, groups_path: Path) -> TeacherInfo:
@@ -338,7 +415,7 @@ def _teacher_info(cfg: StudyConfig, name: str, groups_path: Path) -> TeacherInfo
 
 def _cross_fit_teacher(
     cfg: StudyConfig, name: str, groups_path: Path, experiment_id: str, parent_id: str
-) -> tuple[EvalRecord, dict[str, float]]:
+) -> tuple[EvalRecord, Cost]:
     """Teacher `name` cross-fitted (``teacher.cross_fit``, see ``teacher/crossfit.py``): k fold
     teachers, each trained on k-1 folds of the training queries (a nested child run each) and
     scoring the held-out fold; the scores are merged into the teacher's one scores folder.
@@ -357,7 +434,7 @@ def _cross_fit_teacher(
     tags = child_tags(
         cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind, cross_fit=str(spec.cross_fit)
     )
-    records, evaluations, cost = [], [], {}
+    records, evaluations, cost = [], [], Cost()
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"teacher-{name}", nested=True, tags=tags
     ) as run:
@@ -367,12 +444,11 @@ def _cross_fit_teacher(
             )
             records.append(record)
             evaluations.append(evaluation)
-            for key, value in fold_cost.items():
-                cost[key] = cost.get(key, 0.0) + value
+            cost += fold_cost
         out_dir = teacher_scores_dir(cfg, name)
         crossfit.merge_fold_scores(records, out_dir, k=spec.cross_fit, seed=spec.cross_fit_seed)
         mlflow.log_artifact(str(out_dir / "manifest.json"), "teacher_scores")
-        mlflow.log_metrics({f"cost/{k}": v for k, v in numeric(cost).items()})
+        mlflow.log_metrics(cost_metrics(cost))
     return _mean_record(evaluations), cost
 
 
@@ -384,7 +460,7 @@ def _fold_teacher(
     groups_path: Path,
     experiment_id: str,
     parent_id: str,
-) -> tuple[Any, EvalRecord, dict[str, float]]:
+) -> tuple[Any, EvalRecord, Cost]:
     """Train (or reuse) fold teacher `fold` on the other folds' groups in a nested run, score
     its own fold's groups; returns its ``crossfit.FoldRecord``, evaluation and summed cost."""
     import mlflow
@@ -401,16 +477,14 @@ def _fold_teacher(
         summary = finished_summary(run, train_groups, f"teacher {name} fold {fold}") or train_and_evaluate(
             run, groups_path=train_groups, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
         )
-        scorer = TeacherModel(kind="cross_encoder", path=summary["model_dir"])
+        scorer = TeacherModel(kind="cross_encoder", path=str(summary.model_dir))
         scores = score_groups(scored_groups, scorer, fold_dir / "scores", scoring=cfg.scoring)
-    scoring = {f"scoring_{k}": v for k, v in scores.manifest["cost"].items() if k != "actors"}
-    cost = {k: v for k, v in {**summary["cost"], **scoring}.items() if v is not None}
     record = crossfit.fold_record(
         fold, train_groups, scored_groups,
         run_fingerprint=run_identity(run, train_groups).fingerprint, score_manifest=scores.manifest,
-        model_dir=summary["model_dir"], scores_dir=str(scores.path),
+        model_dir=str(summary.model_dir), scores_dir=str(scores.path),
     )  # fmt: skip
-    return record, _evaluation_record(summary, cfg), cost
+    return record, _evaluation_record(summary, cfg), summary.cost.with_scoring(scores.manifest["cost"])
 
 
 def _mean_record(records: list[EvalRecord]) -> EvalRecord:
@@ -425,7 +499,7 @@ def _mean_record(records: list[EvalRecord]) -> EvalRecord:
     )
 
 
-def given_scores(spec: ScoresTeacher, groups_path: Path, out_dir: Path) -> dict[str, float]:
+def given_scores(spec: ScoresTeacher, groups_path: Path, out_dir: Path) -> Cost:
     """Import a precomputed score file as the teacher's scores; log its provenance (path,
     sha256, rows) to the active run. Returns the (zero) scoring cost."""
     import mlflow
@@ -437,7 +511,7 @@ def given_scores(spec: ScoresTeacher, groups_path: Path, out_dir: Path) -> dict[
         {f"teacher.{k}": v for k, v in scores.manifest["teacher"].items() if k != "fingerprint"}
     )
     mlflow.log_artifact(str(out_dir / "manifest.json"), "teacher_scores")
-    return {"scoring_wall_s": 0.0, "scoring_cpu_hours": 0.0, "scoring_gpu_hours": 0.0}
+    return Cost(scoring_wall_s=0.0, scoring_cpu_hours=0.0, scoring_gpu_hours=0.0)
 
 
 def _forecast(cfg: StudyConfig, plans: list[TrialPlan], study_dir: Path) -> StudyForecast | None:
@@ -454,15 +528,15 @@ def _forecast(cfg: StudyConfig, plans: list[TrialPlan], study_dir: Path) -> Stud
 
 
 def _add_forecast(
-    walls: dict[str, float], records: list[TrialRecord], teacher_costs: dict[str, dict[str, float]]
+    walls: dict[str, float], records: list[TrialRecord], teacher_costs: dict[str, Cost]
 ) -> None:
     """Put each run's forecast wall time beside its actual cost (the report's cost table)."""
     for record in records:
         if record.name in walls:
-            record.cost["forecast_wall_s"] = walls[record.name]
+            record.cost = replace(record.cost, forecast_wall_s=walls[record.name])
     for name, cost in teacher_costs.items():
         if f"teacher {name}" in walls:
-            cost["forecast_wall_s"] = walls[f"teacher {name}"]
+            teacher_costs[name] = replace(cost, forecast_wall_s=walls[f"teacher {name}"])
 
 
 def _run_trials(
@@ -494,12 +568,12 @@ def _run_trials(
 
 
 def _reused_trial(
-    cfg: StudyConfig, plan: TrialPlan, summary: dict[str, Any], experiment_id: str, parent_id: str
+    cfg: StudyConfig, plan: TrialPlan, summary: TrialSummary, experiment_id: str, parent_id: str
 ) -> TrialStatus:
     """The status of a trial reused from its ``trial.json``, logged as a child run of this study."""
     import mlflow
 
-    metrics = numeric({**summary["metrics"], **{f"cost/{k}": v for k, v in summary["cost"].items()}})
+    metrics = numeric({**summary.metrics, **cost_metrics(summary.cost)})
     tags = child_tags(cfg.name, parent_id, "trial", **plan.tags(), reused="true")
     with mlflow.start_run(experiment_id=experiment_id, run_name=plan.name, nested=True, tags=tags):
         mlflow.log_params(flatten_params(plan.run.to_dict()))
@@ -561,12 +635,13 @@ def _tune_trials(
     return by_name
 
 
-def _evaluation_record(evaluation: dict[str, Any], cfg: StudyConfig) -> EvalRecord:
-    eval_dir = Path(evaluation["eval_dir"])
+def _evaluation_record(evaluation: EvalSummary | TrialSummary, cfg: StudyConfig) -> EvalRecord:
+    """The report's record of an evaluation: its scores and each suite's per-query values."""
     return EvalRecord(
-        scores=dict(evaluation["scores"]),
+        scores=dict(evaluation.scores),
         per_query={
-            s: read_per_query(eval_dir / f"{s}.per_query.tsv", cfg.eval.measure) for s in cfg.eval.suites
+            s: read_per_query(evaluation.eval_dir / f"{s}.per_query.tsv", cfg.eval.measure)
+            for s in cfg.eval.suites
         },
     )
 
@@ -589,9 +664,9 @@ def _trial_record(cfg: StudyConfig, plan: TrialPlan, status: TrialStatus) -> Tri
     )
     summary_path = Path(plan.run.output_dir) / plan.name / SUMMARY
     if status.status == "ok" and summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+        summary = read_summary(summary_path.parent)
         record.eval = _evaluation_record(summary, cfg)
-        record.cost = {k: v for k, v in summary["cost"].items() if v is not None}
+        record.cost = summary.cost
     elif status.status == "ok":
         record.status, record.error = "error", f"finished without {summary_path}"
     return record

@@ -7,8 +7,8 @@ This module only rewrites raw dicts:
 - :func:`read_files` replaces the ``files`` keys of one study file by the RunConfig files they
   name, relative to the study file (``load_study``);
 - :func:`merge_base` merges students over ``base.model``, strategies over ``base.loss`` and
-  study-trained teachers' models over ``base.model``, and splits long-form students into
-  ``students`` and ``student_overrides`` (``StudyConfig``'s before-validator).
+  study-trained teachers' models over ``base.model``, and writes every student in the long
+  form ``{model, overrides}`` that ``StudentSpec`` validates (``StudyConfig``'s before-validator).
 """
 
 from __future__ import annotations
@@ -35,26 +35,7 @@ def merge_base(data: Any) -> Any:
     base_loss = {k: v for k, v in (base.get("loss") or {}).items() if k != "name"}
     students = data.get("students")
     if isinstance(students, dict):
-        overrides = dict(data.get("student_overrides") or {})
-        merged: dict[str, Any] = {}
-        for k, v in students.items():
-            v = _plain(v)
-            if isinstance(v, dict) and STUDENT_LONG_FORM & set(v):
-                extra = sorted(set(v) - STUDENT_LONG_FORM)
-                if extra:
-                    raise ValueError(
-                        f"students.{k}: the long form takes only `model` and `overrides`, found "
-                        f"{extra}; put model fields under `model` (or use the short form, model "
-                        "fields alone)"
-                    )
-                v, overrides[k] = (
-                    _plain(v.get("model")),
-                    deep_merge(overrides.get(k) or {}, _plain(v.get("overrides"))),
-                )
-            merged[k] = deep_merge(base_model, v) if isinstance(v, dict) else v
-        data["students"] = merged
-        if overrides:
-            data["student_overrides"] = overrides
+        data["students"] = _students(students, data.pop("student_overrides", None) or {}, base_model)
     strategies = data.get("strategies")
     if isinstance(strategies, (list, tuple)):
         strategies = {name: {} for name in strategies}
@@ -78,6 +59,40 @@ def merge_base(data: Any) -> Any:
             for k, v in teachers.items()
         }
     return data
+
+
+def _students(
+    students: dict[str, Any], overrides: dict[str, Any], base_model: dict[str, Any]
+) -> dict[str, Any]:
+    """Each student in the long form ``{model, overrides}``, its model merged over `base_model`.
+
+    A short-form student (model fields alone) becomes ``{model: <it>, overrides: {}}``;
+    `overrides` (a ``student_overrides`` section: student -> RunConfig fields) is merged under
+    each named student's own overrides."""
+    unknown = sorted(set(overrides) - set(students))
+    if unknown:
+        raise ValueError(
+            f"student_overrides: unknown students {unknown}; known students: {', '.join(students)}"
+        )
+    merged: dict[str, Any] = {}
+    for k, v in students.items():
+        v = _plain(v)
+        if isinstance(v, dict) and STUDENT_LONG_FORM & set(v):
+            extra = sorted(set(v) - STUDENT_LONG_FORM)
+            if extra:
+                raise ValueError(
+                    f"students.{k}: the long form takes only `model` and `overrides`, found "
+                    f"{extra}; put model fields under `model` (or use the short form, model "
+                    "fields alone)"
+                )
+            model, own = _plain(v.get("model")), _plain(v.get("overrides"))
+        else:
+            model, own = v, {}
+        merged[k] = {
+            "model": deep_merge(base_model, model) if isinstance(model, dict) else model,
+            "overrides": deep_merge(overrides.get(k) or {}, own),
+        }
+    return merged
 
 
 def _plain(value: Any) -> Any:

@@ -7,11 +7,11 @@ taking a trainer directly. Its ``config`` is plain data: ``{"trial": TrialPlan.t
 
 Files, under ``<study>/trials/<trial>/`` (the ``train()`` run folder): ``model/``, ``ray/``,
 ``history.json``, ``eval/`` (``<suite>.run``, ``<suite>.per_query.tsv``, ``metrics.json`` per
-depth group, ``eval.json`` for all suites) and ``trial.json``, the summary the report reads:
-``{"name", "metrics": {mlflow_key: value}, "scores": {suite: measure value}, "cost": {...},
-"model_dir", "eval_dir", "run_config", "identity"}``. ``identity`` is the run's content identity
-(``train/identity.py``); :func:`finished_summary` reuses a trial (or a study teacher) only when
-it matches the identity of the run as configured now.
+depth group, ``eval.json`` for all suites: an ``EvalSummary``) and ``trial.json``, the
+``TrialSummary`` the study and the report read (both records: ``tune/records.py``). Its
+``identity`` is the run's content identity (``train/identity.py``); :func:`finished_summary`
+reuses a trial (or a study teacher) only when it matches the identity of the run as configured
+now.
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ import yaml
 
 from rerank_ray.config import DataConfig, RunConfig
 from rerank_ray.io import write_json
-from rerank_ray.train.identity import RunIdentity, run_identity
+from rerank_ray.teacher.config import TeacherModel
+from rerank_ray.train.identity import run_identity
 from rerank_ray.tune.config import StudyEvalConfig
+from rerank_ray.tune.plan import TrialPlan
+from rerank_ray.tune.records import Cost, EvalSummary, TrialSummary
 from rerank_ray.tune.tracking import child_tags, flatten_params, numeric, redact_config
 
 log = logging.getLogger("rerank_ray.tune")
@@ -36,18 +39,18 @@ SUMMARY = "trial.json"
 
 
 def evaluate_suites(
-    model: str | Any | None,
+    model: str | TeacherModel | None,
     eval_cfg: StudyEvalConfig,
     out_dir: Path,
     *,
     root: Path | None,
     tag: str | None = None,
     data: DataConfig | None = None,
-) -> dict[str, Any]:
-    """Evaluate a saved reranker folder (str), a ``score_fn(queries, docs)``, or the first stage
-    (None) on every suite, one ``evaluate`` call per rerank depth. Writes ``eval.json``.
+) -> EvalSummary:
+    """Evaluate a saved reranker folder (str), a bi-encoder teacher, or the first stage (None)
+    on every suite, one ``evaluate`` call per rerank depth. Writes ``eval.json``.
     `data` (the training data config) is what the ``validation`` suite evaluates."""
-    from rerank_ray.evaluation.evaluate import evaluate, evaluate_scorer
+    from rerank_ray.evaluation.evaluate import evaluate
 
     by_depth: dict[int | None, list[str]] = {}
     for suite in eval_cfg.suites:
@@ -55,28 +58,26 @@ def evaluate_suites(
     metrics: dict[str, float] = {}
     scores: dict[str, float] = {}
     for depth, suites in by_depth.items():
-        common = {
-            "depth": depth,
-            "batch_size": eval_cfg.batch_size,
-            "out_dir": out_dir,
-            "root": root,
-            "tag": tag,
-            "run_files": {k: str(v) for k, v in eval_cfg.run_files.items()},
-            "data": data,
-            "suites_defined": eval_cfg.defined(),
-        }
-        if model is None or callable(model):
-            result = evaluate_scorer(model, suites, **common)
-        else:
-            result = evaluate(model, suites, **common)
+        result = evaluate(
+            model,
+            suites,
+            depth=depth,
+            batch_size=eval_cfg.batch_size,
+            out_dir=out_dir,
+            root=root,
+            tag=tag,
+            run_files={k: str(v) for k, v in eval_cfg.run_files.items()},
+            data=data,
+            suites_defined=eval_cfg.defined(),
+        )
         metrics.update(result.metrics)
         scores.update({suite: result.suites[suite][eval_cfg.measure] for suite in suites})
-    summary = {"metrics": metrics, "scores": scores, "measure": eval_cfg.measure, "eval_dir": str(out_dir)}
-    write_json(out_dir / "eval.json", summary)
+    summary = EvalSummary(metrics=metrics, scores=scores, measure=eval_cfg.measure, eval_dir=out_dir)
+    write_json(out_dir / "eval.json", summary.to_json())
     return summary
 
 
-def finished_summary(cfg: RunConfig, groups_path: Path, what: str) -> dict[str, Any] | None:
+def finished_summary(cfg: RunConfig, groups_path: Path, what: str) -> TrialSummary | None:
     """The summary (``trial.json``) of `cfg`'s finished run when its inputs were the same as
     now (config, groups content, teacher scores, base weights) and its model still exists;
     else None. Logs which input changed."""
@@ -85,12 +86,18 @@ def finished_summary(cfg: RunConfig, groups_path: Path, what: str) -> dict[str, 
     path = Path(cfg.output_dir).resolve() / cfg.name / SUMMARY
     if not path.is_file():
         return None
-    summary = json.loads(path.read_text())
-    if not Path(summary["model_dir"]).is_dir():
-        log.info("%s: training again, its model %s is gone", what, summary["model_dir"])
+    summary = read_summary(path.parent)
+    if not summary.model_dir.is_dir():
+        log.info("%s: training again, its model %s is gone", what, summary.model_dir)
         return None
-    stored = RunIdentity.from_json(summary.get("identity"))
-    return summary if same_inputs(stored, run_identity(cfg, groups_path), what, path.parent) else None
+    return (
+        summary if same_inputs(summary.identity, run_identity(cfg, groups_path), what, path.parent) else None
+    )
+
+
+def read_summary(run_dir: Path) -> TrialSummary:
+    """The ``trial.json`` of the finished run in `run_dir`."""
+    return TrialSummary.from_json(json.loads((run_dir / SUMMARY).read_text()))
 
 
 def train_and_evaluate(
@@ -100,19 +107,16 @@ def train_and_evaluate(
     eval_cfg: StudyEvalConfig,
     trial_cpus: float,
     trial_gpus: float,
-) -> dict[str, Any]:
-    """Train `cfg`, evaluate the model, and log both to the active MLflow run."""
+) -> TrialSummary:
+    """Train `cfg`, evaluate the model, log both to the active MLflow run, write ``trial.json``.
+    `trial_cpus`/`trial_gpus`: what the trial process itself holds, for the cost."""
     import mlflow
 
     from rerank_ray.train.driver import train
 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.log_params(flatten_params(cfg.to_dict()))
-    mlflow.log_text(yaml.safe_dump(redact_config(cfg.to_dict()), sort_keys=False), "config/run_config.yaml")
-    if cfg.train.teacher_scores is not None:
-        mlflow.log_artifact(str(Path(cfg.train.teacher_scores).parent / "manifest.json"), "teacher_scores")
-
+    _log_run_config(cfg)
     t0 = time.perf_counter()
     result = train(cfg, groups_path=groups_path)
     train_s = time.perf_counter() - t0
@@ -120,36 +124,62 @@ def train_and_evaluate(
         mlflow.log_metrics(
             {f"train/{k}": v for k, v in numeric(record).items()}, step=int(record.get("step", 0))
         )
-
     evaluation = evaluate_suites(
         str(result.model_dir), eval_cfg, run_dir / "eval", root=cfg.data.root, tag=cfg.name, data=cfg.data
     )
-    wall_s = time.perf_counter() - t0
+    cost = _trial_cost(
+        cfg, train_s, time.perf_counter() - t0, result.metrics.get("pairs_per_s"), trial_cpus, trial_gpus
+    )
+    mlflow.log_metrics(evaluation.metrics)
+    mlflow.log_metrics(cost_metrics(cost))
+    mlflow.log_artifacts(str(evaluation.eval_dir), "eval")
+    summary = TrialSummary(
+        name=cfg.name,
+        metrics=evaluation.metrics,
+        scores=evaluation.scores,
+        cost=cost,
+        model_dir=result.model_dir,
+        eval_dir=evaluation.eval_dir,
+        run_config=cfg.to_dict(),
+        identity=result.identity,
+    )
+    write_json(run_dir / SUMMARY, summary.to_json())
+    return summary
+
+
+def _log_run_config(cfg: RunConfig) -> None:
+    """The run's parameters, its config (secrets redacted) and its teacher scores' manifest."""
+    import mlflow
+
+    mlflow.log_params(flatten_params(cfg.to_dict()))
+    mlflow.log_text(yaml.safe_dump(redact_config(cfg.to_dict()), sort_keys=False), "config/run_config.yaml")
+    if cfg.train.teacher_scores is not None:
+        mlflow.log_artifact(str(Path(cfg.train.teacher_scores).parent / "manifest.json"), "teacher_scores")
+
+
+def _trial_cost(
+    cfg: RunConfig,
+    train_s: float,
+    wall_s: float,
+    pairs_per_s: float | None,
+    trial_cpus: float,
+    trial_gpus: float,
+) -> Cost:
+    """Train workers for the training time, plus the trial process for the whole trial."""
     scaling = cfg.scaling
     worker_gpus = scaling.num_workers * scaling.gpus_per_worker if scaling.use_gpu else 0.0
-    cost = {
-        "wall_s": wall_s,
-        "train_wall_s": train_s,
-        "pairs_per_s": result.metrics.get("pairs_per_s"),
-        # Train workers for the training time, plus the trial process for the whole trial.
-        "cpu_hours": (train_s * scaling.num_workers * scaling.cpus_per_worker + wall_s * trial_cpus) / 3600,
-        "gpu_hours": (train_s * worker_gpus + wall_s * trial_gpus) / 3600,
-    }
-    mlflow.log_metrics(evaluation["metrics"])
-    mlflow.log_metrics({f"cost/{k}": v for k, v in numeric(cost).items()})
-    mlflow.log_artifacts(str(run_dir / "eval"), "eval")
-    summary = {
-        "name": cfg.name,
-        "metrics": evaluation["metrics"],
-        "scores": evaluation["scores"],
-        "cost": cost,
-        "model_dir": str(result.model_dir),
-        "eval_dir": str(run_dir / "eval"),
-        "run_config": cfg.to_dict(),
-        "identity": result.identity.to_json() if result.identity else None,
-    }
-    write_json(run_dir / SUMMARY, summary)
-    return summary
+    return Cost(
+        wall_s=wall_s,
+        train_wall_s=train_s,
+        pairs_per_s=pairs_per_s,
+        cpu_hours=(train_s * scaling.num_workers * scaling.cpus_per_worker + wall_s * trial_cpus) / 3600,
+        gpu_hours=(train_s * worker_gpus + wall_s * trial_gpus) / 3600,
+    )
+
+
+def cost_metrics(cost: Cost) -> dict[str, float]:
+    """`cost` as MLflow / Ray Tune metrics: ``cost/<field>`` for each measured field."""
+    return {f"cost/{k}": v for k, v in numeric(cost.to_json()).items()}
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -157,32 +187,25 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray import tune
     from ray.air.integrations.mlflow import setup_mlflow
 
-    plan, study = config["trial"], config["study"]
-    cfg = RunConfig.from_dict(plan["run"])
+    plan, study = TrialPlan.from_dict(config["trial"]), config["study"]
     eval_cfg = StudyEvalConfig.model_validate(study["eval"])
-    tags = {
-        "strategy": plan["strategy"],
-        "student": plan["student"],
-        "teacher": plan["teacher"] or "none",
-        "seed": str(plan["seed"]),
-    }
     # experiment_id must be passed: inside Tune, setup_mlflow otherwise uses the trial id as one.
     mlflow = setup_mlflow(
         tracking_uri=study["tracking_uri"],
         experiment_id=study["experiment_id"],
-        run_name=plan["name"],
-        tags=child_tags(study["name"], study["parent_run_id"], "trial", **tags),
+        run_name=plan.name,
+        tags=child_tags(study["name"], study["parent_run_id"], "trial", **plan.tags()),
     )
     status = "FAILED"
     try:
         summary = train_and_evaluate(
-            cfg,
+            plan.run,
             groups_path=Path(study["groups_path"]),
             eval_cfg=eval_cfg,
-            trial_cpus=plan["resources"].get("CPU", 0.0),
-            trial_gpus=plan["resources"].get("GPU", 0.0),
+            trial_cpus=plan.resources.get("CPU", 0.0),
+            trial_gpus=plan.resources.get("GPU", 0.0),
         )
-        tune.report({**summary["metrics"], **{f"cost/{k}": v for k, v in numeric(summary["cost"]).items()}})
+        tune.report({**summary.metrics, **cost_metrics(summary.cost)})
         status = "FINISHED"
     finally:
         mlflow.end_run(status)

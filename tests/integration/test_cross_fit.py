@@ -68,4 +68,4 @@ def test_two_fold_teacher_scores_only_queries_it_did_not_train_on(ray_local, tmp
     assert set(zip(scores["query_id"], scores["doc_id"], strict=True)) == pairs and len(scores) == len(pairs)
     assert "T=1" in manifest["diagnostics"] and info.diagnostics == manifest["diagnostics"]
     assert "2 cross-fit fold teachers" in info.evaluates
-    assert set(record.scores) == {"tiny-scifact"} and cost["wall_s"] > 0
+    assert set(record.scores) == {"tiny-scifact"} and cost.wall_s > 0

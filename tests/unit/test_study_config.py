@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from rerank_ray.config import ConfigError
-from rerank_ray.tune.config import StudyConfig, load_study
+from rerank_ray.tune.config import StudentSpec, StudyConfig, load_study
 from rerank_ray.tune.plan import plan_study
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
@@ -35,8 +35,8 @@ def write(tmp_path: Path, data: dict) -> Path:
 
 def test_students_strategies_and_teachers_merge_over_base(tmp_path):
     cfg = load_study([write(tmp_path, STUDY)])
-    assert cfg.students["l1"].max_length == 128 and cfg.students["l1"].num_layers == 1
-    assert cfg.students["l2"].max_length == 64
+    assert cfg.students["l1"].model.max_length == 128 and cfg.students["l1"].model.num_layers == 1
+    assert cfg.students["l2"].model.max_length == 64
     assert cfg.strategies["distillation"].name == "distillation"
     assert cfg.strategies["distillation"].teacher_temperature == 2.0
     teacher = cfg.teacher_run("ce-l6")
@@ -85,7 +85,11 @@ def test_grid_blocks_select_combinations(tmp_path):
         ),
         ("eval.in_domain=[dl99]", "eval.in_domain: Value error, unknown evaluation suite(s) ['dl99']"),
         ("teachers.ce-l6.overrides={train: {epoch: 2}}", "teachers.ce-l6.overrides"),
-        ("students.l1.num_layer=1", "students.l1.num_layer"),
+        # A short-form student is its model: the key is under students.<name>.model.
+        (
+            "students.l1.num_layer=1",
+            "students.l1.model.num_layer: unknown key; allowed keys here: attn_implementation, config_overrides",
+        ),
     ],
 )
 def test_unknown_names_fail_at_load_listing_known_names(tmp_path, override, expected):
@@ -124,7 +128,7 @@ def test_student_long_form_overrides_reach_its_trials_only(tmp_path):
         },
     }
     cfg = load_study([write(tmp_path, study)])
-    assert cfg.students["big"].num_layers == 6 and cfg.students["big"].max_length == 128
+    assert cfg.students["big"].model.num_layers == 6 and cfg.students["big"].model.max_length == 128
     assert StudyConfig.model_validate(cfg.to_dict()) == cfg
     plans = {p.name: p for p in plan_study(cfg)}
     big, small = plans["distillation+big+ce-l6+s1"].run, plans["distillation+l1+ce-l6+s1"].run
@@ -164,8 +168,20 @@ def test_files_are_read_relative_to_the_study_file(tmp_path):
         "students": {"big": {"files": "runs/big.yaml", "model": {"max_length": 64}}},
     }
     cfg = load_study([write(tmp_path, study)])
-    assert cfg.base.train.epochs == 3 and cfg.students["big"].num_layers == 6
-    assert cfg.students["big"].max_length == 64
+    assert cfg.base.train.epochs == 3 and cfg.students["big"].model.num_layers == 6
+    assert cfg.students["big"].model.max_length == 64
     assert cfg.student_run("big").deepspeed.zero_stage == 3 and cfg.student_run("big").train.epochs == 3
     with pytest.raises(ConfigError, match="missing.yaml does not exist"):
         load_study([write(tmp_path, {**study, "students": {"x": {"files": "runs/missing.yaml"}}})])
+
+
+def test_every_student_is_a_student_spec_and_a_student_overrides_section_still_loads(tmp_path):
+    study = {**STUDY, "student_overrides": {"l2": {"train": {"learning_rate": 1e-4}}}}
+    cfg = load_study([write(tmp_path, study)])
+    assert cfg.students["l1"] == StudentSpec(model=cfg.students["l1"].model, overrides={})
+    assert cfg.students["l2"].overrides == {"train": {"learning_rate": 1e-4}}
+    assert cfg.student_run("l2").train.learning_rate == 1e-4
+    with pytest.raises(
+        ConfigError, match=r"student_overrides: unknown students \['l9'\]; known students: l1, l2"
+    ):
+        load_study([write(tmp_path, {**STUDY, "student_overrides": {"l9": {}}})])

@@ -1,0 +1,142 @@
+"""The typed records a study's stages hand each other, and the files they are written to.
+
+- :class:`EvalSummary`: one scorer evaluated on the study's suites (``evaluate_suites``);
+  written to ``<eval_dir>/eval.json``.
+- :class:`Cost`: what a trial or a teacher cost (training, scoring, the forecast beside them).
+- :class:`TrialSummary`: one finished training run, a trial's or a study teacher's
+  (``train_and_evaluate``); written to ``<run_dir>/trial.json``, read back to reuse the run
+  (``finished_summary``), to find a trial's model (``tune/registry.py``) and to build its
+  report record (``tune/study.py``).
+
+The JSON keys are those the files had when they were plain dicts, so finished trials on disk
+stay readable (and reusable) across this change: ``eval.json`` is ``{"metrics", "scores",
+"measure", "eval_dir"}``; ``trial.json`` is ``{"name", "metrics", "scores", "cost", "model_dir",
+"eval_dir", "run_config", "identity"}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from rerank_ray.train.identity import RunIdentity
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    """One scorer's evaluation on the study's suites.
+
+    ``metrics``: ``mlflow_key(suite, measure) -> value`` for every measure of every suite (what
+    is logged); ``scores``: ``suite -> value`` of the study's ``measure``; ``eval_dir``: the
+    folder with each suite's ``<suite>.run`` and ``<suite>.per_query.tsv``."""
+
+    metrics: dict[str, float]
+    scores: dict[str, float]
+    measure: str
+    eval_dir: Path
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "eval_dir": str(self.eval_dir)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EvalSummary:
+        return cls(
+            metrics=dict(data["metrics"]),
+            scores=dict(data["scores"]),
+            measure=data["measure"],
+            eval_dir=Path(data["eval_dir"]),
+        )
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a run cost; None = not measured (or not this run's part: a trial does no scoring).
+
+    Training: ``wall_s`` (the whole run: training and evaluation), ``train_wall_s``,
+    ``pairs_per_s`` (training throughput), ``cpu_hours`` and ``gpu_hours`` (the train workers
+    for the training time plus the trial process for the whole run).
+    Scoring a teacher's groups (from its scores manifest): ``scoring_*``. ``forecast_wall_s``:
+    the dry run's forecast of ``wall_s`` (``tune/forecast.py``), set by the study for the
+    report's cost table."""
+
+    wall_s: float | None = None
+    train_wall_s: float | None = None
+    pairs_per_s: float | None = None
+    cpu_hours: float | None = None
+    gpu_hours: float | None = None
+    scoring_wall_s: float | None = None
+    scoring_pairs_scored_now: float | None = None
+    scoring_pairs_per_s: float | None = None
+    scoring_cpu_hours: float | None = None
+    scoring_gpu_hours: float | None = None
+    forecast_wall_s: float | None = None
+
+    def to_json(self) -> dict[str, float]:
+        """The measured fields (None left out), under their field names."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Cost:
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown cost keys {unknown}; known: {', '.join(f.name for f in fields(cls))}")
+        return cls(**data)
+
+    def with_scoring(self, manifest_cost: dict[str, Any]) -> Cost:
+        """This cost plus a scoring job's (a scores manifest's ``cost``: ``wall_s``,
+        ``pairs_scored_now``, ``pairs_per_s``, ``cpu_hours``, ``gpu_hours``, ``actors``),
+        under ``scoring_*``; ``actors`` is a layout, not a cost, and is left out."""
+        scoring = {f"scoring_{k}": v for k, v in manifest_cost.items() if k != "actors"}
+        return replace(self, **scoring)
+
+    def __add__(self, other: Cost) -> Cost:
+        """Field by field sum (a cross-fitted teacher's folds); None + None stays None."""
+        summed = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            summed[f.name] = None if a is None and b is None else (a or 0.0) + (b or 0.0)
+        return Cost(**summed)
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """One finished training run (a trial, or a study teacher) and its evaluation.
+
+    ``metrics`` and ``scores`` are its :class:`EvalSummary`'s; ``run_config`` the
+    ``RunConfig.to_dict()`` it ran; ``identity`` its content identity (``train/identity.py``;
+    None when the file predates identities: such a run is never reused)."""
+
+    name: str
+    metrics: dict[str, float]
+    scores: dict[str, float]
+    cost: Cost
+    model_dir: Path
+    eval_dir: Path
+    run_config: dict[str, Any]
+    identity: RunIdentity | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "metrics": self.metrics,
+            "scores": self.scores,
+            "cost": self.cost.to_json(),
+            "model_dir": str(self.model_dir),
+            "eval_dir": str(self.eval_dir),
+            "run_config": self.run_config,
+            "identity": self.identity.to_json() if self.identity else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrialSummary:
+        return cls(
+            name=data["name"],
+            metrics=dict(data["metrics"]),
+            scores=dict(data["scores"]),
+            cost=Cost.from_json(data["cost"]),
+            model_dir=Path(data["model_dir"]),
+            eval_dir=Path(data["eval_dir"]),
+            run_config=data["run_config"],
+            identity=RunIdentity.from_json(data.get("identity")),
+        )

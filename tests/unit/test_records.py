@@ -1,0 +1,77 @@
+"""The typed records between the trial, the study and the report, and the files they are read from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rerank_ray.tune.records import Cost, EvalSummary, TrialSummary
+from rerank_ray.tune.trial import read_summary
+
+# A trial.json as the trial wrote it when the summary was a plain dict (identity left out:
+# a record without one is read, and never reused).
+LEGACY_TRIAL = {
+    "name": "contrastive+l1+s0",
+    "metrics": {"tiny-dl19/nDCG_10": 0.5, "tiny-dl19/RR_rel_2_10": 0.75},
+    "scores": {"tiny-dl19": 0.5},
+    "cost": {"wall_s": 12.5, "train_wall_s": 10.0, "pairs_per_s": None, "cpu_hours": 0.01, "gpu_hours": 0.0},
+    "model_dir": "/study/trials/contrastive+l1+s0/model",
+    "eval_dir": "/study/trials/contrastive+l1+s0/eval",
+    "run_config": {"name": "contrastive+l1+s0"},
+    "identity": None,
+}
+
+
+def test_a_trial_json_written_before_the_records_is_read_and_written_back_with_the_same_keys(tmp_path):
+    (tmp_path / "trial.json").write_text(json.dumps(LEGACY_TRIAL))
+    summary = read_summary(tmp_path)
+    assert summary.model_dir == Path(LEGACY_TRIAL["model_dir"]) and summary.eval_dir.name == "eval"
+    assert summary.cost == Cost(wall_s=12.5, train_wall_s=10.0, cpu_hours=0.01, gpu_hours=0.0)
+    assert summary.identity is None and summary.scores == {"tiny-dl19": 0.5}
+    again = summary.to_json()
+    assert set(again) == set(LEGACY_TRIAL)
+    # An unmeasured cost (None) is left out rather than written as null.
+    assert again["cost"] == {k: v for k, v in LEGACY_TRIAL["cost"].items() if v is not None}
+    assert TrialSummary.from_json(json.loads(json.dumps(again))) == summary
+
+
+def test_eval_summary_round_trips_through_eval_json_keys():
+    summary = EvalSummary(
+        metrics={"a/nDCG_10": 0.25}, scores={"a": 0.25}, measure="nDCG@10", eval_dir=Path("/e")
+    )
+    data = json.loads(json.dumps(summary.to_json()))
+    assert data == {
+        "metrics": {"a/nDCG_10": 0.25},
+        "scores": {"a": 0.25},
+        "measure": "nDCG@10",
+        "eval_dir": "/e",
+    }
+    assert EvalSummary.from_json(data) == summary
+
+
+def test_cost_adds_scoring_and_sums_folds():
+    manifest_cost = {
+        "wall_s": 4.0,
+        "pairs_scored_now": 100,
+        "pairs_per_s": 25.0,
+        "cpu_hours": 0.5,
+        "gpu_hours": 0.0,
+        "actors": 2,
+    }
+    fold = Cost(wall_s=10.0, train_wall_s=8.0, cpu_hours=1.0, gpu_hours=0.0).with_scoring(manifest_cost)
+    assert (
+        fold.scoring_wall_s == 4.0
+        and fold.scoring_pairs_per_s == 25.0
+        and fold.scoring_pairs_scored_now == 100
+    )
+    assert "scoring_actors" not in fold.to_json() and fold.pairs_per_s is None
+    total = Cost() + fold + fold
+    assert total.wall_s == 20.0 and total.scoring_cpu_hours == 1.0 and total.pairs_per_s is None
+    assert total.forecast_wall_s is None
+
+
+def test_an_unknown_cost_key_names_the_known_ones():
+    with pytest.raises(ValueError, match="unknown cost keys \\['wal_s'\\]; known: wall_s"):
+        Cost.from_json({"wal_s": 1.0})
