@@ -12,6 +12,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# Ray Train's controller takes a worker's ray.train.report only when it polls, every 2 s by
+# default, and a worker's next report waits for that (a queue of one): the tiny test runs, which
+# report every step, would spend most of their time waiting. Ray passes this to the controller;
+# subprocesses, the job-submit head and their workers inherit it from here.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 import pytest  # noqa: E402
 

@@ -101,7 +101,7 @@ def ray_head():
         "--dashboard-agent-listen-port", str(free_port()),
         "--metrics-export-port", str(free_port()),
         "--runtime-env-agent-port", str(free_port()),
-        "--num-cpus", "4",
+        "--num-cpus", "8",  # logical, as in ray_local: two trials at once, and Ray Data beside them
         "--temp-dir", temp_dir,
         "--disable-usage-stats",
     ]  # fmt: skip
