@@ -25,10 +25,10 @@ NO_TEACHER = "none"
 #  2. this file: a TrialPlan field, TrialPlan.tags / to_dict / describe, the loop and the
 #     de-duplication key in plan_study, trial_name, and what the axis changes in trial_run;
 #  3. tune/trial.py: the MLflow tags run_trial sets on the trial's run;
-#  4. tune/study.py: the per-trial status record built from the plan (TrialStatus) and the
-#     report record (_trial_record);
-#  5. tune/report.py: TrialRecord, and how the axis groups cells (_variants, _cells), the table
-#     columns and the plot;
+#  4. tune/records.py: the TrialRecord field, and tune/study.py: the record built from the
+#     plan (_record);
+#  5. tune/report.py: how the axis groups cells (_variants, _cells), the table columns and the
+#     plot;
 #  6. tune/tracking.py: the list of child tags in the module docstring;
 #  7. cli.py: the columns of the --dry-run plan table (format_plan);
 #  8. tests/unit/test_study_config.py (grid, names, plan) and tests/unit/test_report.py.

@@ -6,7 +6,13 @@
 - :class:`TrialSummary`: one finished training run, a trial's or a study teacher's
   (``train_and_evaluate``); written to ``<run_dir>/trial.json``, read back to reuse the run
   (``finished_summary``), to find a trial's model (``tune/registry.py``) and to build its
-  report record (``tune/study.py``).
+  :class:`TrialRecord` (``tune/study.py``).
+- :class:`EvalRecord`: what the report needs of one evaluated scorer (a trial, a teacher, the
+  first stage): the measure per suite and its per-query values; in memory only.
+- :class:`TrialRecord`: one planned trial's outcome, built by the study (``tune/study.py``),
+  read by the report (``tune/report.py``) and the registry (``tune/registry.py``), and returned
+  to the caller in ``StudyResult.trials``; in memory only (its files are the trial's
+  ``trial.json`` and ``eval/``).
 
 The JSON keys are those the files had when they were plain dicts, so finished trials on disk
 stay readable (and reusable) across this change: ``eval.json`` is ``{"metrics", "scores",
@@ -16,7 +22,7 @@ stay readable (and reusable) across this change: ``eval.json`` is ``{"metrics", 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +146,34 @@ class TrialSummary:
             run_config=data["run_config"],
             identity=RunIdentity.from_json(data.get("identity")),
         )
+
+
+@dataclass
+class EvalRecord:
+    """One evaluated scorer: per suite, the measure's mean and its per-query values."""
+
+    scores: dict[str, float]
+    per_query: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class TrialRecord:
+    """One planned trial's outcome: its axes (as in its ``TrialPlan``), then what it produced.
+
+    ``status`` "ok": it finished (now, or ``reused`` from an earlier run of the study with the
+    same inputs, not trained again): ``eval`` is its evaluation, ``cost`` its cost (with the
+    forecast beside it when there was one), ``metrics`` what it logged to its MLflow run at the
+    end: every measure of every suite under its MLflow key, and ``cost/<field>``.
+    ``status`` "error": ``error`` says why; ``eval`` is None and ``metrics`` empty."""
+
+    name: str
+    strategy: str
+    student: str
+    teacher: str | None
+    seed: int
+    status: str  # "ok" | "error"
+    eval: EvalRecord | None = None
+    cost: Cost = field(default_factory=Cost)
+    error: str | None = None
+    reused: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)

@@ -28,7 +28,7 @@ from rerank_ray.config import RunConfig
 from rerank_ray.evaluation.metrics import mlflow_key
 from rerank_ray.tune.config import StudyConfig
 from rerank_ray.tune.plan import TrialPlan
-from rerank_ray.tune.report import TrialRecord
+from rerank_ray.tune.records import TrialRecord
 from rerank_ray.tune.trial import read_summary
 
 log = logging.getLogger("rerank_ray.tune")

@@ -1,7 +1,8 @@
 """The study report: one table, one plot, paired significance tests, and the cost of each run.
 
-Inputs are plain records (built by ``tune/study.py`` from each trial's ``trial.json`` and
-evaluation folder), so the report can be rebuilt or unit-tested without Ray or MLflow.
+Inputs are typed records (``tune/records.py``: ``TrialRecord``, ``EvalRecord``, ``Cost``; built
+by ``tune/study.py`` from each trial's ``trial.json`` and evaluation folder), so the report can
+be rebuilt or unit-tested without Ray or MLflow.
 
 - **Table**: rows = students (in the study's order), then one row per teacher and the
   first-stage (BM25) row; columns = benchmark x variant, where a variant is a strategy, or a
@@ -42,7 +43,7 @@ import numpy as np
 from rerank_ray.config import ModelConfig
 from rerank_ray.teacher.diagnostics import ONE_HOT_ENTROPY_FRACTION, ONE_HOT_P_POSITIVE, near_one_hot
 from rerank_ray.tune.config import StudyConfig
-from rerank_ray.tune.records import Cost
+from rerank_ray.tune.records import Cost, EvalRecord, TrialRecord
 from rerank_ray.tune.stats import bootstrap_interval, holm, paired_randomization_test, paired_t_test
 
 # Suites left out of the verdict: the validation split chooses schedules, it does not judge them.
@@ -51,27 +52,6 @@ SELECTION_SUITES = ("validation",)
 
 # ---------------------------------------------------------------------------------------------
 # Records.
-
-
-@dataclass
-class EvalRecord:
-    """One evaluated scorer: per suite, the measure's mean and its per-query values."""
-
-    scores: dict[str, float]
-    per_query: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-@dataclass
-class TrialRecord:
-    name: str
-    strategy: str
-    student: str
-    teacher: str | None
-    seed: int
-    status: str  # "ok" | "error"
-    eval: EvalRecord | None = None
-    cost: Cost = field(default_factory=Cost)
-    error: str | None = None
 
 
 @dataclass

@@ -55,16 +55,8 @@ from rerank_ray.tune.config import (
 )
 from rerank_ray.tune.forecast import ForecastError, StudyForecast, ThroughputTable, forecast_study
 from rerank_ray.tune.plan import TrialPlan, plan_study, teacher_scores_dir, teachers_used
-from rerank_ray.tune.records import Cost, EvalSummary, TrialSummary
-from rerank_ray.tune.report import (
-    EvalRecord,
-    Report,
-    TeacherInfo,
-    TrialRecord,
-    build_report,
-    read_per_query,
-    student_size,
-)
+from rerank_ray.tune.records import Cost, EvalRecord, EvalSummary, TrialRecord, TrialSummary
+from rerank_ray.tune.report import Report, TeacherInfo, build_report, read_per_query, student_size
 from rerank_ray.tune.tracking import (
     child_tags,
     ensure_experiment,
@@ -88,23 +80,9 @@ from rerank_ray.tune.trial import (
 if TYPE_CHECKING:
     from rerank_ray.tune.registry import Registered
 
-__all__ = ["StudyResult", "TrialStatus", "load_study", "plan_study", "run_study"]
+__all__ = ["StudyResult", "TrialRecord", "load_study", "plan_study", "run_study"]
 
 log = logging.getLogger("rerank_ray.tune")
-
-
-@dataclass
-class TrialStatus:
-    name: str
-    strategy: str
-    student: str
-    teacher: str | None
-    seed: int
-    status: str  # "ok" | "error"
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    # Finished in an earlier run of the study with the same inputs; not trained again.
-    reused: bool = False
 
 
 @dataclass
@@ -116,7 +94,8 @@ class StudyResult:
     experiment: str
     parent_run_id: str
     experiment_id: str
-    trials: list[TrialStatus]
+    # Every planned trial, in plan order.
+    trials: list[TrialRecord]
     # The best student of each strategy, registered under the study's name (tune/registry.py).
     registered: list[Registered] = field(default_factory=list)
 
@@ -155,16 +134,17 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
         first_stage = _first_stage(cfg)
         teachers = _teachers(cfg, plans, groups_path, experiment_id, parent_id)
         # 4. The trials: reused when finished with the same inputs, the rest on Ray Tune.
-        statuses = _run_trials(cfg, plans, groups_path, tracking_uri, experiment_id, parent_id)
-        records = [_trial_record(cfg, plan, status) for plan, status in zip(plans, statuses, strict=True)]
+        records = _run_trials(cfg, plans, groups_path, tracking_uri, experiment_id, parent_id)
+        for plan, record in zip(plans, records, strict=True):
+            _add_evaluation(cfg, plan, record)
         _add_forecast(forecast.walls() if forecast else {}, records, teachers.costs)
         # 5. The report, and the best student of each strategy registered.
         report = _report(cfg, records, first_stage, teachers, command)
         from rerank_ray.tune.registry import register_best
 
         registered = register_best(cfg, plans, records, parent_id)
-        failed = [s.name for s in statuses if s.status != "ok"]
-        mlflow.set_tags({"trials_failed": str(len(failed)), "trials_ok": str(len(statuses) - len(failed))})
+        failed = [r.name for r in records if r.status != "ok"]
+        mlflow.set_tags({"trials_failed": str(len(failed)), "trials_ok": str(len(records) - len(failed))})
     if failed:
         log.warning(
             "study %s: %d trial(s) failed: %s (see the report)", cfg.name, len(failed), ", ".join(failed)
@@ -177,7 +157,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
         experiment=cfg.base.mlflow.experiment,
         parent_run_id=parent_id,
         experiment_id=experiment_id,
-        trials=statuses,
+        trials=records,
         registered=registered,
     )
 
@@ -546,41 +526,35 @@ def _run_trials(
     tracking_uri: str,
     experiment_id: str,
     parent_id: str,
-) -> list[TrialStatus]:
-    """Every plan's status, in plan order: finished ones reused, the others run on Tune."""
-    statuses: dict[str, TrialStatus] = {}
+) -> list[TrialRecord]:
+    """Every plan's record, in plan order, with its status (its evaluation is added by
+    :func:`_add_evaluation`): finished ones reused, the others run on Tune."""
+    by_name: dict[str, TrialRecord] = {}
     todo: list[TrialPlan] = []
     for plan in plans:
         summary = finished_summary(plan.run, groups_path, f"trial {plan.name}")
         if summary is None:
             todo.append(plan)
         else:
-            statuses[plan.name] = _reused_trial(cfg, plan, summary, experiment_id, parent_id)
-    if statuses:
-        log.info("study %s: %d trial(s) reused, %d to run", cfg.name, len(statuses), len(todo))
+            by_name[plan.name] = _reused_trial(cfg, plan, summary, experiment_id, parent_id)
+    if by_name:
+        log.info("study %s: %d trial(s) reused, %d to run", cfg.name, len(by_name), len(todo))
     if todo:
-        statuses.update(_tune_trials(cfg, todo, groups_path, tracking_uri, experiment_id, parent_id))
-    return [
-        statuses.get(p.name)
-        or TrialStatus(p.name, p.strategy, p.student, p.teacher, p.seed, "error", error="no result from Tune")
-        for p in plans
-    ]
+        by_name.update(_tune_trials(cfg, todo, groups_path, tracking_uri, experiment_id, parent_id))
+    return [by_name.get(p.name) or _record(p, "error", error="no result from Tune") for p in plans]
 
 
 def _reused_trial(
     cfg: StudyConfig, plan: TrialPlan, summary: TrialSummary, experiment_id: str, parent_id: str
-) -> TrialStatus:
-    """The status of a trial reused from its ``trial.json``, logged as a child run of this study."""
+) -> TrialRecord:
+    """The record of a trial reused from its ``trial.json``, logged as a child run of this study."""
     import mlflow
 
-    metrics = numeric({**summary.metrics, **cost_metrics(summary.cost)})
     tags = child_tags(cfg.name, parent_id, "trial", **plan.tags(), reused="true")
     with mlflow.start_run(experiment_id=experiment_id, run_name=plan.name, nested=True, tags=tags):
         mlflow.log_params(flatten_params(plan.run.to_dict()))
-        mlflow.log_metrics(metrics)
-    return TrialStatus(
-        plan.name, plan.strategy, plan.student, plan.teacher, plan.seed, "ok", metrics=metrics, reused=True
-    )
+        mlflow.log_metrics(_final_metrics(summary))
+    return _record(plan, "ok", reused=True)
 
 
 def _tune_trials(
@@ -590,7 +564,8 @@ def _tune_trials(
     tracking_uri: str,
     experiment_id: str,
     parent_id: str,
-) -> dict[str, TrialStatus]:
+) -> dict[str, TrialRecord]:
+    """The plans run as a Ray Tune grid; each one's record by name (status and error only)."""
     from ray import tune
 
     from rerank_ray.heartbeat import heartbeat
@@ -619,19 +594,12 @@ def _tune_trials(
     )
     with heartbeat(f"study {cfg.name}", waiting_on=f"Tune trials (`ray status`; {cfg.study_dir / 'tune'})"):
         grid = tuner.fit()
-    by_name: dict[str, TrialStatus] = {}
+    plan_of = {p.name: p for p in plans}
+    by_name: dict[str, TrialRecord] = {}
     for result in grid:
-        plan = result.config["trial"]
-        by_name[plan["name"]] = TrialStatus(
-            name=plan["name"],
-            strategy=plan["strategy"],
-            student=plan["student"],
-            teacher=plan["teacher"],
-            seed=plan["seed"],
-            status="error" if result.error is not None else "ok",
-            metrics=numeric(result.metrics or {}),
-            error=None if result.error is None else f"{type(result.error).__name__}: {result.error}",
-        )
+        name = result.config["trial"]["name"]
+        error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
+        by_name[name] = _record(plan_of[name], "ok" if error is None else "error", error=error)
     return by_name
 
 
@@ -652,21 +620,26 @@ def _keys(record: EvalRecord, cfg: StudyConfig) -> dict[str, float]:
     return {mlflow_key(suite, cfg.eval.measure): value for suite, value in record.scores.items()}
 
 
-def _trial_record(cfg: StudyConfig, plan: TrialPlan, status: TrialStatus) -> TrialRecord:
-    record = TrialRecord(
-        name=plan.name,
-        strategy=plan.strategy,
-        student=plan.student,
-        teacher=plan.teacher,
-        seed=plan.seed,
-        status=status.status,
-        error=status.error,
+def _record(plan: TrialPlan, status: str, *, error: str | None = None, reused: bool = False) -> TrialRecord:
+    """`plan`'s trial record with its status; :func:`_add_evaluation` adds what it produced."""
+    return TrialRecord(
+        plan.name, plan.strategy, plan.student, plan.teacher, plan.seed, status, error=error, reused=reused
     )
+
+
+def _add_evaluation(cfg: StudyConfig, plan: TrialPlan, record: TrialRecord) -> None:
+    """An ok trial's evaluation, cost and final metrics, read from its ``trial.json``; an ok
+    trial without one becomes an error (the report lists it)."""
     summary_path = Path(plan.run.output_dir) / plan.name / SUMMARY
-    if status.status == "ok" and summary_path.is_file():
+    if record.status == "ok" and summary_path.is_file():
         summary = read_summary(summary_path.parent)
         record.eval = _evaluation_record(summary, cfg)
         record.cost = summary.cost
-    elif status.status == "ok":
+        record.metrics = _final_metrics(summary)
+    elif record.status == "ok":
         record.status, record.error = "error", f"finished without {summary_path}"
-    return record
+
+
+def _final_metrics(summary: TrialSummary) -> dict[str, float]:
+    """What a finished trial reports (``run_trial``) and logs to its MLflow run at the end."""
+    return numeric({**summary.metrics, **cost_metrics(summary.cost)})

@@ -19,6 +19,7 @@ import pytest
 from rerank_ray import cli
 from rerank_ray.config import ConfigError
 from rerank_ray.console import Summary, explain, format_duration, one_line
+from rerank_ray.tune.records import TrialRecord
 
 
 @pytest.fixture
@@ -365,8 +366,8 @@ def test_study_summary_names_report_and_mlflow_run(run, library, tmp_path):
         parent_run_id="abc123",
         experiment_id="4",
         trials=[
-            SimpleNamespace(name="contrastive-l1-s0", status="ok", error=None, reused=True),
-            SimpleNamespace(name="contrastive-l2-s0", status="error", error="ConfigError: bad", reused=False),
+            TrialRecord("contrastive-l1-s0", "contrastive", "l1", None, 0, "ok", reused=True),
+            TrialRecord("contrastive-l2-s0", "contrastive", "l2", None, 0, "error", error="ConfigError: bad"),
         ],
     )
     study = SimpleNamespace(name="quickstart", study_dir=tmp_path / "outputs" / "quickstart")

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from rerank_ray.tune.records import Cost, EvalSummary, TrialSummary
+from rerank_ray.tune.config import load_study
+from rerank_ray.tune.plan import plan_study
+from rerank_ray.tune.records import Cost, EvalRecord, EvalSummary, TrialRecord, TrialSummary
+from rerank_ray.tune.study import _add_evaluation, _record
 from rerank_ray.tune.trial import read_summary
 
 # A trial.json as the trial wrote it when the summary was a plain dict (identity left out:
@@ -75,3 +78,46 @@ def test_cost_adds_scoring_and_sums_folds():
 def test_an_unknown_cost_key_names_the_known_ones():
     with pytest.raises(ValueError, match="unknown cost keys \\['wal_s'\\]; known: wall_s"):
         Cost.from_json({"wal_s": 1.0})
+
+
+def test_a_trial_record_reads_its_evaluation_cost_and_final_metrics_from_trial_json(tmp_path):
+    cfg = load_study(
+        overrides=[
+            "name=rec",
+            f"base.output_dir={tmp_path}",
+            "students={a: {}}",
+            "strategies=[contrastive]",
+            "seeds=[0, 1]",
+            "eval.in_domain=[dl19]",
+            "eval.out_of_domain=[scifact]",
+        ]
+    )
+    finished, lost = plan_study(cfg)
+    eval_dir = Path(finished.run.output_dir) / finished.name / "eval"
+    eval_dir.mkdir(parents=True)
+    for suite in ("dl19", "scifact"):
+        lines = ["query_id\tmeasure\tvalue", "q1\tnDCG@10\t0.25", "q1\tRR@10\t1.0", "q2\tnDCG@10\t0.75"]
+        (eval_dir / f"{suite}.per_query.tsv").write_text("\n".join(lines) + "\n")
+    metrics = {"dl19/nDCG_10": 0.5, "scifact/nDCG_10": 0.5, "scifact/RR_10": float("nan")}
+    summary = TrialSummary(
+        finished.name, metrics, {"dl19": 0.5, "scifact": 0.5}, Cost(wall_s=2.0), eval_dir.parent / "model",
+        eval_dir, {}, None,
+    )  # fmt: skip
+    (eval_dir.parent / "trial.json").write_text(json.dumps(summary.to_json()))
+
+    records = [_record(finished, "ok", reused=True), _record(lost, "ok")]
+    for plan, record in zip((finished, lost), records, strict=True):
+        _add_evaluation(cfg, plan, record)
+
+    per_query = {"q1": 0.25, "q2": 0.75}  # the study's measure only
+    assert records[0] == TrialRecord(
+        finished.name, "contrastive", "a", None, 0, "ok",
+        eval=EvalRecord({"dl19": 0.5, "scifact": 0.5}, {"dl19": per_query, "scifact": per_query}),
+        cost=Cost(wall_s=2.0), reused=True,
+        # What the trial logged at the end: finite metrics and its cost (NaN is not loggable).
+        metrics={"dl19/nDCG_10": 0.5, "scifact/nDCG_10": 0.5, "cost/wall_s": 2.0},
+    )  # fmt: skip
+    # Reported ok, but it left no trial.json: an error the report lists, with nothing to read.
+    missing = Path(lost.run.output_dir) / lost.name / "trial.json"
+    assert (records[1].status, records[1].error) == ("error", f"finished without {missing}")
+    assert records[1].eval is None and records[1].metrics == {} and records[1].cost == Cost()

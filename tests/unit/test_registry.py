@@ -14,9 +14,8 @@ from rerank_ray.config import ModelConfig
 from rerank_ray.models import build_model, load_reranker
 from rerank_ray.tune.config import load_study
 from rerank_ray.tune.plan import plan_study
-from rerank_ray.tune.records import Cost, TrialSummary
+from rerank_ray.tune.records import Cost, EvalRecord, TrialRecord, TrialSummary
 from rerank_ray.tune.registry import best_per_strategy, register_best
-from rerank_ray.tune.report import EvalRecord, TrialRecord
 from rerank_ray.tune.tracking import child_tags
 from tests.conftest import TINY_BERT
 

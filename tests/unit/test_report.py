@@ -7,8 +7,8 @@ import math
 import pytest
 
 from rerank_ray.tune.config import StudyConfig
-from rerank_ray.tune.records import Cost
-from rerank_ray.tune.report import EvalRecord, TeacherInfo, TrialRecord, build_report
+from rerank_ray.tune.records import Cost, EvalRecord, TrialRecord
+from rerank_ray.tune.report import TeacherInfo, build_report
 
 
 def study() -> StudyConfig:
