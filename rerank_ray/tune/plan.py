@@ -145,6 +145,17 @@ def plan_study(cfg: StudyConfig) -> list[TrialPlan]:
     return plans
 
 
+def longest_first(plans: list[TrialPlan], walls: dict[str, float]) -> list[TrialPlan]:
+    """The order to hand Tune the trials in: longest forecast wall time first, ties (and trials
+    without a forecast, taken as 0) in plan order.
+
+    Tune starts trials in the order given as slots free up. With fewer slots than trials, the
+    longest-first order (LPT scheduling) leaves the short trials to fill the last slots, instead
+    of a long trial starting last and running alone while the other slots idle (on a CPU
+    machine a trial's worker uses only its share of the cores)."""
+    return sorted(plans, key=lambda p: -walls.get(p.name, 0.0))
+
+
 def train_resources(run: RunConfig) -> dict[str, float]:
     """What the run's Ray Train workers reserve together (its ``scaling``)."""
     scaling = run.scaling

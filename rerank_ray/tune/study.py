@@ -54,7 +54,7 @@ from rerank_ray.tune.config import (
     load_study,
 )
 from rerank_ray.tune.forecast import ForecastError, StudyForecast, ThroughputTable, forecast_study
-from rerank_ray.tune.plan import TrialPlan, plan_study, teacher_scores_dir, teachers_used
+from rerank_ray.tune.plan import TrialPlan, longest_first, plan_study, teacher_scores_dir, teachers_used
 from rerank_ray.tune.records import Cost, EvalRecord, EvalSummary, TrialRecord, TrialSummary
 from rerank_ray.tune.report import Report, TeacherInfo, build_report, read_per_query, student_size
 from rerank_ray.tune.tracking import (
@@ -134,10 +134,11 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
         first_stage = _first_stage(cfg)
         teachers = _teachers(cfg, plans, groups_path, experiment_id, parent_id)
         # 4. The trials: reused when finished with the same inputs, the rest on Ray Tune.
-        records = _run_trials(cfg, plans, groups_path, tracking_uri, experiment_id, parent_id)
+        walls = forecast.walls() if forecast else {}
+        records = _run_trials(cfg, plans, walls, groups_path, tracking_uri, experiment_id, parent_id)
         for plan, record in zip(plans, records, strict=True):
             _add_evaluation(cfg, plan, record)
-        _add_forecast(forecast.walls() if forecast else {}, records, teachers.costs)
+        _add_forecast(walls, records, teachers.costs)
         # 5. The report, and the best student of each strategy registered.
         report = _report(cfg, records, first_stage, teachers, command)
         from rerank_ray.tune.registry import register_best
@@ -522,13 +523,15 @@ def _add_forecast(
 def _run_trials(
     cfg: StudyConfig,
     plans: list[TrialPlan],
+    walls: dict[str, float],
     groups_path: Path,
     tracking_uri: str,
     experiment_id: str,
     parent_id: str,
 ) -> list[TrialRecord]:
     """Every plan's record, in plan order, with its status (its evaluation is added by
-    :func:`_add_evaluation`): finished ones reused, the others run on Tune."""
+    :func:`_add_evaluation`): finished ones reused, the others run on Tune, longest forecast
+    wall time (`walls`) first."""
     by_name: dict[str, TrialRecord] = {}
     todo: list[TrialPlan] = []
     for plan in plans:
@@ -540,7 +543,8 @@ def _run_trials(
     if by_name:
         log.info("study %s: %d trial(s) reused, %d to run", cfg.name, len(by_name), len(todo))
     if todo:
-        by_name.update(_tune_trials(cfg, todo, groups_path, tracking_uri, experiment_id, parent_id))
+        order = longest_first(todo, walls)
+        by_name.update(_tune_trials(cfg, order, groups_path, tracking_uri, experiment_id, parent_id))
     return [by_name.get(p.name) or _record(p, "error", error="no result from Tune") for p in plans]
 
 

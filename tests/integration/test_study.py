@@ -117,7 +117,15 @@ def test_two_by_two_study_writes_parent_and_child_runs(ray_local, tmp_path):
 def resume_study(tmp_path) -> dict:
     """One study-trained teacher `t`; student `ok` trained both ways; student `bad`, whose
     max_length does not fit its max_position_embeddings, fails inside its trial's worker."""
-    bad = {**TINY_BERT, "config_overrides": {**TINY_BERT["config_overrides"], "max_position_embeddings": 16}}
+    # As small as `ok` (1 layer), so the forecast ties them and Tune keeps plan order.
+    bad = {
+        **TINY_BERT,
+        "config_overrides": {
+            **TINY_BERT["config_overrides"],
+            "num_hidden_layers": 1,
+            "max_position_embeddings": 16,
+        },
+    }
     return {
         "name": "resume",
         "base": {
@@ -133,7 +141,7 @@ def resume_study(tmp_path) -> dict:
         },
         "students": {"ok": yaml.safe_load(tiny_student(1)), "bad": bad},
         "strategies": ["contrastive", "distillation"],
-        # Plan order = Tune's order with one trial at a time: the failing trial runs last.
+        # Plan order = Tune's order (equal forecasts) with one trial at a time: the failing trial runs last.
         "grid": [{"students": ["ok"]}, {"strategies": ["contrastive"], "students": ["bad"]}],
         "eval": {"in_domain": ["tiny-dl19"]},
         "tune": {"max_concurrent_trials": 1, "cpus_per_trial": 0.5, "num_cpus": 8},

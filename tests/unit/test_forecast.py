@@ -16,7 +16,7 @@ from rerank_ray.tune.forecast import (
     format_forecast,
     train_pairs,
 )
-from rerank_ray.tune.plan import plan_study
+from rerank_ray.tune.plan import longest_first, plan_study
 
 HW = "cpu-2core"
 
@@ -139,3 +139,24 @@ def test_the_redesigned_quickstart_forecast_is_within_30_percent_of_its_measured
     assert forecast.wall_s == pytest.approx(2579, rel=0.3)
     walls = forecast.walls()
     assert walls["contrastive+minilm-l2+s0"] == pytest.approx(556, rel=0.3)
+
+
+def test_tune_gets_the_quickstarts_6_layer_trials_first(table, data_root):
+    """Longest-first hands Tune the two 6-layer trials first, then the 2-layer ones, ties in
+    plan order. (Plan order interleaves sizes; for these four trials on 2 slots it happened to
+    balance the slots too, 31 min each on 2026-12-02, but a grid with more long trials than
+    slots would start a long one last, to run alone on its share of the cores.)"""
+    from rerank_ray.config import PROJECT_ROOT
+
+    cfg = load_study([PROJECT_ROOT / "experiments" / "quickstart.yaml"])
+    plans = plan_study(cfg)
+    assert [p.student for p in plans] == ["minilm-l6", "minilm-l2", "minilm-l6", "minilm-l2"]
+    order = longest_first(plans, forecast_study(cfg, plans, table).walls())
+    assert [(p.student, p.strategy) for p in order] == [
+        ("minilm-l6", "contrastive"),
+        ("minilm-l6", "distillation"),
+        ("minilm-l2", "contrastive"),
+        ("minilm-l2", "distillation"),
+    ]
+    # No forecast (no throughput table): plan order.
+    assert longest_first(plans, {}) == plans
