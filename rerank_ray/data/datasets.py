@@ -34,6 +34,7 @@ never turns into a phantom id.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 from collections.abc import Iterator
@@ -247,7 +248,7 @@ class Collection:
     @functools.cached_property
     def docs_store(self) -> Any:
         with self._fetching("docs"):
-            return self.dataset.docs_store()
+            return built_once(self.dataset.docs_store())
 
     @contextlib.contextmanager
     def _fetching(self, part: str) -> Iterator[None]:
@@ -281,6 +282,22 @@ class Collection:
                 "the first-stage run and the corpus do not match"
             )
         return [found[d].default_text() for d in doc_ids]
+
+
+def built_once(store: Any) -> Any:
+    """`store`, built (when it builds itself on first use, as ir_datasets' docstores do) under an
+    exclusive lock on ``<store path>.lock``. ir_datasets checks whether a store is built before
+    taking any lock, so two processes opening a new corpus at once (Ray workers on one node,
+    parallel test workers) would both fill it; here the second waits, then finds it built."""
+    path, build = getattr(store, "path", None), getattr(store, "build", None)
+    if path is None or build is None:
+        return store
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        build()  # a no-op once built
+    return store
 
 
 _OPEN: dict[tuple[Any, ...], Collection] = {}

@@ -10,7 +10,8 @@ import hashlib
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs every test that shares `byo_study` (with test_mlflow_ui.py), so it is built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("byo")]
 
 
 def test_custom_suite_study_end_to_end(byo_study):

@@ -33,7 +33,8 @@ import pytest
 
 from rerank_ray.config import PROJECT_ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(600)]
+# xdist_group: the same worker as test_byo.py, which shares `byo_study`.
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(600), pytest.mark.xdist_group("byo")]
 
 BIN = Path(sys.executable).parent
 CHROMIUM = "/usr/bin/chromium"

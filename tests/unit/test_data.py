@@ -158,3 +158,26 @@ def test_malformed_lines(tmp_path, monkeypatch, file, text, line, fragment):
     message = str(err.value)
     assert f"{path.resolve()}:{line}:" in message, message
     assert fragment in message
+
+
+def test_a_new_docstore_is_built_by_one_process_while_the_others_wait(tmp_path, monkeypatch):
+    """ir_datasets builds a docstore on first use without a lock: two processes opening a new
+    corpus at once would both fill it. `built_once` takes `<store>.lock` first; while another
+    holder has it, the store is neither built nor read, and afterwards it holds each doc once."""
+    import fcntl
+    import threading
+
+    c = _open(*_folder(tmp_path, monkeypatch))
+    lock = Path(f"{c.dataset.docs_store().path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    texts: list[list[str]] = []
+    with open(lock, "a") as other_process:  # flock is per open file: a thread waits like a process
+        fcntl.flock(other_process, fcntl.LOCK_EX)
+        reader = threading.Thread(target=lambda: texts.append(c.doc_texts(["d2", "d1"])))
+        reader.start()
+        reader.join(timeout=2.0)
+        assert reader.is_alive() and not texts, "the docstore was built while another process held its lock"
+        assert not c.dataset.docs_store().built()
+    reader.join(timeout=60)
+    assert texts == [["T two", "one"]]
+    assert c.docs_store.count() == 2
