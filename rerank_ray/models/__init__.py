@@ -7,7 +7,7 @@ attributes, read from here rather than repeated as lists of family names.
 
 Adding a family touches:
 
-- ``rerank_ray/models/<family>.py``: the ``Reranker`` subclass (``family``, ``tokenize``,
+- ``rerank_ray/models/<family>.py``: the ``Reranker`` subclass (``family``, ``encode``, ``collate``,
   ``forward``, ``save_backbone``, ``from_saved``); load weights with the helpers in
   ``rerank_ray/models/hf.py`` (layer count, fit checks, own-memory copy, attention kwargs);
 - this file: one line in ``MODELS``;

@@ -84,8 +84,18 @@ class Reranker(torch.nn.Module):
         self.cfg = cfg
 
     # -- to implement -------------------------------------------------------------------------
-    def tokenize(self, queries: list[str], documents: list[str]) -> dict[str, torch.Tensor]:
+    def encode(self, queries: list[str], documents: list[str]) -> list[dict[str, list[int]]]:
+        """Each pair's model inputs (``input_ids`` first), truncated, not padded."""
         raise NotImplementedError
+
+    def collate(self, encoded: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        """Pairs from :meth:`encode` padded into one batch of tensors."""
+        raise NotImplementedError
+
+    def tokenize(self, queries: list[str], documents: list[str]) -> dict[str, torch.Tensor]:
+        """One batch of pairs: ``collate(encode(...))`` (a family may take a faster path to
+        the same tensors)."""
+        return self.collate(self.encode(queries, documents))
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:  # noqa: D401
         raise NotImplementedError
@@ -114,16 +124,20 @@ class Reranker(torch.nn.Module):
 
     @torch.no_grad()
     def score(self, queries: list[str], documents: list[str], batch_size: int = 64) -> list[float]:
-        """Scores for many pairs, batched by document length (longest first), in input order."""
+        """Scores for many pairs, in input order. The pairs are tokenised once, then cut into
+        batches by token count after truncation, longest first, ties in input order: the least
+        padding a batch size allows (sorting by characters padded more, see
+        ``bench/length_batching.py``)."""
         if len(queries) != len(documents):
             raise ValueError(f"score() got {len(queries)} queries but {len(documents)} documents")
         was_training = self.training
         self.eval()
-        order = sorted(range(len(queries)), key=lambda i: -(len(queries[i]) + len(documents[i])))
+        encoded = self.encode(queries, documents)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]["input_ids"]))
         out = [0.0] * len(queries)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            batch = self.tokenize([queries[i] for i in idx], [documents[i] for i in idx])
+            batch = self.collate([encoded[i] for i in idx])
             batch = {k: v.to(self.device) for k, v in batch.items()}
             scores = self(**batch).float().cpu().tolist()
             for i, s in zip(idx, scores, strict=True):

@@ -154,14 +154,18 @@ class DecoderReranker(Reranker):
         return {"position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
 
     # -- Reranker interface --------------------------------------------------------------------
-    def tokenize(self, queries: list[str], documents: list[str]) -> dict[str, torch.Tensor]:
-        """``input_ids`` and ``attention_mask``, ``[n_pairs, longest]``, padded on
-        ``model.padding_side`` with the pad token (EOS when the tokenizer has none)."""
+    def encode(self, queries: list[str], documents: list[str]) -> list[dict[str, list[int]]]:
         if len(queries) != len(documents):
             raise ValueError(f"tokenize() got {len(queries)} queries but {len(documents)} documents")
         rows = encode_pairs(
             self.tokenizer, self.cfg.template, queries, documents, self.cfg.max_length, self.eos_id
         )
+        return [{"input_ids": row} for row in rows]
+
+    def collate(self, encoded: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask``, ``[n_pairs, longest]``, padded on
+        ``model.padding_side`` with the pad token (EOS when the tokenizer has none)."""
+        rows = [e["input_ids"] for e in encoded]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -59,35 +59,48 @@ class EncoderReranker(Reranker):
     def from_saved(cls, path: Path, cfg: ModelConfig) -> EncoderReranker:
         return cls(cfg, saved=Path(path))
 
-    def tokenize(self, queries: list[str], documents: list[str]) -> dict[str, torch.Tensor]:
+    def _long_queries(self, queries: list[str], documents: list[str]) -> list[bool]:
+        """Which queries alone leave no room for a document token (truncated longest_first)."""
         if len(queries) != len(documents):
             raise ValueError(f"tokenize() got {len(queries)} queries but {len(documents)} documents")
-        max_length = self.cfg.max_length
-        query_lengths = [len(ids) for ids in self.tokenizer(queries, add_special_tokens=False)["input_ids"]]
-        too_long = [n + self._pair_specials >= max_length for n in query_lengths]
+        lengths = [len(ids) for ids in self.tokenizer(queries, add_special_tokens=False)["input_ids"]]
+        return [n + self._pair_specials >= self.cfg.max_length for n in lengths]
+
+    def encode(self, queries: list[str], documents: list[str]) -> list[dict[str, list[int]]]:
+        too_long = self._long_queries(queries, documents)
         if not any(too_long):
-            return dict(
-                self.tokenizer(
-                    queries,
-                    documents,
-                    truncation="only_second",
-                    max_length=max_length,
-                    padding=True,
-                    return_tensors="pt",
-                )
-            )
-        # Mixed batch: encode each pair with its own strategy, then pad together.
-        features = []
-        for query, document, long_query in zip(queries, documents, too_long, strict=True):
-            features.append(
+            enc = self.tokenizer(queries, documents, truncation="only_second", max_length=self.cfg.max_length)
+            return [dict(zip(enc.keys(), row, strict=True)) for row in zip(*enc.values(), strict=True)]
+        # Mixed batch: encode each pair with its own strategy.
+        return [
+            dict(
                 self.tokenizer(
                     query,
                     document,
                     truncation="longest_first" if long_query else "only_second",
-                    max_length=max_length,
+                    max_length=self.cfg.max_length,
                 )
             )
-        return dict(self.tokenizer.pad(features, padding=True, return_tensors="pt"))
+            for query, document, long_query in zip(queries, documents, too_long, strict=True)
+        ]
+
+    def collate(self, encoded: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        return dict(self.tokenizer.pad(encoded, padding=True, return_tensors="pt"))
+
+    def tokenize(self, queries: list[str], documents: list[str]) -> dict[str, torch.Tensor]:
+        if any(self._long_queries(queries, documents)):
+            return self.collate(self.encode(queries, documents))
+        # The common case in one tokenizer call (the training step's path): same tensors.
+        return dict(
+            self.tokenizer(
+                queries,
+                documents,
+                truncation="only_second",
+                max_length=self.cfg.max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+        )
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:
         """``Tensor[n_pairs]`` float32 raw logits."""

@@ -57,6 +57,42 @@ def test_truncation_cuts_the_document_and_survives_a_long_query(tiny):
     assert tiny.tokenizer.decode(batch["input_ids"][0]).count("doc") > 0
 
 
+@pytest.mark.parametrize(
+    ("queries", "docs"),
+    [(QUERIES, DOCS), (["word " * 100, "cat"], ["doc " * 100, "cat " * 100])],  # plain; a long query
+)
+def test_encode_then_collate_gives_the_tokenize_tensors(tiny, queries, docs):
+    one_call, collated = tiny.tokenize(queries, docs), tiny.collate(tiny.encode(queries, docs))
+    assert one_call.keys() == collated.keys()
+    assert all(torch.equal(one_call[k], collated[k]) for k in one_call)
+
+
+def test_score_batches_are_cut_by_token_count_not_characters(tiny):
+    # Characters and tokens disagree: the long rare words are few tokens, the letters many.
+    docs = ["cat dog cat dog cat dog cat dog", "internationalization", "a b c d e f g h", "photosynthesis"]
+    queries = ["q"] * len(docs)
+    tokens = [len(ids) for ids in tiny.tokenizer(queries, docs)["input_ids"]]
+    by_tokens = sorted(tokens, reverse=True)
+    by_chars = sorted(range(len(docs)), key=lambda i: -len(docs[i]))
+    # Sorting by characters would pad the second batch to a long pair: the test can tell.
+    assert max(tokens[i] for i in by_chars[2:]) > by_tokens[2]
+    shapes = []
+    hook = tiny.model.register_forward_pre_hook(
+        lambda _, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        scores = tiny.score(queries, docs, batch_size=2)
+    finally:
+        hook.remove()
+    assert shapes == [(2, by_tokens[0]), (2, by_tokens[2])]
+    was_training = tiny.training
+    with torch.no_grad():
+        tiny.eval()  # as score() does: no dropout
+        alone = [tiny(**tiny.tokenize([q], [d])).item() for q, d in zip(queries, docs, strict=True)]
+    tiny.train(was_training)
+    assert scores == pytest.approx(alone, abs=1e-5)  # in input order
+
+
 def test_save_then_load_gives_identical_scores(tiny, tmp_path):
     path = tiny.save(tmp_path / "m")
     meta = json.loads((path / META_FILE).read_text())
