@@ -32,7 +32,9 @@ def assert_loss_fell(history):
 
 def assert_every_parameter_changed(before, model):
     after = model.state_dict()
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad and not shift_invariant(name)}
+    trainable = {
+        name for name, p in model.named_parameters() if p.requires_grad and not shift_invariant(name)
+    }
     assert trainable
     unchanged = [n for n in trainable if torch.equal(before[n], after[n])]
     assert not unchanged, f"parameters that did not change: {unchanged}"
