@@ -33,7 +33,9 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check rerank_ray tests bench
-	$(BIN)/python -m pytest tests -q --timeout=900 -p no:cacheprovider --durations=15
+	# Two workers: most of an integration test is process start-up and waiting, so two overlap
+	# well on 2 cores; tests sharing a session fixture are pinned together (xdist_group).
+	$(BIN)/python -m pytest tests -q --timeout=900 -p no:cacheprovider --durations=15 -n 2 --dist loadgroup
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
