@@ -28,7 +28,8 @@ import pytest
 
 from rerank_ray.config import PROJECT_ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# One xdist worker runs both tests: they share the module-scoped `ray head`.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.xdist_group("job_submit")]
 
 BIN = Path(sys.executable).parent
 TINY_STUDY = "tests/integration/data/tiny_study.yaml"
