@@ -28,7 +28,7 @@ import pytest
 
 from rerank_ray.config import PROJECT_ROOT
 
-# One xdist worker runs both tests: they share the module-scoped `ray head`.
+# One xdist worker runs both tests: they share the module-scoped `ray_head`.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.xdist_group("job_submit")]
 
 BIN = Path(sys.executable).parent
