@@ -40,9 +40,10 @@ def rerank(
     pairs = candidates(collection, depth)
     queries = [collection.queries[q] for q, _ in pairs]
     docs = collection.doc_texts([d for _, d in pairs])
-    # Longest first over the whole suite, so every batch holds pairs of similar length (the
-    # scorer sorts each call again, stably, which keeps this order). The teacher scoring job
-    # uses the same order, so a suite reranked there sees the same forward passes.
+    # Longest first (characters) over the whole suite, so each chunk holds pairs of similar
+    # length; the scorer then cuts a chunk's forward passes by token count. The teacher scoring
+    # job uses the same order for its shards; its blocks are other slices of it, so a pair's
+    # batch can differ there, and its score by float rounding.
     order = length_order(queries, docs, [q for q, _ in pairs], [d for _, d in pairs])
     scores = [0.0] * len(pairs)
     chunk = batch_size * CHUNK_BATCHES
