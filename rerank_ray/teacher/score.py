@@ -30,7 +30,7 @@ deleted before scoring starts, so a folder never mixes two teachers or two pair 
 
 Layout for speed: the shards to score are cut into blocks (never spanning two shards) small
 enough that every actor gets several, and each actor takes one block at a time, so no actor
-idles while another holds queued work. An actor scores a whole block per call, sorted by length
+idles while another holds queued work. An actor scores a whole block per call, sorted by token count
 before it is cut into forward passes of ``scoring.batch_size`` pairs (little padding), with
 torch on ``cpus_per_actor`` threads. The same job reranks large evaluation suites
 (``evaluation/evaluate.py``).
@@ -73,8 +73,8 @@ class TeacherScorer:
 
     ``__call__`` takes a DataFrame with ``query_id, doc_id, query, doc`` (plus any extra columns,
     which are passed through: the job uses a ``shard`` column) and returns ``query_id, doc_id,
-    score`` (float64) in the same row order. The whole frame is sorted by length before it is cut
-    into forward passes of ``batch_size`` pairs, so give it large frames (the job gives it whole
+    score`` (float64) in the same row order. The whole frame is sorted by token count before it is
+    cut into forward passes of ``batch_size`` pairs, so give it large frames (the job gives it whole
     blocks). ``threads`` sets torch's CPU threads (None: leave them); on CUDA, float32 weights
     run their matmuls in bf16 under autocast when ``autocast`` is true.
     """
