@@ -20,6 +20,11 @@ BATCH = {
     "query": np.array(["what is a cell", "protein folding"], dtype=object),
     "docs": np.array([np.array(["cells live", "a rock"]), np.array(["helices fold", "a car"])], dtype=object),
 }
+# BATCH as the (query, document) pairs `train_step` scores: each query once per document.
+PAIRS = (
+    [q for q in BATCH["query"] for _ in BATCH["docs"][0]],
+    [str(d) for group in BATCH["docs"] for d in group],
+)
 
 
 def free_port() -> int:
@@ -110,9 +115,7 @@ def test_the_score_head_bias_gets_only_rounding_noise_from_a_softmax_loss(one_ra
     engine, cfg = engine_for(0.0, 1)
     reranker = engine.module
     reranker.train()
-    queries = [q for q in BATCH["query"] for _ in range(2)]
-    docs = [str(d) for group in BATCH["docs"] for d in group]
-    scores = reranker(**reranker.tokenize(queries, docs)).float().view(2, 2)
+    scores = reranker(**reranker.tokenize(*PAIRS)).float().view(2, 2)
     build_loss(cfg.loss)(scores, None).backward()
     grads = {n: p.grad for n, p in reranker.named_parameters() if p.grad is not None}
     (bias,) = [n for n in grads if shift_invariant(n)]
@@ -155,12 +158,10 @@ def test_the_engine_updates_the_weights_as_torch_adamw_with_clipping_does(one_ra
     )
     schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=1, num_training_steps=steps)
     loss_fn = build_loss(cfg.loss)
-    queries = [q for q in BATCH["query"] for _ in range(2)]
-    docs = [str(d) for group in BATCH["docs"] for d in group]
     for _ in range(steps):
         train_step(engine, loss_fn, BATCH, cfg)
         plain.train()
-        loss = loss_fn(plain(**plain.tokenize(queries, docs)).float().view(2, 2), None)
+        loss = loss_fn(plain(**plain.tokenize(*PAIRS)).float().view(2, 2), None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(plain.parameters(), cfg.train.max_grad_norm)
