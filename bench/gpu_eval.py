@@ -63,6 +63,7 @@ def run_case(kind: str, depth: int, workdir: Path) -> dict:
     docs = collection.doc_texts([d for _, d in pairs])
 
     reference = load_reranker(model_dir, inference=True)
+    reference.cfg = reference.cfg.model_copy(update={"autocast": "off"})  # the float32 reference
     reference.score(queries[:BATCH], docs[:BATCH], BATCH)  # warm-up: kernels, allocator
     torch.cuda.synchronize()
     start = time.perf_counter()

@@ -37,6 +37,8 @@ from pydantic import (
 from rerank_ray.evaluation.suites import Suite, unknown_suites, with_relevance
 
 ModelFamily = Literal["encoder", "decoder", "recurrent"]
+# Mixed precision of the matmuls (see ModelConfig.autocast).
+Autocast = Literal["auto", "bf16", "off"]
 LossName = Literal["contrastive", "distillation", "mix", "margin_mse"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -229,6 +231,12 @@ class ModelConfig(Section):
     # bfloat16 for decoder/recurrent models when CUDA is available (a 7B in fp32 is 30 GB), else
     # float32. Training ignores it: DeepSpeed casts by deepspeed.precision.
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Matmuls in bf16 under torch.autocast, float32 weights kept (rerank_ray.models.precision):
+    # auto = in scoring and evaluation on CUDA, off on CPU (training: deepspeed.precision
+    # decides); bf16 = also on CPU, in training too (on a CPU with avx512_bf16 or AMX, a
+    # forward pass ~1.9x and a training step ~1.5x faster, bench/cpu_bf16.py); off = float32.
+    # Recorded with the saved model, so its evaluation and teacher scoring follow it.
+    autocast: Autocast = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

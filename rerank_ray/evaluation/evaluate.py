@@ -203,26 +203,12 @@ def _model_reranker(
         reranker = loaded[0]
 
         def score_fn(queries: list[str], docs: list[str]) -> list[float]:
+            # Under bf16 autocast on CUDA, or on CPU too with model.autocast: bf16.
             return reranker.score(queries, docs, batch_size)
-
-        if torch.cuda.is_available():  # load_reranker(inference=True) put the model there
-            score_fn = _bf16_autocast(score_fn)
 
         return rerank(score_fn, collection, cut, batch_size, desc=f"rerank {name}")
 
     return rerank_suite
-
-
-def _bf16_autocast(score_fn: ScoreFn) -> ScoreFn:
-    """`score_fn` with CUDA matmuls in bf16 (autocast: float32 weights and outputs stay as they
-    are; a model already cast to bf16, as decoders are on a GPU, is unaffected)."""
-    import torch
-
-    def autocast_score_fn(queries: list[str], docs: list[str]) -> list[float]:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return list(score_fn(queries, docs))
-
-    return autocast_score_fn
 
 
 def _bi_encoder_reranker(teacher: TeacherModel, batch_size: int) -> RerankSuite:

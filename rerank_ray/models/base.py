@@ -28,6 +28,7 @@ from transformers import PretrainedConfig
 
 from rerank_ray.config import ModelConfig
 from rerank_ray.io import write_json
+from rerank_ray.models.precision import scoring_autocast
 
 META_FILE = "rerank_ray.json"
 # Seed of every random initialisation (heads, init="random" backbones, LoRA adapters), so a
@@ -127,7 +128,8 @@ class Reranker(torch.nn.Module):
         """Scores for many pairs, in input order. The pairs are tokenised once, then cut into
         batches by token count after truncation, longest first, ties in input order: the least
         padding a batch size allows (characters are a rougher proxy: for the bi-encoder's dl19
-        documents they padded 1.44x more tokens, ``bench/bi_encoder_batching.py``)."""
+        documents they padded 1.44x more tokens, ``bench/bi_encoder_batching.py``). Matmuls run
+        in bf16 when ``model.autocast`` says so (``rerank_ray.models.precision``)."""
         if len(queries) != len(documents):
             raise ValueError(f"score() got {len(queries)} queries but {len(documents)} documents")
         was_training = self.training
@@ -139,7 +141,8 @@ class Reranker(torch.nn.Module):
             idx = order[start : start + batch_size]
             batch = self.collate([encoded[i] for i in idx])
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            scores = self(**batch).float().cpu().tolist()
+            with scoring_autocast(self.cfg.autocast, self.device):
+                scores = self(**batch).float().cpu().tolist()
             for i, s in zip(idx, scores, strict=True):
                 out[i] = s
         self.train(was_training)

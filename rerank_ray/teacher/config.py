@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from rerank_ray.config import Section
+from rerank_ray.config import Autocast, Section
 
 
 class ScoringConfig(Section):
@@ -57,3 +57,6 @@ class TeacherModel(Section):
     # over 20 * cosine (sentence-transformers MultipleNegativesRankingLoss, scale=20), so this
     # turns cosines back into the logits the model was trained to produce.
     scale: float = Field(20.0, gt=0)
+    # Bi-encoder only: bf16 matmuls under autocast (as ModelConfig.autocast; a cross-encoder
+    # teacher follows the autocast saved with it).
+    autocast: Autocast = "auto"

@@ -75,8 +75,9 @@ class TeacherScorer:
     which are passed through: the job uses a ``shard`` column) and returns ``query_id, doc_id,
     score`` (float64) in the same row order. The whole frame is sorted by token count before it is
     cut into forward passes of ``batch_size`` pairs, so give it large frames (the job gives it whole
-    blocks). ``threads`` sets torch's CPU threads (None: leave them); on CUDA, float32 weights
-    run their matmuls in bf16 under autocast when ``autocast`` is true.
+    blocks). ``threads`` sets torch's CPU threads (None: leave them). Matmuls run in bf16 under
+    autocast as the teacher says: a cross-encoder by its saved ``model.autocast``, a bi-encoder
+    by ``TeacherModel.autocast`` (``rerank_ray.models.precision``; auto = on CUDA only).
     """
 
     def __init__(
@@ -85,7 +86,6 @@ class TeacherScorer:
         batch_size: int = 64,
         dtype: str = "float32",
         threads: int | None = None,
-        autocast: bool = True,
     ) -> None:
         import torch
 
@@ -95,7 +95,6 @@ class TeacherScorer:
         self.batch_size = batch_size
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-        self.autocast = autocast and self.device.type == "cuda" and torch_dtype == torch.float32
         # Query embeddings of the bi-encoder, kept for the actor's life: a query recurs in many
         # blocks, a document rarely (and documents would not fit in memory at scale).
         self._query_cache: dict[str, Any] = {}
@@ -115,13 +114,16 @@ class TeacherScorer:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         import torch
 
+        from rerank_ray.models.precision import scoring_autocast
+
         queries = batch["query"].astype(str).tolist()
         docs = batch["doc"].astype(str).tolist()
-        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
+        with torch.inference_mode():
             if self.teacher.kind == "cross_encoder":
                 scores = self.model.score(queries, docs, batch_size=self.batch_size)
             else:
-                scores = self._bi_encoder_scores(queries, docs)
+                with scoring_autocast(self.teacher.autocast, self.device):
+                    scores = self._bi_encoder_scores(queries, docs)
         out = batch.drop(columns=["query", "doc"]).copy()
         out["score"] = pd.Series(scores, index=out.index, dtype="float64")
         return out
@@ -305,6 +307,7 @@ def provenance(teacher: TeacherModel, pairs: pd.DataFrame, scoring: ScoringConfi
     else:
         lengths = {"max_length": teacher.max_length, "query_max_length": teacher.query_max_length}
         lengths["scale"] = teacher.scale
+        lengths["autocast"] = teacher.autocast  # a cross-encoder's is in its fingerprinted folder
     prov = {
         "teacher": {
             "kind": teacher.kind,

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from rerank_ray.io import write_json
+from rerank_ray.models.precision import training_autocast
 
 CKPT_TAG = "engine"
 STATE_FILE = "train_state.json"
@@ -78,7 +79,8 @@ def train_step(engine: Any, loss_fn: Any, batch: dict[str, Any], cfg: Any) -> tu
         )
     inputs = reranker.tokenize(queries, docs)
     inputs = {k: v.to(engine.device) for k, v in inputs.items()}
-    scores = engine(**inputs).float().view(B, group_size)
+    with training_autocast(cfg.model.autocast, engine.device):  # bf16 matmuls with model.autocast: bf16
+        scores = engine(**inputs).float().view(B, group_size)
     teacher = None
     if cfg.loss.needs_teacher:
         teacher = torch.tensor(np.stack(batch["teacher_scores"]), dtype=torch.float32).to(scores.device)

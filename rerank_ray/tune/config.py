@@ -48,6 +48,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rerank_ray.config import (
+    Autocast,
     ConfigError,
     DataConfig,
     LossConfig,
@@ -146,6 +147,8 @@ class BiEncoderTeacher(Section):
     max_length: int = Field(256, ge=8)
     query_max_length: int = Field(64, ge=8)
     scale: float = Field(20.0, gt=0)
+    # bf16 matmuls in its scoring and evaluation (see ModelConfig.autocast).
+    autocast: Autocast = "auto"
 
     def scorer(self) -> TeacherModel:
         return TeacherModel(
@@ -154,6 +157,7 @@ class BiEncoderTeacher(Section):
             max_length=self.max_length,
             query_max_length=self.query_max_length,
             scale=self.scale,
+            autocast=self.autocast,
         )
 
 

@@ -46,10 +46,10 @@ def one_rank():
             torch.distributed.destroy_process_group()
 
 
-def engine_for(warmup_ratio: float, total_steps: int):
+def engine_for(warmup_ratio: float, total_steps: int, autocast: str = "auto"):
     cfg = RunConfig.from_dict(
         {
-            "model": TINY_BERT,
+            "model": {**TINY_BERT, "autocast": autocast},
             "groups": {"group_size": 2},
             "train": {"micro_batch_groups": 2, "learning_rate": LR, "warmup_ratio": warmup_ratio},
             "scaling": {"cpus_per_worker": 1},
@@ -175,3 +175,26 @@ def test_the_engine_updates_the_weights_as_torch_adamw_with_clipping_does(one_ra
     for name, p in plain.named_parameters():
         if not shift_invariant(name):
             torch.testing.assert_close(trained[name], p, rtol=0, atol=LR / 50, msg=name)
+
+
+def test_model_autocast_bf16_trains_with_bf16_matmuls_and_float32_weights_on_cpu(one_rank):
+    """``model.autocast: bf16`` on CPU: the forward's linear layers compute in bf16, the weights
+    (and DeepSpeed's fp32 optimizer) stay float32, every weight moves, and the losses follow
+    the float32 run's from the same start (``off``) to bf16 rounding, without being equal."""
+    losses, moved = {}, {}
+    for setting in ("off", "bf16"):
+        engine, cfg = engine_for(0.0, 10, autocast=setting)
+        seen: set[torch.dtype] = set()
+        for sub in engine.module.modules():
+            if isinstance(sub, torch.nn.Linear):
+                sub.register_forward_hook(lambda _m, _i, out, seen=seen: seen.add(out.dtype))
+        before = {name: p.detach().clone() for name, p in engine.module.named_parameters()}
+        loss_fn = build_loss(cfg.loss)
+        losses[setting] = np.array([train_step(engine, loss_fn, BATCH, cfg)[0] for _ in range(10)])
+        assert seen == {torch.bfloat16 if setting == "bf16" else torch.float32}
+        params = dict(engine.module.named_parameters())
+        assert all(p.dtype == torch.float32 for p in params.values())
+        moved[setting] = [n for n, p in params.items() if not torch.equal(before[n], p) or shift_invariant(n)]
+    assert moved["bf16"] == list(params)
+    assert not np.array_equal(losses["bf16"], losses["off"])
+    assert np.abs(losses["bf16"] - losses["off"]).max() < 0.01
