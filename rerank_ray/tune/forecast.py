@@ -216,7 +216,10 @@ def count_groups(run: RunConfig) -> tuple[int, int]:
         collection = open_collection(
             name, root=data.root, split=data.train_split, first_stage=data.first_stage
         )
+        held_out = data.validation_ids(name, list(collection.queries))  # they give no group
         for query_id in collection.queries:
+            if query_id in held_out:
+                continue
             if cfg.max_queries is not None and seen >= cfg.max_queries:
                 return groups, pairs
             seen += 1
@@ -230,20 +233,26 @@ def count_groups(run: RunConfig) -> tuple[int, int]:
 def count_eval_pairs(cfg: StudyConfig) -> int:
     """Pairs reranked to evaluate one model on every suite of the study."""
     from rerank_ray.data.datasets import open_collection
+    from rerank_ray.evaluation.evaluate import validation_collections
     from rerank_ray.evaluation.suites import get_suite
 
     total = 0
     for name in cfg.eval.suites:
         suite = get_suite(name, cfg.eval.defined())
         cut = cfg.eval.depth.get(name) or suite.depth
-        collection = open_collection(
-            suite.dataset,
-            root=cfg.base.data.root,
-            split=suite.split,
-            first_stage=suite.first_stage,
-            run_file=cfg.eval.run_files.get(name, suite.run_file),
-        )
-        total += sum(min(cut, len(ranked)) for ranked in collection.run.values())
+        if suite.held_out:  # the training queries held out by data.validation
+            collections = validation_collections(cfg.base.data)
+        else:
+            collections = [
+                open_collection(
+                    suite.dataset,
+                    root=cfg.base.data.root,
+                    split=suite.split,
+                    first_stage=suite.first_stage,
+                    run_file=cfg.eval.run_files.get(name, suite.run_file),
+                )
+            ]
+        total += sum(min(cut, len(ranked)) for c in collections for ranked in c.run.values())
     return total
 
 

@@ -50,20 +50,23 @@ def test_train_pairs_counts_steps_and_caps_at_max_steps():
     assert train_pairs(load_config(overrides=["train.max_steps=2"]), 660) == 2 * 2 * 8
 
 
-def test_groups_count_matches_build_groups(tmp_path, data_root):
+TINY_SCIFACT = [
+    "data.train=[fixtures/tiny-scifact]",
+    "data.train_split=train",
+    "data.first_stage=bm25-top10",
+    "groups.depth=10",
+    "groups.group_size=4",
+    "groups.groups_per_query=2",
+    "groups.positive_min_label=1",
+]
+
+
+# Held-out validation queries give no group (the forecast counted them before 2026-12-02).
+@pytest.mark.parametrize("validation", [[], ["data.validation=0.5"]])
+def test_groups_count_matches_build_groups(tmp_path, data_root, validation):
     from rerank_ray.data.groups import build_groups
 
-    run = load_config(
-        overrides=[
-            "data.train=[fixtures/tiny-scifact]",
-            "data.train_split=train",
-            "data.first_stage=bm25-top10",
-            "groups.depth=10",
-            "groups.group_size=4",
-            "groups.groups_per_query=2",
-            "groups.positive_min_label=1",
-        ]
-    )
+    run = load_config(overrides=TINY_SCIFACT + validation)
     groups, unique = count_groups(run)
     import pandas as pd
 
@@ -71,6 +74,25 @@ def test_groups_count_matches_build_groups(tmp_path, data_root):
 
     built = pd.read_parquet(build_groups(run, tmp_path).path)
     assert groups == len(built) and unique == len(pairs_from_groups(built))
+
+
+def test_the_validation_suite_is_counted_over_the_held_out_queries(data_root):
+    from rerank_ray.evaluation.evaluate import validation_collections
+    from rerank_ray.tune.config import StudyConfig
+    from rerank_ray.tune.forecast import count_eval_pairs
+
+    base = load_config(overrides=TINY_SCIFACT + ["data.validation=0.5"])
+    cfg = StudyConfig.model_validate(
+        {
+            "base": base.model_dump(mode="json"),
+            "students": {"s": {}},
+            "strategies": ["contrastive"],
+            "eval": {"in_domain": ["validation"], "out_of_domain": [], "depth": {"validation": 3}},
+        }
+    )
+    (held_out,) = validation_collections(base.data)
+    assert held_out.run
+    assert count_eval_pairs(cfg) == sum(min(3, len(r)) for r in held_out.run.values())
 
 
 def test_quickstart_forecast_is_within_30_percent_of_its_recorded_cost(table, data_root):
