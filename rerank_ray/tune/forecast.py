@@ -58,7 +58,7 @@ class ForecastError(ValueError):
 @dataclass(frozen=True)
 class Throughput:
     pairs_per_s: float
-    measured: bool  # False: interpolated from other sizes
+    measured: bool  # False: interpolated from other sizes (or fp32 standing in for bf16)
 
 
 @dataclass
@@ -89,15 +89,28 @@ class ThroughputTable:
         kind = "gpu" if gpu else "cpu"
         return next((name for name, h in self.hardware.items() if h.get("kind") == kind), None)
 
-    def lookup(self, stage: str, family: str, layers: int, hardware: str) -> Throughput | None:
-        """Pairs/s for (stage, family, layers, hardware): measured, interpolated, or None."""
+    def lookup(
+        self, stage: str, family: str, layers: int, hardware: str, precision: str = "fp32"
+    ) -> Throughput | None:
+        """Pairs/s for (stage, family, layers, hardware, precision): measured, interpolated, or
+        None. `precision` is ``bf16`` for a model run under bf16 autocast on the CPU
+        (``model.autocast: bf16``; an entry's ``precision``, absent = fp32); with no bf16 entry
+        for the stage, family and hardware, the fp32 rates stand in, marked as not measured."""
+
         # An entry measured while k runs shared the machine (``shared_by: k``) is scaled to the
         # machine alone: k times its rate.
-        points = sorted(
-            (e["layers"], 1.0 / (e["pairs_per_s"] * e.get("shared_by", 1)), e["measured"])
-            for e in self.entries
-            if (e["stage"], e["family"], e["hardware"]) == (stage, family, hardware)
-        )
+        def matching(wanted: str) -> list[tuple[int, float, bool]]:
+            return sorted(
+                (e["layers"], 1.0 / (e["pairs_per_s"] * e.get("shared_by", 1)), e["measured"])
+                for e in self.entries
+                if (e["stage"], e["family"], e["hardware"], e.get("precision", "fp32"))
+                == (stage, family, hardware, wanted)
+            )
+
+        points = matching(precision)
+        if not points and precision != "fp32":
+            found = self.lookup(stage, family, layers, hardware)
+            return None if found is None else Throughput(found.pairs_per_s, False)
         if not points:
             return None
         for n, spp, measured in points:
@@ -306,10 +319,14 @@ def forecast_study(
     sharing = min(cfg.tune.max_concurrent_trials, len(plans)) if kind == "cpu" else 1
     trials = []
     for plan in plans:
-        family, layers = plan.run.model.family, model_layers(plan.run.model)
+        family, layers, autocast = (
+            plan.run.model.family,
+            model_layers(plan.run.model),
+            plan.run.model.autocast,
+        )
         stages = [
-            estimator.stage("train", family, layers, train_pairs(plan.run, groups)),
-            estimator.stage("evaluate", family, layers, evaluate),
+            estimator.stage("train", family, layers, train_pairs(plan.run, groups), autocast),
+            estimator.stage("evaluate", family, layers, evaluate, autocast),
         ]
         cpus = plan.resources.get("CPU", 0.0) + plan.train_resources.get("CPU", 0.0)
         gpus = plan.resources.get("GPU", 0.0) + plan.train_resources.get("GPU", 0.0)
@@ -328,9 +345,15 @@ class _Estimator:
     def overhead(self) -> float:
         return float(self.table.overhead_s.get(self.hardware, 0.0)) if self.hardware else 0.0
 
-    def stage(self, stage: str, family: str, layers: int, pairs: int) -> StageCost:
-        found = None if self.hardware is None else self.table.lookup(stage, family, layers, self.hardware)
-        return StageCost(stage, pairs, found, f"{stage} {family} L{layers} on {self.hardware or '?'}")
+    def stage(self, stage: str, family: str, layers: int, pairs: int, autocast: str = "auto") -> StageCost:
+        precision = "bf16" if autocast == "bf16" else "fp32"
+        found = (
+            None
+            if self.hardware is None
+            else self.table.lookup(stage, family, layers, self.hardware, precision)
+        )
+        suffix = " bf16" if precision == "bf16" else ""
+        return StageCost(stage, pairs, found, f"{stage} {family} L{layers}{suffix} on {self.hardware or '?'}")
 
 
 def _teacher(
@@ -344,19 +367,20 @@ def _teacher(
         return RunForecast(f"teacher {name}", [], 0.0, 0.0, 0.0)
     if isinstance(spec, BiEncoderTeacher):
         family, layers = "bi_encoder", model_layers(ModelConfig(source=spec.source))
+        autocast = spec.autocast
         stages = []
     elif isinstance(spec, CrossEncoderTeacher) and spec.trains:
         run = cfg.teacher_run(name)
-        family, layers = run.model.family, model_layers(run.model)
-        stages = [est.stage("train", family, layers, train_pairs(run, groups))]
+        family, layers, autocast = run.model.family, model_layers(run.model), run.model.autocast
+        stages = [est.stage("train", family, layers, train_pairs(run, groups), autocast)]
     else:
         assert isinstance(spec, CrossEncoderTeacher)
         model = spec.pretrained() if spec.source else _saved_model(spec.path)
-        family, layers = model.family, model_layers(model)
+        family, layers, autocast = model.family, model_layers(model), model.autocast
         stages = []
     stages += [
-        est.stage("evaluate", family, layers, evaluate),
-        est.stage("score", family, layers, unique),
+        est.stage("evaluate", family, layers, evaluate, autocast),
+        est.stage("score", family, layers, unique, autocast),
     ]
     trains = stages[0].stage == "train"
     run = cfg.teacher_run(name) if trains else None

@@ -42,6 +42,21 @@ def test_lookup_measured_interpolated_and_missing(table):
     assert table.default_hardware(gpu=False) == HW and table.default_hardware(gpu=True) is None
 
 
+def test_a_bf16_run_is_forecast_from_bf16_entries_else_from_fp32_marked_unmeasured():
+    entry = {"stage": "train", "family": "encoder", "hardware": HW, "measured": True}
+    table = ThroughputTable(
+        entries=[{**entry, "layers": 6, "pairs_per_s": 10.0}, {**entry, "layers": 2, "pairs_per_s": 30.0}],
+        overhead_s={},
+        hardware={HW: {"kind": "cpu"}},
+    )
+    fallback = table.lookup("train", "encoder", 6, HW, "bf16")
+    assert (fallback.pairs_per_s, fallback.measured) == (10.0, False)
+    table.entries.append({**entry, "layers": 6, "pairs_per_s": 15.0, "precision": "bf16"})
+    assert table.lookup("train", "encoder", 6, HW, "bf16").pairs_per_s == 15.0
+    assert table.lookup("train", "encoder", 6, HW, "bf16").measured
+    assert table.lookup("train", "encoder", 6, HW).pairs_per_s == 10.0  # fp32 ignores bf16 entries
+
+
 def test_train_pairs_counts_steps_and_caps_at_max_steps():
     run = load_config(overrides=["train.micro_batch_groups=4", "groups.group_size=8"])
     assert train_pairs(run, 660) == 165 * 4 * 8
