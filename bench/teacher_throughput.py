@@ -65,23 +65,24 @@ def throughput_entry(
     teacher: dict[str, Any], pairs_per_s: float, *, hardware: str, date: str, note: str
 ) -> dict[str, Any]:
     """The bench/throughput.yaml entry for a measured bi-encoder scoring rate, keyed as the
-    forecast looks it up: stage ``score``, family ``bi_encoder``, the source's layers."""
+    forecast looks it up: stage ``score``, family ``bi_encoder``, the source's layers, and
+    ``precision: bf16`` for a teacher scoring under bf16 autocast."""
     from rerank_ray.config import ModelConfig
     from rerank_ray.teacher.config import TeacherModel
     from rerank_ray.tune.forecast import model_layers
 
     spec = TeacherModel.model_validate(teacher)
-    return {
+    entry = {
         "stage": "score",
         "family": "bi_encoder",
         "layers": model_layers(ModelConfig(source=spec.path)),
         "max_length": spec.max_length,
         "hardware": hardware,
         "pairs_per_s": round(pairs_per_s, 1),
-        "measured": True,
-        "date": date,
-        "note": note,
     }
+    if spec.autocast == "bf16":  # forecast separately from float32 rates
+        entry["precision"] = "bf16"
+    return {**entry, "measured": True, "date": date, "note": note}
 
 
 def yaml_line(entry: dict[str, Any]) -> str:

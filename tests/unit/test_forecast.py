@@ -131,6 +131,18 @@ def test_quickstart_forecast_is_within_30_percent_of_its_recorded_cost(table, da
     assert "total: 4 trial(s), 2 at a time" in text and "per CPU-hour" in text
 
 
+def test_the_bf16_quickstart_forecast_is_within_30_percent_of_its_measured_cost(table, data_root):
+    # experiments/quickstart.yaml as run on 2026-12-02 14:49-15:03 (13m17s; README). Its bf16
+    # entries in bench/throughput.yaml were read off that same run, so this checks the formula
+    # (sharing, start-up, the precision lookup), not the rates independently.
+    cfg = load_study([Path(__file__).parent / "data" / "quickstart-2026-12-02-bf16.yaml"])
+    forecast = forecast_study(cfg, plan_study(cfg), table)
+    assert all(stage.throughput.measured for run in forecast.trials for stage in run.stages)
+    assert forecast.wall_s == pytest.approx(13 * 60 + 17, rel=0.3)
+    l6 = [t.wall_s for t in forecast.trials if "minilm-l6" in t.name]
+    assert l6 == pytest.approx([448, 449], rel=0.3)  # the trials' measured wall times
+
+
 def test_a_bi_encoder_teacher_is_forecast_from_the_entry_bench_writes(table, data_root, tmp_path):
     # bench/ is a folder of scripts, not a package: load the module from its file.
     import importlib.util
@@ -148,9 +160,10 @@ def test_a_bi_encoder_teacher_is_forecast_from_the_entry_bench_writes(table, dat
         del sys.modules["teacher_throughput"]
     cfg = load_study([PROJECT_ROOT / "experiments" / "quickstart.yaml"])
     (name,) = [n for n, t in cfg.teachers.items() if t.kind == "bi_encoder"]
-    teacher = {"kind": "bi_encoder", "path": cfg.teachers[name].source}
+    teacher = cfg.teachers[name].scorer().model_dump()
     entry = bench.throughput_entry(teacher, 123.4, hardware=HW, date="2026-12-02", note="test")
     assert (entry["stage"], entry["family"], entry["layers"]) == ("score", "bi_encoder", 6)
+    assert entry.get("precision", "fp32") == ("bf16" if teacher["autocast"] == "bf16" else "fp32")
     with_entry = ThroughputTable(
         entries=[*table.entries, entry], overhead_s=table.overhead_s, hardware=table.hardware
     )
