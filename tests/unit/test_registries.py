@@ -32,6 +32,7 @@ CHOICES = (
     {"auto", "float32", "bfloat16"},  # ModelConfig.dtype
     {0, 1, 2, 3},  # DeepSpeedConfig.zero_stage
     {"auto", "fp32", "bf16"},  # DeepSpeedConfig.precision
+    {"auto", "bf16", "off"},  # ModelConfig.autocast, TeacherModel.autocast, BiEncoderTeacher.autocast
     {"float32", "bfloat16"},  # ScoringConfig.dtype
     {"randomization", "ttest"},  # the report's significance test
     {"dedupe", "error"},  # DataConfig.duplicate_run_entries

@@ -88,7 +88,7 @@ def test_grid_blocks_select_combinations(tmp_path):
         # A short-form student is its model: the key is under students.<name>.model.
         (
             "students.l1.num_layer=1",
-            "students.l1.model.num_layer: unknown key; allowed keys here: attn_implementation, config_overrides",
+            "students.l1.model.num_layer: unknown key; allowed keys here: attn_implementation, autocast, config_overrides",
         ),
     ],
 )
