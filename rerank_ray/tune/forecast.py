@@ -49,6 +49,8 @@ from rerank_ray.tune.config import BiEncoderTeacher, CrossEncoderTeacher, Scores
 # the project checkout this package was imported from; an installed wheel ships no bench/.
 THROUGHPUT_FILES = (Path("bench") / "throughput.yaml", PROJECT_ROOT / "bench" / "throughput.yaml")
 STAGES = ("train", "score", "evaluate")
+# An entry's `precision`: fp32 (absent) or bf16 (run under model.autocast: bf16).
+PRECISIONS = ("fp32", "bf16")
 
 
 class ForecastError(ValueError):
@@ -78,10 +80,16 @@ class ThroughputTable:
         data = yaml.safe_load(path.read_text())
         for i, entry in enumerate(data["entries"]):
             missing = {"stage", "family", "layers", "hardware", "pairs_per_s", "measured"} - set(entry)
-            if missing or entry["stage"] not in STAGES or entry["hardware"] not in data["hardware"]:
+            if (
+                missing
+                or entry["stage"] not in STAGES
+                or entry["hardware"] not in data["hardware"]
+                or entry.get("precision", "fp32") not in PRECISIONS
+            ):
                 raise ForecastError(
                     f"{path}: entries[{i}] needs stage ({'/'.join(STAGES)}), family, layers, a hardware "
-                    f"listed under `hardware`, pairs_per_s and measured; got {entry}"
+                    f"listed under `hardware`, pairs_per_s, measured, and a precision of "
+                    f"{'/'.join(PRECISIONS)} if any; got {entry}"
                 )
         return cls(entries=data["entries"], overhead_s=data.get("overhead_s", {}), hardware=data["hardware"])
 
@@ -99,15 +107,12 @@ class ThroughputTable:
 
         # An entry measured while k runs shared the machine (``shared_by: k``) is scaled to the
         # machine alone: k times its rate.
-        def matching(wanted: str) -> list[tuple[int, float, bool]]:
-            return sorted(
-                (e["layers"], 1.0 / (e["pairs_per_s"] * e.get("shared_by", 1)), e["measured"])
-                for e in self.entries
-                if (e["stage"], e["family"], e["hardware"], e.get("precision", "fp32"))
-                == (stage, family, hardware, wanted)
-            )
-
-        points = matching(precision)
+        points = sorted(
+            (e["layers"], 1.0 / (e["pairs_per_s"] * e.get("shared_by", 1)), e["measured"])
+            for e in self.entries
+            if (e["stage"], e["family"], e["hardware"], e.get("precision", "fp32"))
+            == (stage, family, hardware, precision)
+        )
         if not points and precision != "fp32":
             found = self.lookup(stage, family, layers, hardware)
             return None if found is None else Throughput(found.pairs_per_s, False)

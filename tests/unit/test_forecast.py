@@ -57,6 +57,20 @@ def test_a_bf16_run_is_forecast_from_bf16_entries_else_from_fp32_marked_unmeasur
     assert table.lookup("train", "encoder", 6, HW).pairs_per_s == 10.0  # fp32 ignores bf16 entries
 
 
+@pytest.mark.parametrize("bad", ["precision: fp16", "stage: infer", "hardware: tpu"])
+def test_a_malformed_table_entry_is_refused_naming_the_fields(tmp_path, bad):
+    from rerank_ray.tune.forecast import ForecastError
+
+    key = bad.split(":")[0]
+    fields = {"stage": "train", "family": "encoder", "layers": 6, "hardware": HW, "pairs_per_s": 1.0}
+    entry = ", ".join(f"{k}: {v}" for k, v in fields.items() if k != key)
+    (tmp_path / "t.yaml").write_text(
+        f"hardware:\n  {HW}: {{kind: cpu}}\nentries:\n  - {{{entry}, {bad}, measured: true}}\n"
+    )
+    with pytest.raises(ForecastError, match="precision of fp32/bf16"):
+        ThroughputTable.load(tmp_path / "t.yaml")
+
+
 def test_train_pairs_counts_steps_and_caps_at_max_steps():
     run = load_config(overrides=["train.micro_batch_groups=4", "groups.group_size=8"])
     assert train_pairs(run, 660) == 165 * 4 * 8
