@@ -19,6 +19,7 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from rerank_ray.config import default_data_root  # noqa: E402
 
@@ -115,3 +116,12 @@ def tiny_run_overrides(tmp_path):
         "train.log_every_steps=1",
         "eval.suites=[tiny-dl19]",
     ]
+
+
+def linear_output_dtypes(module: torch.nn.Module) -> set[torch.dtype]:
+    """Records the dtype of every nn.Linear output while the returned set is alive."""
+    seen: set[torch.dtype] = set()
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Linear):
+            sub.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+    return seen

@@ -13,7 +13,7 @@ import torch
 from rerank_ray.config import RunConfig
 from rerank_ray.losses import build_loss
 from rerank_ray.train.loop import _setup, train_step
-from tests.conftest import TINY_BERT, shift_invariant
+from tests.conftest import TINY_BERT, linear_output_dtypes, shift_invariant
 
 LR = 1e-3
 BATCH = {
@@ -184,10 +184,7 @@ def test_model_autocast_bf16_trains_with_bf16_matmuls_and_float32_weights_on_cpu
     losses, moved = {}, {}
     for setting in ("off", "bf16"):
         engine, cfg = engine_for(0.0, 10, autocast=setting)
-        seen: set[torch.dtype] = set()
-        for sub in engine.module.modules():
-            if isinstance(sub, torch.nn.Linear):
-                sub.register_forward_hook(lambda _m, _i, out, seen=seen: seen.add(out.dtype))
+        seen = linear_output_dtypes(engine.module)
         before = {name: p.detach().clone() for name, p in engine.module.named_parameters()}
         loss_fn = build_loss(cfg.loss)
         losses[setting] = np.array([train_step(engine, loss_fn, BATCH, cfg)[0] for _ in range(10)])

@@ -11,19 +11,10 @@ from rerank_ray.config import ModelConfig
 from rerank_ray.models import build_model, load_reranker
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
 from rerank_ray.teacher.score import TeacherScorer, pairs_from_groups, provenance
-from tests.conftest import TINY_BERT
+from tests.conftest import TINY_BERT, linear_output_dtypes
 
 QUERIES = ["what is a cell", "protein folding", "what is a cell"]
 DOCS = ["cells are the unit of life", "helices fold into sheets", "a rock is not alive at all"]
-
-
-def linear_output_dtypes(module: torch.nn.Module) -> set[torch.dtype]:
-    """Records the dtype of every nn.Linear output while the returned set is alive."""
-    seen: set[torch.dtype] = set()
-    for sub in module.modules():
-        if isinstance(sub, torch.nn.Linear):
-            sub.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
-    return seen
 
 
 @pytest.mark.parametrize(
