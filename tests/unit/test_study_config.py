@@ -185,3 +185,34 @@ def test_every_student_is_a_student_spec_and_a_student_overrides_section_still_l
         ConfigError, match=r"student_overrides: unknown students \['l9'\]; known students: l1, l2"
     ):
         load_study([write(tmp_path, {**STUDY, "student_overrides": {"l9": {}}})])
+
+
+def test_a_teacher_scaling_override_reaches_the_teacher_and_its_fold_runs_only(tmp_path):
+    # A study-trained teacher trains alone, before the grid: its overrides may give its Train
+    # worker every core (the train loop sizes torch's thread pool from cpus_per_worker), while
+    # the trials keep base's scaling.
+    study = {
+        **STUDY,
+        "teachers": {
+            "ce-l6": {
+                "kind": "cross_encoder",
+                "model": {"num_layers": 6},
+                "cross_fit": 2,
+                "overrides": {"scaling": {"cpus_per_worker": 2}},
+            }
+        },
+    }
+    cfg = load_study([write(tmp_path, study)])
+    assert cfg.teacher_run("ce-l6").scaling.cpus_per_worker == 2
+    assert [cfg.teacher_run("ce-l6", fold=i).scaling.cpus_per_worker for i in (0, 1)] == [2, 2]
+    assert {p.run.scaling.cpus_per_worker for p in plan_study(cfg)} == {1}
+
+
+def test_paper_miniature_asks_both_questions_of_the_student_that_learns():
+    # The 6-layer student is distilled from both teachers (the first question at the size that
+    # learns from ~100 queries; the same-capacity control), and the fold teachers train on both cores.
+    cfg = load_study([EXPERIMENTS / "paper-miniature.yaml"])
+    names = {p.name for p in plan_study(cfg)}
+    assert {"distillation+minilm-l6+bi-minilm+s0", "distillation+minilm-l6+ce-l6+s0", "contrastive+minilm-l6+s0"} <= names
+    assert len({cfg.students[s].model.num_layers for s in cfg.students}) >= 3
+    assert cfg.teacher_run("ce-l6", fold=0).scaling.cpus_per_worker == 2
