@@ -6,9 +6,10 @@
   Both are steady-state pairs/s: the first ``WARMUP_STEPS`` steps are left out (the project's
   from its metric windows, ``history.json``); end-to-end times are printed too.
 - P2 teacher scoring: the ``rerank-ray score`` path (``teacher.score.score_groups``: unique
-  pairs over a Ray Data actor pool) ÷ ``baselines.plain_score`` over every pair of the groups.
-  Both rates are *group pairs* served per second (the work a trainer needs), wall time from the
-  call to the scores on disk, actors' start-up included, Ray's own start-up not.
+  pairs, in process below ``scoring.pool_min_pairs`` as here, else over a Ray Data actor pool)
+  ÷ ``baselines.plain_score`` over every pair of the groups. Both rates are *group pairs* served
+  per second (the work a trainer needs), wall time from the call to the scores on disk. The same
+  job forced onto the actor pool is printed too (actors' start-up included, Ray's own not).
 - P3 evaluation: ``evaluation.evaluate.evaluate`` in process ÷ sentence-transformers
   ``CrossEncoder.predict`` on the same dl19 pairs, model load included in both. The same
   evaluation as a Ray Data job (``pool``) on 1 and 2 actors is printed for scale-out.
@@ -135,12 +136,19 @@ def bench_scoring(model_dir: Path, groups_path: Path, size: dict, args, work: Pa
     actors = args.score_actors or args.threads
     scoring = ScoringConfig(actors=actors, cpus_per_actor=args.threads / actors, batch_size=args.batch_size)
     teacher = TeacherModel(kind="cross_encoder", path=str(model_dir))
-    start = time.perf_counter()
-    result = score_groups(groups_path, teacher, work / "scores", scoring=scoring)
-    project = Timing(len(docs), time.perf_counter() - start)
-    unique = result.manifest["count"]
-    rows.append(("P2", f"rerank-ray score, {actors} actor(s) ({unique} unique pairs)", project))
-    return project.pairs_per_s / plain.pairs_per_s
+    # The default job (below scoring.pool_min_pairs it runs in process: the ratio), then the
+    # same job forced onto the Ray Data actor pool (what a larger job or a cluster runs).
+    timings = {}
+    for label, forced in (("default", None), ("pool", 0)):
+        job = scoring if forced is None else scoring.model_copy(update={"pool_min_pairs": forced})
+        start = time.perf_counter()
+        result = score_groups(groups_path, teacher, work / f"scores-{label}", scoring=job)
+        timings[label] = Timing(len(docs), time.perf_counter() - start)
+        where = result.manifest["cost"]["where"]
+        how = "in process" if where == "in_process" else f"Ray Data pool of {actors} actor(s)"
+        unique = result.manifest["count"]
+        rows.append(("P2", f"rerank-ray score, {label}: {how} ({unique} unique pairs)", timings[label]))
+    return timings["default"].pairs_per_s / plain.pairs_per_s
 
 
 def dl19_pairs(depth: int) -> tuple[list[str], list[str]]:

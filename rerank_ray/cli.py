@@ -219,28 +219,32 @@ def cmd_score(args: argparse.Namespace, summary: Summary) -> None:
     from rerank_ray.config import load_config
     from rerank_ray.heartbeat import heartbeat
     from rerank_ray.outputs import output_lock
-    from rerank_ray.ray_runtime import scoring_need, start_ray
     from rerank_ray.teacher.score import score_groups
 
     paths, overrides = split_config_args(args)
     job = load_config(paths, overrides, cls=score_job_class())
-    # Ray Data would otherwise start Ray with a plain ray.init(), joining any local head.
-    start_ray(needs=[scoring_need(job.scoring)])
+    # Ray starts only if the job goes to the actor pool (teacher.score._score_on_pool).
     with (
         output_lock(Path(args.out)),
         heartbeat(
-            f"scoring {args.groups}", waiting_on=f"the Ray Data scoring job ({job.scoring.actors} actor(s))"
+            f"scoring {args.groups}",
+            waiting_on=f"the scoring job (in process, or {job.scoring.actors} Ray Data actor(s))",
         ),
     ):
         result = score_groups(Path(args.groups), job.teacher, Path(args.out), scoring=job.scoring)
     summary.ran.append(
         f"{'reused' if result.reused else 'computed'} teacher scores for {args.groups} with "
-        f"{job.teacher.kind} {job.teacher.path} ({job.scoring.actors} actor(s))"
+        f"{job.teacher.kind} {job.teacher.path} ({_where(result.manifest, job.scoring.actors)})"
     )
     summary.metrics["pairs"] = result.manifest["count"]
     if not result.reused and result.manifest["cost"]["pairs_per_s"]:
         summary.metrics["pairs_per_s"] = result.manifest["cost"]["pairs_per_s"]
     summary.outputs["scores"] = f"{result.path}  (set train.teacher_scores to this)"
+
+
+def _where(manifest: dict, actors: int) -> str:
+    where = manifest.get("cost", {}).get("where")
+    return {"in_process": "in process", "pool": f"{actors} Ray Data actor(s)"}.get(where, "nothing to score")
 
 
 def cmd_study(args: argparse.Namespace, summary: Summary) -> int:

@@ -248,6 +248,8 @@ def _rerank_on_pool(
 
     frame = _pair_frame(collection, pairs)
     teacher = TeacherModel(kind="cross_encoder", path=str(model_path.resolve()))
+    # evaluate() already chose the pool for this suite (its own pool_min_pairs).
+    pool = pool.model_copy(update={"pool_min_pairs": 0})
     result = score_pairs(frame[PAIR_COLUMNS], teacher, scores_dir, scoring=pool, source=collection.name)
     return _ranked_by_lookup(pairs, pd.read_parquet(result.path))
 

@@ -33,7 +33,9 @@ enough that every actor gets several, and each actor takes one block at a time, 
 idles while another holds queued work. An actor scores a whole block per call, sorted by token count
 before it is cut into forward passes of ``scoring.batch_size`` pairs (little padding), with
 torch on ``cpus_per_actor`` threads. The same job reranks large evaluation suites
-(``evaluation/evaluate.py``).
+(``evaluation/evaluate.py``). A CPU job smaller than ``scoring.pool_min_pairs`` does the same
+work in the calling process (same scorer, blocks and shards), where a pool's start-up would cost
+more than it saves; the manifest's ``cost.where`` says which ran.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -381,8 +384,9 @@ def score_pairs(
         len(pairs), teacher.kind, teacher.path, len(todo), prov["shards"], scoring.actors,
     )  # fmt: skip
     t0 = time.perf_counter()
-    if todo:
-        _run_job(pairs.assign(shard=shard_of).iloc[order], todo, teacher, out_dir, scoring)
+    where = (
+        _run_job(pairs.assign(shard=shard_of).iloc[order], todo, teacher, out_dir, scoring) if todo else None
+    )
     wall_s = time.perf_counter() - t0
 
     scores = pd.read_parquet(out_dir / SCORES_DIR)
@@ -404,6 +408,7 @@ def score_pairs(
             "cpu_hours": wall_s / 3600 * scoring.actors * scoring.cpus_per_actor if scored else 0.0,
             "gpu_hours": wall_s / 3600 * scoring.actors * scoring.gpus_per_actor if scored else 0.0,
             "actors": scoring.actors,
+            "where": where,  # "pool", "in_process", or None when every shard was already on disk
         },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -427,12 +432,69 @@ def _claim(out_dir: Path, prov: dict[str, Any]) -> None:
 
 def _run_job(
     pairs: pd.DataFrame, todo: list[int], teacher: TeacherModel, out_dir: Path, scoring: ScoringConfig
-) -> None:
-    """Score the shards in `todo` over an actor pool; write each shard as soon as it is whole."""
+) -> str:
+    """Score the shards in `todo`, over an actor pool or in process (``scoring.pool_min_pairs``);
+    write each shard as soon as it is whole. Returns where it ran: "pool" or "in_process"."""
+    work = pairs[pairs["shard"].isin(todo)]
+    blocks = _blocks(work, todo, scoring.actors, scoring.batch_size)
+    in_process = scoring.gpus_per_actor == 0 and len(work) < scoring.pool_min_pairs
+    log.info(
+        "scoring %d pairs %s", len(work),
+        "in process (fewer than scoring.pool_min_pairs)" if in_process else f"on {scoring.actors} actor(s)",
+    )  # fmt: skip
+    scored = (
+        _score_in_process(blocks, teacher, scoring)
+        if in_process
+        else _score_on_pool(blocks, teacher, scoring)
+    )
+    expected = {i: int((work["shard"] == i).sum()) for i in todo}
+    pending: dict[int, list[pd.DataFrame]] = {i: [] for i in todo}
+    for batch in scored:
+        for shard, part in batch.groupby("shard"):
+            shard = int(shard)
+            pending[shard].append(part)
+            if sum(len(p) for p in pending[shard]) == expected[shard]:
+                _write_shard(out_dir, shard, pd.concat(pending.pop(shard)))
+    if pending:
+        raise RuntimeError(f"teacher scoring ended with incomplete shard(s) {sorted(pending)} in {out_dir}")
+    return "in_process" if in_process else "pool"
+
+
+def _score_in_process(
+    blocks: list[pd.DataFrame], teacher: TeacherModel, scoring: ScoringConfig
+) -> Iterator[pd.DataFrame]:
+    """The pool's work done here, block by block, by the same scorer; torch's thread count is
+    restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    threads = min(torch_threads(scoring.actors * scoring.cpus_per_actor), torch_threads())
+    try:
+        scorer = TeacherScorer(
+            teacher.model_dump(mode="json"),
+            batch_size=scoring.batch_size,
+            dtype=scoring.dtype,
+            threads=threads,
+        )
+        for block in blocks:
+            yield scorer(block)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _score_on_pool(
+    blocks: list[pd.DataFrame], teacher: TeacherModel, scoring: ScoringConfig
+) -> Iterator[pd.DataFrame]:
+    """The blocks over a Ray Data actor pool of ``scoring.actors`` scorers (on the Ray this
+    process already joined, else ``$RAY_ADDRESS`` or a private local one: ``start_ray``)."""
     import ray
     import ray.data
 
-    ds = ray.data.from_pandas(_blocks(pairs, todo, scoring.actors, scoring.batch_size)).map_batches(
+    from rerank_ray.ray_runtime import scoring_need, start_ray
+
+    start_ray(needs=[scoring_need(scoring)])
+
+    ds = ray.data.from_pandas(blocks).map_batches(
         TeacherScorer,
         fn_constructor_kwargs={
             "teacher": teacher.model_dump(mode="json"),
@@ -448,16 +510,7 @@ def _run_job(
         batch_size=None,
         batch_format="pandas",
     )
-    expected = {i: int((pairs["shard"] == i).sum()) for i in todo}
-    pending: dict[int, list[pd.DataFrame]] = {i: [] for i in todo}
-    for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
-        for shard, part in batch.groupby("shard"):
-            shard = int(shard)
-            pending[shard].append(part)
-            if sum(len(p) for p in pending[shard]) == expected[shard]:
-                _write_shard(out_dir, shard, pd.concat(pending.pop(shard)))
-    if pending:
-        raise RuntimeError(f"teacher scoring ended with incomplete shard(s) {sorted(pending)} in {out_dir}")
+    yield from ds.iter_batches(batch_format="pandas", batch_size=None)
 
 
 # Blocks per actor when the work is small: enough that the last block leaves the other actors

@@ -47,7 +47,8 @@ def groups_path(tmp_path):
 
 def test_interrupted_scoring_resumes_only_missing_shards(ray_local, tmp_path, tiny_teacher, groups_path):
     teacher = TeacherModel(kind="cross_encoder", path=tiny_teacher)
-    scoring = ScoringConfig(actors=2, cpus_per_actor=0.5, batch_size=3, shard_size=6)
+    # pool_min_pairs 0: on the actor pool however small the job.
+    scoring = ScoringConfig(actors=2, cpus_per_actor=0.5, batch_size=3, shard_size=6, pool_min_pairs=0)
     out = tmp_path / "scores"
 
     first = score_groups(groups_path, teacher, out, scoring=scoring)
@@ -59,6 +60,7 @@ def test_interrupted_scoring_resumes_only_missing_shards(ray_local, tmp_path, ti
     )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["count"] == 20 and manifest["coverage"]["pairs_scored"] == 20
+    assert manifest["cost"]["where"] == "pool"
     assert len(manifest["teacher"]["fingerprint"]) == 64 and manifest["dtype"] == "float32"
     assert manifest["max_length"] == TINY_BERT["max_length"]
 
@@ -85,6 +87,34 @@ def test_interrupted_scoring_resumes_only_missing_shards(ray_local, tmp_path, ti
         "part-00000.parquet",
         "part-00001.parquet",
     ]
+
+
+def test_a_job_below_pool_min_pairs_scores_in_process_with_the_pools_scores_and_resumes(
+    ray_local, tmp_path, tiny_teacher, groups_path
+):
+    teacher = TeacherModel(kind="cross_encoder", path=tiny_teacher)
+    # One thread per actor and one in process (1 actor x 1 CPU): the same blocks, the same
+    # forward passes, the same arithmetic.
+    pool = ScoringConfig(actors=1, cpus_per_actor=1, batch_size=3, shard_size=6, pool_min_pairs=0)
+    local = pool.model_copy(update={"pool_min_pairs": 21})  # the job has 20 pairs
+    pooled = score_groups(groups_path, teacher, tmp_path / "pool", scoring=pool)
+    here = score_groups(groups_path, teacher, tmp_path / "local", scoring=local)
+    assert (pooled.manifest["cost"]["where"], here.manifest["cost"]["where"]) == ("pool", "in_process")
+    assert here.manifest["fingerprint"] == pooled.manifest["fingerprint"] and here.shards_scored == 4
+
+    def read(path):
+        return pd.read_parquet(path).sort_values(["query_id", "doc_id"], ignore_index=True)
+
+    pd.testing.assert_frame_equal(read(here.path), read(pooled.path), check_exact=True)
+
+    # In process resumes as the pool does: only the missing shard is scored again.
+    kept = {i: shard_path(tmp_path / "local", i).stat().st_mtime_ns for i in (0, 1, 3)}
+    shard_path(tmp_path / "local", 2).unlink()
+    (tmp_path / "local" / "manifest.json").unlink()
+    resumed = score_groups(groups_path, teacher, tmp_path / "local", scoring=local)
+    assert resumed.shards_scored == 1 and resumed.manifest["cost"]["where"] == "in_process"
+    assert {i: shard_path(tmp_path / "local", i).stat().st_mtime_ns for i in kept} == kept
+    pd.testing.assert_frame_equal(read(resumed.path), read(pooled.path), check_exact=True)
 
 
 def test_evaluation_on_the_actor_pool_gives_the_in_process_run(ray_local, tmp_path, tiny_teacher):

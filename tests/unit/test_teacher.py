@@ -201,3 +201,46 @@ def test_bi_encoder_batches_are_cut_by_token_count_not_characters():
         embeddings = scorer._embed(texts, 64)
     assert shapes == [(2, by_tokens[0]), (2, by_tokens[2])]
     assert embeddings.shape == (4, 384)
+
+
+def test_a_small_cpu_job_scores_in_process_without_ray_and_a_pool_job_starts_ray(tmp_path, monkeypatch):
+    # Below scoring.pool_min_pairs the job never touches Ray (no cluster to start or join) and
+    # restores torch's thread count; at or above it, Ray is started for the pool's needs.
+    import ray
+    import torch
+
+    import rerank_ray.ray_runtime as ray_runtime
+    from rerank_ray.config import ModelConfig
+    from rerank_ray.models import build_model
+    from rerank_ray.teacher.config import ScoringConfig
+    from rerank_ray.teacher.score import score_groups
+    from tests.conftest import TINY_BERT
+
+    class PoolStarted(Exception):
+        pass
+
+    def start_ray(**kw):
+        raise PoolStarted(kw["needs"])
+
+    monkeypatch.setattr(ray_runtime, "start_ray", start_ray)
+    torch.manual_seed(0)
+    teacher = TeacherModel(
+        kind="cross_encoder",
+        path=str(build_model(ModelConfig.model_validate(TINY_BERT)).save(tmp_path / "t")),
+    )
+    groups = tmp_path / "groups.parquet"
+    groups_frame().to_parquet(groups)
+    threads = torch.get_num_threads()
+    scoring = ScoringConfig(actors=2, cpus_per_actor=1, batch_size=2, shard_size=2, pool_min_pairs=6)
+
+    here = score_groups(groups, teacher, tmp_path / "here", scoring=scoring)  # 5 unique pairs
+    assert here.manifest["cost"]["where"] == "in_process" and here.manifest["count"] == 5
+    assert here.shards_scored == 3 and not ray.is_initialized() and torch.get_num_threads() == threads
+    scores = pd.read_parquet(here.path)
+    assert len(scores) == 5 and scores["score"].map(math.isfinite).all()
+
+    with pytest.raises(PoolStarted) as started:
+        score_groups(
+            groups, teacher, tmp_path / "pool", scoring=scoring.model_copy(update={"pool_min_pairs": 5})
+        )
+    assert [need.bundles for need in started.value.args[0]] == [({"CPU": 1.0}, {"CPU": 1.0})]
