@@ -401,20 +401,25 @@ def score_pairs(
         **prov,
         "source": source,
         "coverage": {"pairs_expected": coverage.pairs_expected, "pairs_scored": coverage.pairs_scored},
-        "cost": {
-            "wall_s": wall_s,
-            "pairs_scored_now": scored,
-            "pairs_per_s": scored / wall_s if wall_s > 0 and scored else None,
-            "cpu_hours": wall_s / 3600 * scoring.actors * scoring.cpus_per_actor if scored else 0.0,
-            "gpu_hours": wall_s / 3600 * scoring.actors * scoring.gpus_per_actor if scored else 0.0,
-            "actors": scoring.actors,
-            "where": where,  # "pool", "in_process", or None when every shard was already on disk
-        },
+        "cost": _job_cost(scoring, wall_s, scored, where),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(manifest_path, manifest)
     log.info("teacher scores: %s -> %s", coverage.summary(), out_dir / SCORES_DIR)
     return ScoreResult(path=out_dir / SCORES_DIR, manifest=manifest, shards_scored=len(todo))
+
+
+def _job_cost(scoring: ScoringConfig, wall_s: float, scored: int, where: str | None) -> dict[str, Any]:
+    """The manifest's ``cost``: what scoring `scored` pairs took now, and how the job ran."""
+    return {
+        "wall_s": wall_s,
+        "pairs_scored_now": scored,
+        "pairs_per_s": scored / wall_s if wall_s > 0 and scored else None,
+        "cpu_hours": wall_s / 3600 * scoring.actors * scoring.cpus_per_actor if scored else 0.0,
+        "gpu_hours": wall_s / 3600 * scoring.actors * scoring.gpus_per_actor if scored else 0.0,
+        "actors": scoring.actors,
+        "where": where,  # "pool", "in_process", or None when every shard was already on disk
+    }
 
 
 def _claim(out_dir: Path, prov: dict[str, Any]) -> None:

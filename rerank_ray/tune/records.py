@@ -28,6 +28,9 @@ from typing import Any
 
 from rerank_ray.train.identity import RunIdentity
 
+# Keys of a scores manifest's ``cost`` that describe how the job ran, not what it cost.
+SCORING_LAYOUT = ("actors", "where")
+
 
 @dataclass(frozen=True)
 class EvalSummary:
@@ -91,9 +94,10 @@ class Cost:
 
     def with_scoring(self, manifest_cost: dict[str, Any]) -> Cost:
         """This cost plus a scoring job's (a scores manifest's ``cost``: ``wall_s``,
-        ``pairs_scored_now``, ``pairs_per_s``, ``cpu_hours``, ``gpu_hours``, ``actors``),
-        under ``scoring_*``; ``actors`` is a layout, not a cost, and is left out."""
-        scoring = {f"scoring_{k}": v for k, v in manifest_cost.items() if k != "actors"}
+        ``pairs_scored_now``, ``pairs_per_s``, ``cpu_hours``, ``gpu_hours``, ``actors``,
+        ``where``), under ``scoring_*``; ``actors`` and ``where`` (pool or in process) are the
+        job's layout, not a cost, and are left out."""
+        scoring = {f"scoring_{k}": v for k, v in manifest_cost.items() if k not in SCORING_LAYOUT}
         return replace(self, **scoring)
 
     def __add__(self, other: Cost) -> Cost:

@@ -62,6 +62,7 @@ def test_cost_adds_scoring_and_sums_folds():
         "cpu_hours": 0.5,
         "gpu_hours": 0.0,
         "actors": 2,
+        "where": "in_process",  # a layout key, as "actors" (a study once crashed on it)
     }
     fold = Cost(wall_s=10.0, train_wall_s=8.0, cpu_hours=1.0, gpu_hours=0.0).with_scoring(manifest_cost)
     assert (
@@ -69,7 +70,8 @@ def test_cost_adds_scoring_and_sums_folds():
         and fold.scoring_pairs_per_s == 25.0
         and fold.scoring_pairs_scored_now == 100
     )
-    assert "scoring_actors" not in fold.to_json() and fold.pairs_per_s is None
+    assert "scoring_actors" not in fold.to_json() and "scoring_where" not in fold.to_json()
+    assert fold.pairs_per_s is None
     total = Cost() + fold + fold
     assert total.wall_s == 20.0 and total.scoring_cpu_hours == 1.0 and total.pairs_per_s is None
     assert total.forecast_wall_s is None
