@@ -380,8 +380,8 @@ def score_pairs(
     shard_of.iloc[order] = [k // scoring.shard_size for k in range(len(order))]
     todo = [i for i in range(prov["shards"]) if not shard_path(out_dir, i).is_file()]
     log.info(
-        "scoring %d pairs with %s teacher %s: %d of %d shards to do, %d actor(s)",
-        len(pairs), teacher.kind, teacher.path, len(todo), prov["shards"], scoring.actors,
+        "scoring %d pairs with %s teacher %s: %d of %d shards to do",
+        len(pairs), teacher.kind, teacher.path, len(todo), prov["shards"],
     )  # fmt: skip
     t0 = time.perf_counter()
     where = (
