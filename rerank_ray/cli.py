@@ -248,6 +248,7 @@ def _where(manifest: dict, actors: int) -> str:
 
 
 def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
+    from rerank_ray.cluster import fault_tolerance_line
     from rerank_ray.tune.config import load_study
     from rerank_ray.tune.plan import plan_study
 
@@ -257,6 +258,7 @@ def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
     if args.dry_run:
         print(format_plan(plans))
         print(dry_run_forecast(study, plans, args.hardware, args.price_per_hour))
+        print(fault_tolerance_line(study.base.train, study.tune.max_failures))
         summary.ran.append(
             f"planned study {study.name}: {len(plans)} trial(s), at most "
             f"{study.tune.max_concurrent_trials} at a time; nothing was started (--dry-run)"

@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from rerank_ray.cluster import default_checkpoint_minutes, default_retries, resolve_output_dir
 from rerank_ray.evaluation.suites import Suite, unknown_suites, with_relevance
 
 ModelFamily = Literal["encoder", "decoder", "recurrent"]
@@ -286,8 +287,12 @@ class TrainConfig(Section):
     teacher_scores: Path | None = None
     # Save a checkpoint every N optimizer steps (and always at the end of each epoch).
     checkpoint_every_steps: int | None = Field(None, ge=1)
+    # ... and after every this many minutes of training (rank 0's clock, so all ranks agree).
+    # Left out: 10 on a cluster, where it bounds what a lost node costs; off on one machine.
+    checkpoint_every_minutes: float | None = Field(default_factory=default_checkpoint_minutes, gt=0)
     # Ray Train's FailureConfig: restarts after a worker failure resume from the last checkpoint.
-    max_failures: int = Field(0, ge=-1)
+    # Left out: 3 on a cluster (a reclaimed spot node), 0 on one machine (rerank_ray/cluster.py).
+    max_failures: int = Field(default_factory=default_retries, ge=-1)
     # Ray Train's run storage (checkpoints): a local path, or s3:// / gs:// / NFS on a
     # multi-node cluster, where every node must reach it. None = <output_dir>/<name>/ray.
     storage_path: str | None = None
@@ -410,6 +415,12 @@ class RunConfig(Section):
     eval: EvalConfig = EvalConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
+    @field_validator("output_dir")
+    @classmethod
+    def _on_storage(cls, path: Path) -> Path:
+        """A relative output dir goes under the cluster's storage root when one is set."""
+        return resolve_output_dir(path)
+
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         if self.deepspeed.precision == "bf16" and not self.scaling.use_gpu:
@@ -436,6 +447,18 @@ class RunConfig(Section):
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         return validate(cls, d)
+
+
+# TrainConfig keys that say how a run survives failures, not what it trains: left out of a
+# run's identity (train/identity.py, outputs.py), so a run trained on a cluster (retries,
+# periodic checkpoints, cloud storage) is the same run as on one machine, and resumes as one.
+FAULT_TOLERANCE_KEYS = ("checkpoint_every_steps", "checkpoint_every_minutes", "max_failures", "storage_path")
+
+
+def training_config(run: dict[str, Any]) -> dict[str, Any]:
+    """`run` (``RunConfig.to_dict()``) without :data:`FAULT_TOLERANCE_KEYS`."""
+    train = {k: v for k, v in run.get("train", {}).items() if k not in FAULT_TOLERANCE_KEYS}
+    return {**run, "train": train}
 
 
 def resolve_tracking_uri(cfg: MlflowConfig) -> str:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rerank_ray.config import training_config
 from rerank_ray.io import write_json
 
 log = logging.getLogger("rerank_ray.outputs")
@@ -45,8 +46,9 @@ class OutputsOwned(RuntimeError):
 
 def run_identity(run: dict[str, Any]) -> dict[str, Any]:
     """What identifies a run's outputs: its config (``RunConfig.to_dict()``) without the keys
-    that do not change what it trains (name and output_dir locate it; eval, mlflow report it)."""
-    config = {k: v for k, v in run.items() if k not in ("name", "output_dir", "eval", "mlflow")}
+    that do not change what it trains (name and output_dir locate it; eval, mlflow report it;
+    the fault-tolerance keys say how it survives failures)."""
+    config = {k: v for k, v in training_config(run).items() if k not in ("name", "output_dir", "eval", "mlflow")}
     return {"kind": "run", "config": config}
 
 

@@ -134,6 +134,7 @@ def train(
 
     t0 = time.perf_counter()
     run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)  # each Train worker checks that it sees it
     groups_path = Path(groups_path or build_groups(cfg, run_dir / "groups").path)
     identity = run_identity(cfg, groups_path)
     done = reusable_run(run_dir, identity, f"training {cfg.name}")

@@ -3,7 +3,8 @@
 A run is reused (``train_result.json``, a study's ``trial.json``, a study teacher) only when
 every input below is the same as when it was trained:
 
-- ``config``: sha256 of the whole RunConfig (``cfg.to_dict()``);
+- ``config``: sha256 of the RunConfig (``cfg.to_dict()``) without the keys that only say how it
+  survives failures (``config.FAULT_TOLERANCE_KEYS``: retries, checkpoint intervals, storage);
 - ``groups``: sha256 of the groups Parquet file's bytes (not its path: a regenerated file at the
   same path is a different input);
 - ``teacher_scores``: for a loss that needs a teacher, the ``fingerprint`` of the scoring job's
@@ -31,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rerank_ray.config import RunConfig
+from rerank_ray.config import RunConfig, training_config
 from rerank_ray.io import write_json
 
 # Field name -> the words the log uses for it.
@@ -85,7 +86,7 @@ class RunIdentity:
 
 def run_identity(cfg: RunConfig, groups_path: Path) -> RunIdentity:
     """The content identity of training `cfg` on the groups at `groups_path`."""
-    config = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
+    config = hashlib.sha256(json.dumps(training_config(cfg.to_dict()), sort_keys=True).encode()).hexdigest()
     teacher = None
     if cfg.loss.needs_teacher and cfg.train.teacher_scores is not None:
         teacher = teacher_scores_fingerprint(Path(cfg.train.teacher_scores))

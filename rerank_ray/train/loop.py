@@ -10,10 +10,14 @@ scores to ``[groups, group_size]`` and hands them to the loss. DeepSpeed does gr
 accumulation, clipping, the optimizer and the LR schedule (see ``train/deepspeed.py``).
 
 Checkpoints (DeepSpeed's sharded engine state + ``train_state.json``) are reported through
-``ray.train.report`` at the end of each epoch and every ``checkpoint_every_steps``; Ray merges
-the ranks' files into one directory. A restarted attempt (Ray Train's ``FailureConfig``) loads
-the latest one and skips the batches already consumed in that epoch, so the data order is the
-same as in an uninterrupted run. The last report carries only the exported Hugging Face model
+``ray.train.report`` at the end of each epoch, every ``checkpoint_every_steps`` and after every
+``checkpoint_every_minutes`` of training (rank 0's clock, broadcast so that every rank saves at
+the same step); Ray merges the ranks' files into one directory. Each record says how many
+checkpoints were taken and how long they took (``checkpoints``, ``checkpoint_s``): what the
+fault tolerance costs. A restarted attempt (Ray Train's ``FailureConfig``, or a Tune retry of the
+trial on another node) loads the latest one and skips the batches already consumed in that
+epoch, so the data order is the same as in an uninterrupted run; its records carry
+``resumed_from_step``. The last report carries only the exported Hugging Face model
 (``hf/``) and ``history.json``.
 """
 
@@ -24,6 +28,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -117,6 +122,9 @@ class LoopState:
     step: int = 0  # optimizer steps taken
     batches_in_epoch: int = 0  # micro-batches consumed in the current epoch
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per report
+    checkpoints: int = 0  # checkpoints saved (before the one this state is saved in)
+    checkpoint_s: float = 0.0  # seconds spent saving and reporting them
+    resumed_from_step: int | None = None  # the step of the checkpoint this attempt restarted from
 
     def count_batch(self, accum: int) -> bool:
         """Count one micro-batch; True when it completed an optimizer step (every `accum`)."""
@@ -173,16 +181,42 @@ class MetricWindow:
                 "epoch": state.epoch,
                 "step": state.step,
                 "wall_s": time.perf_counter() - t_start,
+                "checkpoints": state.checkpoints,
+                "checkpoint_s": state.checkpoint_s,
             }
+            if state.resumed_from_step is not None:
+                record["resumed_from_step"] = state.resumed_from_step
         self.loss, self.n, self.pairs, self.tokens, self.t0 = 0.0, 0, 0, 0, time.perf_counter()
         return record
 
 
-def report_due(step: int, train: Any) -> str | None:
+@dataclass
+class CheckpointClock:
+    """Training time since the last checkpoint, for ``checkpoint_every_minutes``. Rank 0's
+    clock decides and the decision is broadcast, so every rank saves at the same step (DeepSpeed's
+    save is collective)."""
+
+    minutes: float | None
+    last: float = field(default_factory=time.perf_counter)
+
+    def due(self, world: int, device: Any) -> bool:
+        if not self.minutes:
+            return False
+        flag = torch.tensor([float(time.perf_counter() - self.last >= 60 * self.minutes)], device=device)
+        if world > 1:
+            torch.distributed.broadcast(flag, src=0)
+        return bool(flag.item())
+
+    def reset(self) -> None:
+        self.last = time.perf_counter()
+
+
+def report_due(step: int, train: Any, time_due: bool = False) -> str | None:
     """What to report after optimizer step `step`: "checkpoint" (every
-    ``checkpoint_every_steps``), "metrics" (every ``log_every_steps``) or nothing."""
+    ``checkpoint_every_steps``, or when `time_due`: ``checkpoint_every_minutes`` have passed),
+    "metrics" (every ``log_every_steps``) or nothing."""
     every = train.checkpoint_every_steps
-    if every and step % every == 0:
+    if (every and step % every == 0) or time_due:
         return "checkpoint"
     if step % train.log_every_steps == 0:
         return "metrics"
@@ -216,7 +250,9 @@ def restore(engine: Any, checkpoint: Any) -> LoopState:
                 "delete the run's Ray storage to train it again"
             )
         engine.load_checkpoint(d, tag=CKPT_TAG)
-        return LoopState.from_json(json.loads((Path(d) / STATE_FILE).read_text()))
+        state = LoopState.from_json(json.loads((Path(d) / STATE_FILE).read_text()))
+    state.resumed_from_step = state.step
+    return state
 
 
 def report(
@@ -228,9 +264,10 @@ def report(
     world: int,
     t_start: float,
     checkpoint: bool,
+    clock: CheckpointClock | None = None,
 ) -> None:
     """Report the window's metrics to Ray Train (every rank calls this), with a checkpoint of
-    the engine and `state` when `checkpoint`."""
+    the engine and `state` when `checkpoint` (which restarts `clock`)."""
     import ray.train
 
     record = window.flush(world=world, lr=float(engine.get_lr()[0]), state=state, t_start=t_start)
@@ -240,11 +277,16 @@ def report(
     if not checkpoint:
         ray.train.report(metrics)
         return
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         engine.save_checkpoint(tmp, tag=CKPT_TAG)
         if rank == 0:
             write_json(Path(tmp) / STATE_FILE, state.to_json(), indent=None)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    state.checkpoints += 1
+    state.checkpoint_s += time.perf_counter() - t0
+    if clock is not None:
+        clock.reset()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -253,6 +295,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from rerank_ray.config import RunConfig
 
     cfg = RunConfig.from_dict(config["run"])
+    check_run_folder(cfg)
     total_steps = config["plan"]["total_steps"]
     # DeepSpeed picks its accelerator at import time; set it from the config, not the host.
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
@@ -271,8 +314,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state = restore(engine, checkpoint)
     fail_at = injected_failure_step() if checkpoint is None else None
     shard = ray.train.get_dataset_shard("train")
-    window, t_start = MetricWindow(), time.perf_counter()
-    reporting = {"rank": rank, "world": world, "t_start": t_start}
+    window, t_start, clock = MetricWindow(), time.perf_counter(), CheckpointClock(cfg.train.checkpoint_every_minutes)
+    reporting = {"rank": rank, "world": world, "t_start": t_start, "clock": clock}
     done = False
     while state.epoch < cfg.train.epochs and not done:
         # batches: this epoch's seeded order, minus those consumed before a restart
@@ -283,8 +326,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 continue
             if fail_at == state.step and rank == 0:
                 raise InjectedFailure(f"injected failure at step {state.step} ({FAIL_AT_STEP_ENV})")
-            # report: metrics every log_every_steps, with a checkpoint every checkpoint_every_steps
-            due = report_due(state.step, cfg.train)
+            # report: metrics every log_every_steps, a checkpoint every checkpoint_every_steps/_minutes
+            due = report_due(state.step, cfg.train, clock.due(world, engine.device))
             if due:
                 report(engine, state, window, checkpoint=due == "checkpoint", **reporting)
             if state.step >= total_steps:
@@ -299,6 +342,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         report(engine, state, window, checkpoint=False, **reporting)
     _export(engine, engine.module, cfg, rank, state.history)
     del hf_ds
+
+
+def check_run_folder(cfg: Any) -> None:
+    """Fail at once, before training, on a node that cannot see the run's folder: its
+    checkpoints go there (``<run_dir>/ray``), and the driver exports the model from them. A
+    cloud ``train.storage_path`` (``s3://``) needs no shared folder."""
+    from rerank_ray.cluster import FIX, StorageError
+
+    storage = cfg.train.storage_path
+    if (storage is None or "://" not in storage) and not cfg.run_dir.is_dir():
+        raise StorageError(
+            f"Ray Train worker on node {socket.gethostname()}: the run folder {cfg.run_dir} does not "
+            f"exist there, so its checkpoints would be lost with the node; {FIX}"
+        )
 
 
 def _setup(cfg: Any, total_steps: int, world: int) -> tuple[Any, Any]:

@@ -47,6 +47,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from rerank_ray.cluster import default_retries
 from rerank_ray.config import (
     Autocast,
     ConfigError,
@@ -255,7 +256,8 @@ class TuneSection(Section):
     # None = the machine's cores. Trials and their Train workers and Ray Data all need slots.
     num_cpus: int | None = Field(None, ge=1)
     # Retries of a failed trial before it is reported as failed (the other trials go on).
-    max_failures: int = Field(0, ge=0)
+    # Left out: 3 on a cluster (a lost node restarts its trials elsewhere), 0 on one machine.
+    max_failures: int = Field(default_factory=default_retries, ge=0)
 
 
 class ReportConfig(Section):

@@ -3,8 +3,9 @@
 ``run_study(cfg)`` runs, in the driver:
 
 0. the plan (``plan_study``; every name was checked when the config loaded), a local Ray
-   (``tune.num_cpus`` logical CPUs) unless ``$RAY_ADDRESS`` names a cluster, the MLflow
-   experiment and the study's parent run;
+   (``tune.num_cpus`` logical CPUs) unless ``$RAY_ADDRESS`` names a cluster, the check that
+   every alive node sees the study folder (``cluster.check_nodes``: on a cluster it must be on
+   shared storage, ``$RERANK_RAY_STORAGE``), the MLflow experiment and the study's parent run;
 1. the training groups, built once from ``base`` and shared by every teacher and trial (so the
    only differences between trials are the grid's axes), and the first-stage evaluation;
 2. each teacher the plan uses, once: a study-trained cross-encoder is trained contrastively
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rerank_ray.cluster import StorageToken, check_nodes, fault_tolerance_line
 from rerank_ray.config import resolve_tracking_uri
 from rerank_ray.io import write_json, write_yaml
 from rerank_ray.ray_runtime import run_need, scoring_need, start_ray
@@ -116,7 +118,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
 
     # 0. The plan, the study folder, the forecast, Ray and the MLflow experiment.
     plans = plan_study(cfg)
-    forecast = _prepare(cfg, plans)
+    forecast, token = _prepare(cfg, plans)
     tracking_uri = resolve_tracking_uri(cfg.base.mlflow)
     experiment_id = ensure_experiment(tracking_uri, cfg.base.mlflow.experiment)
     mlflow.set_tracking_uri(tracking_uri)
@@ -135,7 +137,8 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
         teachers = _teachers(cfg, plans, groups_path, experiment_id, parent_id)
         # 4. The trials: reused when finished with the same inputs, the rest on Ray Tune.
         walls = forecast.walls() if forecast else {}
-        records = _run_trials(cfg, plans, walls, groups_path, tracking_uri, experiment_id, parent_id)
+        ctx = _study_context(cfg, groups_path, tracking_uri, experiment_id, parent_id, token)
+        records = _run_trials(cfg, plans, walls, groups_path, ctx)
         for plan, record in zip(plans, records, strict=True):
             _add_evaluation(cfg, plan, record)
         _add_forecast(walls, records, teachers.costs)
@@ -163,16 +166,20 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
     )
 
 
-def _prepare(cfg: StudyConfig, plans: list[TrialPlan]) -> StudyForecast | None:
-    """Write the study folder's ``study.yaml`` (secrets redacted) and forecast, and start (or
-    join) Ray with room for every trial and the scoring job; returns the forecast."""
+def _prepare(cfg: StudyConfig, plans: list[TrialPlan]) -> tuple[StudyForecast | None, StorageToken]:
+    """Write the study folder's ``study.yaml`` (secrets redacted) and forecast, start (or join)
+    Ray with room for every trial and the scoring job, and check that every node sees the study
+    folder (``cluster.check_nodes``) before anything trains; returns the forecast and the
+    storage token each trial checks again."""
     study_dir = cfg.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(study_dir / "study.yaml", redact_config(cfg.to_dict()))
     needs = [run_need(p.run, f"trial {p.name}", p.resources) for p in plans] + [scoring_need(cfg.scoring)]
     forecast = _forecast(cfg, plans, study_dir)
     start_ray(num_cpus=cfg.tune.num_cpus, needs=needs)
-    return forecast
+    token = check_nodes(study_dir)
+    log.info("study %s: %s", cfg.name, fault_tolerance_line(cfg.base.train, cfg.tune.max_failures))
+    return forecast, token
 
 
 def _log_study(cfg: StudyConfig, plans: list[TrialPlan], forecast: StudyForecast | None) -> None:
@@ -520,14 +527,32 @@ def _add_forecast(
             teacher_costs[name] = replace(cost, forecast_wall_s=walls[f"teacher {name}"])
 
 
+def _study_context(
+    cfg: StudyConfig,
+    groups_path: Path,
+    tracking_uri: str,
+    experiment_id: str,
+    parent_id: str,
+    token: StorageToken,
+) -> dict[str, Any]:
+    """What every trial gets besides its plan (plain data: it crosses into Tune's workers)."""
+    return {
+        "name": cfg.name,
+        "tracking_uri": tracking_uri,
+        "experiment_id": experiment_id,
+        "parent_run_id": parent_id,
+        "groups_path": str(groups_path),
+        "eval": cfg.eval.model_dump(mode="json"),
+        "storage_token": token.to_dict(),
+    }
+
+
 def _run_trials(
     cfg: StudyConfig,
     plans: list[TrialPlan],
     walls: dict[str, float],
     groups_path: Path,
-    tracking_uri: str,
-    experiment_id: str,
-    parent_id: str,
+    ctx: dict[str, Any],
 ) -> list[TrialRecord]:
     """Every plan's record, in plan order, with its status (its evaluation is added by
     :func:`_add_evaluation`): finished ones reused, the others run on Tune, longest forecast
@@ -539,12 +564,12 @@ def _run_trials(
         if summary is None:
             todo.append(plan)
         else:
-            by_name[plan.name] = _reused_trial(cfg, plan, summary, experiment_id, parent_id)
+            by_name[plan.name] = _reused_trial(cfg, plan, summary, ctx["experiment_id"], ctx["parent_run_id"])
     if by_name:
         log.info("study %s: %d trial(s) reused, %d to run", cfg.name, len(by_name), len(todo))
     if todo:
         order = longest_first(todo, walls)
-        by_name.update(_tune_trials(cfg, order, groups_path, tracking_uri, experiment_id, parent_id))
+        by_name.update(_tune_trials(cfg, order, ctx))
     return [by_name.get(p.name) or _record(p, "error", error="no result from Tune") for p in plans]
 
 
@@ -561,27 +586,12 @@ def _reused_trial(
     return _record(plan, "ok", reused=True)
 
 
-def _tune_trials(
-    cfg: StudyConfig,
-    plans: list[TrialPlan],
-    groups_path: Path,
-    tracking_uri: str,
-    experiment_id: str,
-    parent_id: str,
-) -> dict[str, TrialRecord]:
+def _tune_trials(cfg: StudyConfig, plans: list[TrialPlan], study_ctx: dict[str, Any]) -> dict[str, TrialRecord]:
     """The plans run as a Ray Tune grid; each one's record by name (status and error only)."""
     from ray import tune
 
     from rerank_ray.heartbeat import heartbeat
 
-    study_ctx = {
-        "name": cfg.name,
-        "tracking_uri": tracking_uri,
-        "experiment_id": experiment_id,
-        "parent_run_id": parent_id,
-        "groups_path": str(groups_path),
-        "eval": cfg.eval.model_dump(mode="json"),
-    }
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources={k.lower(): v for k, v in plans[0].resources.items()}),
         param_space={"trial": tune.grid_search([p.to_dict() for p in plans]), "study": study_ctx},

@@ -6,7 +6,7 @@ taking a trainer directly. Its ``config`` is plain data: ``{"trial": TrialPlan.t
 "study": {...}}``; everything is rebuilt from it.
 
 Files, under ``<study>/trials/<trial>/`` (the ``train()`` run folder): ``model/``, ``ray/``,
-``history.json``, ``eval/`` (``<suite>.run``, ``<suite>.per_query.tsv``, ``metrics.json`` per
+``history.json``, ``mlflow_run.json`` (its MLflow child run), ``eval/`` (``<suite>.run``, ``<suite>.per_query.tsv``, ``metrics.json`` per
 depth group, ``eval.json`` for all suites: an ``EvalSummary``) and ``trial.json``, the
 ``TrialSummary`` the study and the report read (both records: ``tune/records.py``). Its
 ``identity`` is the run's content identity (``train/identity.py``); :func:`finished_summary`
@@ -36,6 +36,7 @@ from rerank_ray.tune.tracking import child_tags, flatten_params, numeric, redact
 log = logging.getLogger("rerank_ray.tune")
 
 SUMMARY = "trial.json"
+MLFLOW_RUN = "mlflow_run.json"  # the trial's MLflow run, so that a retried trial resumes it
 
 
 def evaluate_suites(
@@ -183,19 +184,21 @@ def cost_metrics(cost: Cost) -> dict[str, float]:
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: one (strategy, student, teacher, seed) trial."""
+    """Ray Tune function trainable: one (strategy, student, teacher, seed) trial.
+
+    It first checks that its node sees the study's storage (the token the study wrote; a node
+    the autoscaler added after the study's check is checked here), so a trial on a node
+    without it fails at once, before it trains. A retry of the trial (``tune.max_failures``,
+    e.g. after its node was lost) logs to the same MLflow child run, and Ray Train resumes its
+    training from the last checkpoint on the shared storage."""
     from ray import tune
-    from ray.air.integrations.mlflow import setup_mlflow
+
+    from rerank_ray.cluster import StorageToken, verify_token
 
     plan, study = TrialPlan.from_dict(config["trial"]), config["study"]
+    verify_token(StorageToken.from_dict(study["storage_token"]), f"trial {plan.name}")
     eval_cfg = StudyEvalConfig.model_validate(study["eval"])
-    # experiment_id must be passed: inside Tune, setup_mlflow otherwise uses the trial id as one.
-    mlflow = setup_mlflow(
-        tracking_uri=study["tracking_uri"],
-        experiment_id=study["experiment_id"],
-        run_name=plan.name,
-        tags=child_tags(study["name"], study["parent_run_id"], "trial", **plan.tags()),
-    )
+    mlflow = _trial_mlflow_run(plan, study)
     status = "FAILED"
     try:
         summary = train_and_evaluate(
@@ -209,3 +212,27 @@ def run_trial(config: dict[str, Any]) -> None:
         status = "FINISHED"
     finally:
         mlflow.end_run(status)
+
+
+def _trial_mlflow_run(plan: TrialPlan, study: dict[str, Any]) -> Any:
+    """Start the trial's MLflow child run, or resume it when this is a retry of the trial under
+    the same study run (``<trial>/mlflow_run.json``): one child run per trial, however many
+    attempts it took. Returns the ``mlflow`` module, with the run active."""
+    import mlflow
+
+    mlflow.set_tracking_uri(study["tracking_uri"])
+    marker = plan.run.run_dir / MLFLOW_RUN
+    earlier = json.loads(marker.read_text()) if marker.is_file() else {}
+    if earlier.get("parent_run_id") == study["parent_run_id"]:
+        log.info("trial %s: a retry; resuming its MLflow run %s", plan.name, earlier["run_id"])
+        mlflow.start_run(run_id=earlier["run_id"])
+        return mlflow
+    # experiment_id is explicit: a run started in a Ray worker has no active experiment.
+    run = mlflow.start_run(
+        experiment_id=study["experiment_id"],
+        run_name=plan.name,
+        tags=child_tags(study["name"], study["parent_run_id"], "trial", **plan.tags()),
+    )
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"run_id": run.info.run_id, "parent_run_id": study["parent_run_id"]})
+    return mlflow

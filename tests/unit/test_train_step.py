@@ -21,6 +21,7 @@ from rerank_ray.train.loop import (
     CKPT_TAG,
     FAIL_AT_STEP_ENV,
     STATE_FILE,
+    CheckpointClock,
     LoopState,
     MetricWindow,
     epoch_batches,
@@ -193,6 +194,33 @@ def test_reports_are_due_on_their_step_counts():
     assert report_due(3, TrainConfig(log_every_steps=1)) == "metrics"
 
 
+def test_a_checkpoint_is_due_when_its_minutes_have_passed_and_the_clock_restarts_after_one():
+    train = TrainConfig(log_every_steps=2)
+    assert report_due(1, train, time_due=True) == "checkpoint"  # time wins over the step counts
+    assert report_due(2, train, time_due=False) == "metrics"
+    clock = CheckpointClock(minutes=0.5)
+    assert not clock.due(world=1, device="cpu")
+    clock.last -= 31.0  # 31 s of training later
+    assert clock.due(world=1, device="cpu")
+    clock.reset()
+    assert not clock.due(world=1, device="cpu")
+    off = CheckpointClock(minutes=None)
+    off.last -= 10**6
+    assert not off.due(world=1, device="cpu")
+
+
+def test_a_state_counts_its_checkpoints_and_its_records_say_where_it_resumed():
+    window, state = MetricWindow(), LoopState(step=8, checkpoints=2, checkpoint_s=1.5)
+    window.add(1.0, 8, 100)
+    record = window.flush(world=1, lr=0.5, state=state, t_start=0.0)
+    assert (record["checkpoints"], record["checkpoint_s"]) == (2, 1.5) and "resumed_from_step" not in record
+    state.resumed_from_step = 4
+    window.add(1.0, 8, 100)
+    assert window.flush(world=1, lr=0.5, state=state, t_start=0.0)["resumed_from_step"] == 4
+    # A train_state.json written before these fields existed still restores.
+    assert LoopState.from_json({"epoch": 0, "step": 3, "batches_in_epoch": 3, "history": []}).step == 3
+
+
 def test_metric_window_averages_over_micro_batches_and_starts_empty_again():
     window, state = MetricWindow(), LoopState(epoch=1, step=4)
     window.add(1.0, 8, 100)
@@ -215,7 +243,9 @@ def test_restore_loads_a_training_state_and_refuses_a_final_export(tmp_path):
     assert restore(Engine(), None) == LoopState()
     (tmp_path / STATE_FILE).write_text(json.dumps(LoopState(1, 6, 2, [{"loss": 1.0}]).to_json()))
     engine = Engine()
-    assert restore(engine, Checkpoint.from_directory(tmp_path)) == LoopState(1, 6, 2, [{"loss": 1.0}])
+    restored = restore(engine, Checkpoint.from_directory(tmp_path))
+    # A restored state says where it resumed: the checkpoint's step (its records carry it).
+    assert restored == LoopState(1, 6, 2, [{"loss": 1.0}], resumed_from_step=6)
     assert engine.loaded == [CKPT_TAG]
     (tmp_path / STATE_FILE).unlink()
     with pytest.raises(RuntimeError, match="a finished run's export"):
