@@ -104,6 +104,11 @@ HINTS: tuple[tuple[str, str, str], ...] = (
         "ResourceError",
         "ask for fewer CPUs/GPUs per trial or worker, or run where the cluster has them",
     ),
+    (
+        "rerank_ray.cluster",
+        "StorageError",
+        "the line above names the node and the path; docs/CLUSTER.md, 'Shared storage', sets it up",
+    ),
     ("rerank_ray.ray_runtime", "StaleBuildLock", "remove the lock file named above (no compile is running)"),
 )
 BUILTIN_HINTS: tuple[tuple[type[BaseException], str], ...] = (

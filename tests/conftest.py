@@ -33,6 +33,7 @@ DATA_ROOT = default_data_root()
 LONGEST_FIRST = (
     "tests/integration/test_study.py::test_killed_study",
     "tests/integration/test_byo.py",
+    "tests/integration/test_multinode.py",
     "tests/integration/test_job_submit.py",
     "tests/integration/test_llm_train.py::test_smollm2",
     "tests/integration/test_study.py",

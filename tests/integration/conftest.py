@@ -30,9 +30,9 @@ def build_collection(data_root: Path, folder: Path) -> Path:
     return folder
 
 
-def precomputed_scores(folder: Path, path: Path) -> Path:
+def precomputed_scores(folder: Path, path: Path, first_stage: str = "bm25-top10") -> Path:
     """Scores a user already has: the BM25 score of every train-run pair, judged pairs + 10."""
-    run = pd.read_csv(folder / "bm25-top10.train.run", sep=r"\s+", header=None, dtype={0: str, 2: str})
+    run = pd.read_csv(folder / f"{first_stage}.train.run", sep=r"\s+", header=None, dtype={0: str, 2: str})
     qrels = pd.read_csv(folder / "qrels" / "train.tsv", sep="\t", dtype={"query-id": str, "corpus-id": str})
     scores = pd.DataFrame({"query_id": run[0], "doc_id": run[2], "score": run[4].astype(float)})
     judged = pd.DataFrame(

@@ -12,72 +12,28 @@ metadata and outputs.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 
-from rerank_ray.config import PROJECT_ROOT
+from tests.integration.ray_cluster import (
+    BIN,
+    free_port,
+    head_command,
+    node_processes,
+    stop_node,
+    submit,
+    wait_for_job_api,
+)
 
 # One xdist worker runs both tests: they share the module-scoped `ray_head`.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.xdist_group("job_submit")]
-
-BIN = Path(sys.executable).parent
 TINY_STUDY = "tests/integration/data/tiny_study.yaml"
-# Never uploaded with the working dir (Ray also skips what .gitignore lists).
-EXCLUDES = [
-    ".venv",
-    ".git",
-    "outputs",
-    "mlflow.db",
-    "mlartifacts",
-    "test-artifacts",
-    "dist",
-    "**/__pycache__",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def head_processes(temp_dir: str) -> list[psutil.Process]:
-    """Every process of the head started with `temp_dir` (GCS, raylet, dashboard, workers, job
-    supervisor): all of them carry the session directory under it on their command line."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if any(temp_dir in arg for arg in cmdline):
-            found.append(proc)
-    return found
-
-
-def stop_head(temp_dir: str) -> None:
-    procs = head_processes(temp_dir)
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    # As `ray stop` does: SIGTERM, a grace period, then SIGKILL for what is left.
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -92,20 +48,8 @@ def ray_head():
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    cmd = [
-        str(BIN / "ray"), "start", "--head",
-        "--node-ip-address", "127.0.0.1",
-        "--port", str(free_port()),
-        "--dashboard-host", "127.0.0.1",
-        "--dashboard-port", str(dash),
-        "--ray-client-server-port", str(free_port()),
-        "--dashboard-agent-listen-port", str(free_port()),
-        "--metrics-export-port", str(free_port()),
-        "--runtime-env-agent-port", str(free_port()),
-        "--num-cpus", "8",  # logical, as in ray_local: two trials at once, and Ray Data beside them
-        "--temp-dir", temp_dir,
-        "--disable-usage-stats",
-    ]  # fmt: skip
+    # 8 logical CPUs, as in ray_local: two trials at once, and Ray Data beside them.
+    cmd = head_command(temp_dir, dashboard_port=dash, gcs_port=free_port(), num_cpus=8)
     started = time.perf_counter()
     try:
         subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=180)
@@ -115,52 +59,10 @@ def ray_head():
         yield {"address": address, "env": env, "temp_dir": temp_dir}
     finally:
         stopping = time.perf_counter()
-        stop_head(temp_dir)
+        stop_node(temp_dir)
         print(f"ray head stopped in {time.perf_counter() - stopping:.1f}s")
-        assert not head_processes(temp_dir), "processes of the test's head survived stop_head"
+        assert not node_processes(temp_dir), "processes of the test's head survived stop_node"
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def wait_for_job_api(address: str, timeout: float = 60) -> None:
-    from ray.job_submission import JobSubmissionClient
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            JobSubmissionClient(address).list_jobs()
-            return
-        except Exception:  # the dashboard is still starting
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-
-
-def submit(
-    head: dict, entrypoint: list[str], env_vars: dict[str, str], timeout: float
-) -> tuple[str, str, float]:
-    """`ray job submit` (waiting, as a user would); returns (status, logs, seconds)."""
-    from ray.job_submission import JobSubmissionClient
-
-    submission_id = f"rerank-ray-test-{uuid.uuid4().hex[:8]}"
-    runtime_env = {"env_vars": env_vars, "excludes": EXCLUDES}
-    cmd = [
-        str(BIN / "ray"), "job", "submit",
-        "--address", head["address"],
-        "--submission-id", submission_id,
-        "--working-dir", str(PROJECT_ROOT),
-        "--runtime-env-json", json.dumps(runtime_env),
-        "--", *entrypoint,
-    ]  # fmt: skip
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=timeout)
-    seconds = time.perf_counter() - started
-    client = JobSubmissionClient(head["address"])
-    status = str(client.get_job_status(submission_id).value)
-    logs = client.get_job_logs(submission_id)
-    print(f"job {submission_id}: {status} in {seconds:.1f}s")
-    if status != "SUCCEEDED":
-        print(proc.stdout[-5000:], proc.stderr[-5000:], logs[-10000:], sep="\n----\n")
-    return status, logs, seconds
 
 
 def job_env(tmp_path: Path, data_root: Path) -> dict[str, str]:
