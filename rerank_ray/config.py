@@ -409,7 +409,8 @@ class RunConfig(Section):
     groups: GroupsConfig = GroupsConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
-    train: TrainConfig = TrainConfig()
+    # A factory, not an instance: its fault-tolerance defaults depend on where it runs.
+    train: TrainConfig = Field(default_factory=TrainConfig)
     scaling: ScalingConfig = ScalingConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     eval: EvalConfig = EvalConfig()

@@ -58,6 +58,14 @@ def data_root():
     return DATA_ROOT
 
 
+@pytest.fixture(autouse=True)
+def one_machine_defaults(monkeypatch):
+    """Tests run as on one machine (config defaults, output paths) unless they set these
+    themselves: a developer's shell may name a cluster or its storage."""
+    monkeypatch.delenv("RERANK_RAY_STORAGE", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole session. 8 logical CPUs on 2 cores: a 2-worker Train run

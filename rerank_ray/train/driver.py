@@ -208,6 +208,9 @@ def _trainer(
             name=f"{cfg.name}-{identity.fingerprint}",
             storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            # The latest two: a restart needs only the last, and periodic checkpoints of a long
+            # run on shared storage (EFS bills by the GB-month) would otherwise pile up.
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             worker_runtime_env=_test_hooks(),
         ),
         datasets={"train": groups_to_ray_dataset(frame)},

@@ -285,14 +285,14 @@ class StudentSpec(Section):
 
 class StudyConfig(Section):
     name: Name = "study"
-    base: RunConfig = RunConfig()
+    base: RunConfig = Field(default_factory=RunConfig)  # cluster-dependent defaults (cluster.py)
     teachers: dict[Name, TeacherSpec] = Field(default_factory=dict)
     students: dict[Name, StudentSpec]
     strategies: dict[str, LossConfig]
     seeds: tuple[int, ...] = (0,)
     grid: tuple[GridBlock, ...] = ()
     eval: StudyEvalConfig = StudyEvalConfig()
-    tune: TuneSection = TuneSection()
+    tune: TuneSection = Field(default_factory=TuneSection)
     scoring: ScoringConfig = ScoringConfig()
     report: ReportConfig = ReportConfig()
 

@@ -65,7 +65,8 @@ class Cost:
     Training: ``wall_s`` (the whole run: training and evaluation), ``train_wall_s``,
     ``pairs_per_s`` (training throughput), ``cpu_hours`` and ``gpu_hours`` (the train workers
     for the training time plus the trial process for the whole run).
-    Scoring a teacher's groups (from its scores manifest): ``scoring_*``. ``forecast_wall_s``:
+    Scoring a teacher's groups (from its scores manifest): ``scoring_*``. ``checkpoints`` and
+    ``checkpoint_s``: the training's checkpoints and the time spent saving them. ``forecast_wall_s``:
     the dry run's forecast of ``wall_s`` (``tune/forecast.py``), set by the study for the
     report's cost table."""
 
@@ -80,6 +81,9 @@ class Cost:
     scoring_cpu_hours: float | None = None
     scoring_gpu_hours: float | None = None
     forecast_wall_s: float | None = None
+    # What the fault tolerance cost: checkpoints saved during training and the seconds they took.
+    checkpoints: float | None = None
+    checkpoint_s: float | None = None
 
     def to_json(self) -> dict[str, float]:
         """The measured fields (None left out), under their field names."""

@@ -589,12 +589,20 @@ def _cost_table(trials: list[TrialRecord], teacher_costs: dict[str, Cost]) -> st
                 fmt(c.pairs_per_s, ".1f"),
                 fmt(c.cpu_hours, ".3f"),
                 fmt(c.gpu_hours, ".3f"),
-                "",
+                _checkpoint_note(c),
             ]
         )
     # forecast: `rerank-ray study --dry-run`'s wall time (tune/forecast.py), for comparison.
     header = ["run", "status", "wall (s)", "forecast (s)", "train pairs/s", "CPU-h", "GPU-h", "notes"]
     return _markdown(header, rows)
+
+
+def _checkpoint_note(cost: Cost) -> str:
+    """What the trial's checkpoints cost (the price of surviving a lost node), when it took any."""
+    if not cost.checkpoints:
+        return ""
+    s = cost.checkpoint_s or 0.0
+    return f"{cost.checkpoints:.0f} checkpoints, {s:.1f} s ({s / cost.checkpoints:.2f} s each)"
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:

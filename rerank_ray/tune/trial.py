@@ -128,9 +128,7 @@ def train_and_evaluate(
     evaluation = evaluate_suites(
         str(result.model_dir), eval_cfg, run_dir / "eval", root=cfg.data.root, tag=cfg.name, data=cfg.data
     )
-    cost = _trial_cost(
-        cfg, train_s, time.perf_counter() - t0, result.metrics.get("pairs_per_s"), trial_cpus, trial_gpus
-    )
+    cost = _trial_cost(cfg, train_s, time.perf_counter() - t0, result.metrics, trial_cpus, trial_gpus)
     mlflow.log_metrics(evaluation.metrics)
     mlflow.log_metrics(cost_metrics(cost))
     mlflow.log_artifacts(str(evaluation.eval_dir), "eval")
@@ -162,17 +160,20 @@ def _trial_cost(
     cfg: RunConfig,
     train_s: float,
     wall_s: float,
-    pairs_per_s: float | None,
+    train_metrics: dict[str, Any],
     trial_cpus: float,
     trial_gpus: float,
 ) -> Cost:
-    """Train workers for the training time, plus the trial process for the whole trial."""
+    """Train workers for the training time, plus the trial process for the whole trial; the
+    training's throughput and checkpoints from its final metrics (`train_metrics`)."""
     scaling = cfg.scaling
     worker_gpus = scaling.num_workers * scaling.gpus_per_worker if scaling.use_gpu else 0.0
     return Cost(
         wall_s=wall_s,
         train_wall_s=train_s,
-        pairs_per_s=pairs_per_s,
+        pairs_per_s=train_metrics.get("pairs_per_s"),
+        checkpoints=train_metrics.get("checkpoints"),
+        checkpoint_s=train_metrics.get("checkpoint_s"),
         cpu_hours=(train_s * scaling.num_workers * scaling.cpus_per_worker + wall_s * trial_cpus) / 3600,
         gpu_hours=(train_s * worker_gpus + wall_s * trial_gpus) / 3600,
     )
@@ -195,8 +196,9 @@ def run_trial(config: dict[str, Any]) -> None:
 
     from rerank_ray.cluster import StorageToken, verify_token
 
-    plan, study = TrialPlan.from_dict(config["trial"]), config["study"]
-    verify_token(StorageToken.from_dict(study["storage_token"]), f"trial {plan.name}")
+    study = config["study"]
+    verify_token(StorageToken.from_dict(study["storage_token"]), f"trial {config['trial']['name']}")
+    plan = TrialPlan.from_dict(config["trial"])
     eval_cfg = StudyEvalConfig.model_validate(study["eval"])
     mlflow = _trial_mlflow_run(plan, study)
     status = "FAILED"

@@ -328,6 +328,8 @@ def test_study_dry_run_plans_and_starts_nothing(run, library, tmp_path):
     forecast_rows = [r.split() for r in forecast.splitlines() if r.startswith("contrastive+")]
     assert len(forecast_rows) == 4 and all(r[1:4] == ["5,280", "0", "4,300"] for r in forecast_rows)
     assert "planned study tiny: 4 trial(s), at most 1 at a time; nothing was started (--dry-run)" in out
+    # What a lost node would cost: on one machine, no retries and epoch-end checkpoints.
+    assert "fault tolerance (on one machine): a failed trial is retried 0 time(s)" in out
 
 
 def test_study_config_error_names_the_key(run, tmp_path):
