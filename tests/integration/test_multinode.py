@@ -52,6 +52,24 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500), pytest.mark.xdist_gro
 
 STUDY = Path(__file__).parent / "data" / "cluster_study.yaml"
 TRIALS = ("contrastive+tiny+s0", "distillation+tiny+given+s0")
+# The files the same study writes on one node (read off `rerank-ray study` of this file on one
+# machine), Ray's own storage (tune/, each trial's ray/) aside: the cluster run must write the
+# same ones on the shared storage.
+ONE_NODE_LAYOUT = sorted(
+    [".lock", ".storage-token", "forecast.json", "identity.json", "study.yaml"]
+    + [f"first_stage/{f}" for f in ("eval.json", "metrics.json", "tiny-scifact.per_query.tsv", "tiny-scifact.run")]
+    + ["groups/groups.parquet", "groups/groups.stats.json", "report/report.md", "report/report.png"]
+    + ["teachers/given/scores/manifest.json", "teachers/given/scores/scores/part-00000.parquet"]
+    + [
+        f"trials/{t}/{f}"
+        for t in TRIALS
+        for f in (
+            "eval/eval.json", "eval/metrics.json", "eval/tiny-scifact.per_query.tsv", "eval/tiny-scifact.run",
+            "history.json", "mlflow_run.json", "train_result.json", "trial.json", "model/config.json",
+            "model/model.safetensors", "model/rerank_ray.json", "model/tokenizer.json", "model/tokenizer_config.json",
+        )
+    ]
+)  # fmt: skip
 # Logical CPUs of a worker node: two trials (1 + 1 Train worker each) and Ray Data beside them.
 WORKER_CPUS = 6
 
@@ -252,13 +270,34 @@ def test_a_study_survives_a_lost_worker_node(cluster, data_root):
     resumed = {r["resumed_from_step"] for r in history if "resumed_from_step" in r}
     assert resumed and min(resumed) > 0, history[-3:]
     print(f"trial {killed_trial} resumed from step(s) {sorted(resumed)} of {history[-1]['step']}")
-    # Every trial finished once: its folder is complete, the report counts it once.
-    for name in TRIALS:
-        assert {"model", "eval", "trial.json", "history.json"} <= {p.name for p in (study_dir / "trials" / name).iterdir()}
+    # Every trial finished once: the study wrote what it writes on one node, and the report
+    # counts each trial once.
+    assert written(study_dir) == ONE_NODE_LAYOUT
+    same_groups_as_on_one_node(study, study_dir, data_root)
     report = (study_dir / "report" / "report.md").read_text()
     assert "2 of 2 trials finished" in report
     assert all(sum(line.startswith(f"| {name} | ok |") for line in report.splitlines()) == 1 for name in TRIALS)
     check_mlflow(cluster)
+
+
+def written(study_dir: Path) -> list[str]:
+    """The study's files, relative to its folder, without Ray's own storage."""
+    return sorted(
+        str(p.relative_to(study_dir))
+        for p in study_dir.rglob("*")
+        if p.is_file() and "tune" != p.relative_to(study_dir).parts[0] and "ray" not in p.relative_to(study_dir).parts
+    )
+
+
+def same_groups_as_on_one_node(study: Path, study_dir: Path, data_root: Path) -> None:
+    """The groups the cluster study trained on are the bytes one machine builds from the file."""
+    from rerank_ray.data.groups import build_groups
+    from rerank_ray.train.identity import file_sha256
+    from rerank_ray.tune.config import load_study
+
+    cfg = load_study([study], [f"base.output_dir={study_dir.parent / 'one-node'}", f"base.data.root={data_root}"])
+    local = build_groups(cfg.base, study_dir.parent / "one-node" / "groups").path
+    assert file_sha256(local) == file_sha256(study_dir / "groups" / "groups.parquet")
 
 
 def check_mlflow(cluster: Cluster) -> None:
