@@ -168,17 +168,18 @@ def check_nodes(folder: Path, *, timeout_s: float = CHECK_TIMEOUT_S) -> StorageT
         return token
     t0 = time.perf_counter()
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+    # Keyed by node id: several nodes may share an address (one host, or containers behind NAT).
     refs = {
-        n["NodeManagerAddress"]: probe.options(
+        n["NodeID"]: probe.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
         ).remote(token.to_dict())
         for n in nodes
     }
     ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
     problems = []
-    for address, ref in refs.items():
+    for node_id, ref in refs.items():
         if ref not in ready:
-            problems.append(f"node {address} did not answer within {timeout_s:g} s")
+            problems.append(f"node {node_id[:8]} did not answer within {timeout_s:g} s")
             continue
         name, problem = ray.get(ref)
         if problem is not None:

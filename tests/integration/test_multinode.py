@@ -228,7 +228,8 @@ def test_outputs_on_the_heads_disk_are_refused_before_anything_trains(cluster, d
         timeout=300,
     )
     assert status == "FAILED"
-    refusal = next(line for line in logs.splitlines() if "cannot see the study's storage" in line)
+    # The CLI's one line, before any trial (a trial's own check would fail it later, in Tune).
+    refusal = next(line for line in logs.splitlines() if line.startswith("rerank-ray study: error: node "))
     assert worker.node_id[:8] in refusal and str(out / "cluster-study") in refusal, refusal
     assert "RERANK_RAY_STORAGE" in refusal  # the fix
     # Refused before the groups, the teachers and the trials: nothing trained.
@@ -262,6 +263,7 @@ def test_a_study_survives_a_lost_worker_node(cluster, data_root):
     wait_until(lambda: client.get_job_status(job).is_terminal(), 1200, "the study to finish")
     logs = client.get_job_logs(job)
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-8000:]
+    assert f"storage: all 2 nodes see {study_dir}" in logs  # the check ran on the head and the worker
     print(f"killed the worker at {killed_at:.0f}s (trial {killed_trial}); study done in "
           f"{time.perf_counter() - started:.0f}s")  # fmt: skip
 
