@@ -40,17 +40,19 @@ def free_port() -> int:
 
 
 def node_processes(temp_dir: str) -> list[psutil.Process]:
-    """Every process of the node started with `temp_dir` (GCS, raylet, dashboard, workers, job
-    supervisor, `ray start --block`): all of them carry it on their command line."""
-    found = []
+    """Every process of the node started with `temp_dir`: those that carry it on their command
+    line (GCS, raylet, dashboard, `ray start --block`), and their descendants (workers and
+    agents, whose titles Ray rewrites to ``ray::...``: killed with their raylet, they would
+    linger as orphans)."""
+    found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            cmdline = proc.info["cmdline"] or []
+            if any(temp_dir in arg for arg in proc.info["cmdline"] or []):
+                found[proc.pid] = proc
+                found.update((child.pid, child) for child in proc.children(recursive=True))
         except psutil.Error:
             continue
-        if any(temp_dir in arg for arg in cmdline):
-            found.append(proc)
-    return found
+    return list(found.values())
 
 
 def stop_node(temp_dir: str, *, kill: bool = False) -> None:
