@@ -97,13 +97,14 @@ class Section(BaseModel):
 
 
 def default_data_root() -> Path | None:
-    """``$RERANK_RAY_DATA_ROOT``, else ``../shared/data`` beside the working directory or the
-    project checkout, when it exists."""
+    """``$RERANK_RAY_DATA_ROOT``, else the repository's ``data/`` (the offline data it carries,
+    with its provenance in ``data/README.md``), else ``data/`` in the working directory (a
+    `ray job submit` of a checkout uploads it there); None when none exists."""
     env = os.environ.get("RERANK_RAY_DATA_ROOT")
     if env:
         return Path(env).resolve()
-    for base in (Path.cwd(), PROJECT_ROOT):
-        candidate = (base / ".." / "shared" / "data").resolve()
+    for base in (PROJECT_ROOT, Path.cwd()):
+        candidate = (base / "data").resolve()
         if candidate.is_dir():
             return candidate
     return None

@@ -54,7 +54,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def data_root():
     if DATA_ROOT is None:
-        pytest.fail("the offline data (../shared/data) is missing: set RERANK_RAY_DATA_ROOT")
+        pytest.fail("the offline data (data/ in the repository) is missing: set RERANK_RAY_DATA_ROOT")
     return DATA_ROOT
 
 

@@ -2,7 +2,7 @@
 
 ``open_collection(name, root=..., split=..., first_stage=...)`` returns a :class:`Collection`.
 
-- ``name`` naming a folder under ``root`` (layout in ``../shared/data/README.md``: ``corpus.jsonl``,
+- ``name`` naming a folder under ``root`` (layout in ``data/README.md``: ``corpus.jsonl``,
   ``queries.jsonl``, ``qrels/<split>.tsv``, ``<first_stage>.<split>.run``) registers that folder
   with ir_datasets as ``rerank-ray/<folder>/<split>`` (docs, queries, qrels) and
   ``rerank-ray/<folder>/<split>/<first_stage>`` (the same plus the run as scoreddocs), then reads

@@ -1,4 +1,4 @@
-"""ir_datasets formats for the BEIR-like layout (``../shared/data/README.md``), with line-numbered errors.
+"""ir_datasets formats for the BEIR-like layout (``data/README.md``), with line-numbered errors.
 
 - :class:`BeirJsonlDocs`: ``corpus.jsonl``, ``{"_id", "title" (optional), "text"}`` a line, read
   into an ir_datasets docstore (:class:`TitleTextDoc`).

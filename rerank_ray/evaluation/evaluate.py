@@ -15,7 +15,7 @@ Every measure is computed on that whole candidate list, so a measure deeper than
 The metrics equal those of the written run file (ties: first-stage order, see ``rerank.py``).
 ``queries`` counts the judged queries the means are over; a judged query without candidates
 scores 0 (see ``metrics.py``). ``model=None`` evaluates the first-stage run itself, so the
-BM25 figures in ``../shared/data/README.md`` can be checked.
+BM25 figures in ``data/README.md`` can be checked.
 
 The ``validation`` suite needs ``data`` (the run's ``DataConfig``): it reranks the queries that
 ``data.validation`` held out of each training dataset, from that dataset's own first stage

@@ -3,10 +3,10 @@
 TREC DL judges on a 0-3 scale and counts a passage as relevant for binary measures from label 2
 up, hence ``rel=2`` for RR and recall; nDCG uses the graded labels as gains. The BEIR-style
 suites use the defaults (relevant = label >= 1). The BM25 nDCG@10 of each full suite's
-first-stage run is recorded in ``../shared/data/README.md`` (dl19 0.5058, scifact 0.6767,
+first-stage run is recorded in ``data/README.md`` (dl19 0.5058, scifact 0.6767,
 cranfield 0.3518) and checked by the tests.
 
-The paper's benchmarks that are not in ``../shared/data`` are ir_datasets ids, valid in any
+The paper's benchmarks that are not in ``data/`` are ir_datasets ids, valid in any
 config but readable only where ir_datasets has downloaded them (opening one offline raises a
 ``DataError`` that names the id and how to fetch it):
 

@@ -29,6 +29,7 @@ EXCLUDES = [
     "mlartifacts",
     "test-artifacts",
     "dist",
+    "data",  # the jobs get $RERANK_RAY_DATA_ROOT; 21 MB less to upload per job
     "**/__pycache__",
 ]
 

@@ -181,3 +181,18 @@ def test_a_new_docstore_is_built_by_one_process_while_the_others_wait(tmp_path, 
     reader.join(timeout=60)
     assert texts == [["T two", "one"]]
     assert c.docs_store.count() == 2
+
+
+def test_the_repository_carries_its_data_as_the_default_root(monkeypatch, tmp_path):
+    """A clone anywhere (nothing beside it) finds its data; $RERANK_RAY_DATA_ROOT still wins."""
+    from rerank_ray.config import PROJECT_ROOT, default_data_root
+
+    monkeypatch.delenv("RERANK_RAY_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    root = default_data_root()
+    assert root == PROJECT_ROOT / "data"
+    for folder in ("trec-dl-2019", "trec-dl-2020", "trec-dl-2021", "scifact", "cranfield", "fixtures/tiny-dl19"):
+        assert (root / folder / "corpus.jsonl").is_file(), folder
+    assert "Terms" in (root / "README.md").read_text()  # provenance and licences travel with it
+    monkeypatch.setenv("RERANK_RAY_DATA_ROOT", str(tmp_path))
+    assert default_data_root() == tmp_path

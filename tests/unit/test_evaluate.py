@@ -16,7 +16,7 @@ from rerank_ray.evaluation.rerank import CHUNK_BATCHES, rerank, write_trec_run
 
 @pytest.mark.parametrize(
     "suite, expected",
-    # The BM25 nDCG@10 of each shipped run, as published in ../shared/data/README.md.
+    # The BM25 nDCG@10 of each shipped run, as published in data/README.md.
     [("dl19", 0.5058), ("scifact", 0.6767), ("cranfield", 0.3518)],
 )
 def test_bm25_reference(tmp_path, suite, expected):
