@@ -11,7 +11,7 @@ With ``--model`` (a folder written by ``rerank-ray train``), scoring uses that t
 and the nDCG@10 of both precisions' dl19 rankings is printed too.
 
 bf16 pays off only on a CPU with native bf16 instructions (avx512_bf16 or AMX); the flags are
-printed. Measured on 2026-12-02 (AMD EPYC, avx512_bf16, 2 cores): see the README.
+printed. Measured on 2026-12-02 (AMD EPYC, avx512_bf16, 2 cores): see docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
