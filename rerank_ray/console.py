@@ -109,6 +109,12 @@ HINTS: tuple[tuple[str, str, str], ...] = (
         "StorageError",
         "the line above names the node and the path; docs/CLUSTER.md, 'Shared storage', sets it up",
     ),
+    (
+        "rerank_ray.tune.tracking",
+        "TrackingUnreachable",
+        "start the server (or `rerank-ray ui`), or correct base.mlflow.tracking_uri / $MLFLOW_TRACKING_URI; "
+        "to run without a server: base.mlflow.tracking_uri=sqlite:///mlflow.db",
+    ),
     ("rerank_ray.ray_runtime", "StaleBuildLock", "remove the lock file named above (no compile is running)"),
 )
 BUILTIN_HINTS: tuple[tuple[type[BaseException], str], ...] = (

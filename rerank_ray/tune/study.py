@@ -60,6 +60,7 @@ from rerank_ray.tune.plan import TrialPlan, longest_first, plan_study, teacher_s
 from rerank_ray.tune.records import Cost, EvalRecord, EvalSummary, TrialRecord, TrialSummary
 from rerank_ray.tune.report import Report, TeacherInfo, build_report, read_per_query, student_size
 from rerank_ray.tune.tracking import (
+    check_tracking_server,
     child_tags,
     ensure_experiment,
     flatten_params,
@@ -118,8 +119,9 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
 
     # 0. The plan, the study folder, the forecast, Ray and the MLflow experiment.
     plans = plan_study(cfg)
-    forecast, token = _prepare(cfg, plans)
     tracking_uri = resolve_tracking_uri(cfg.base.mlflow)
+    check_tracking_server(tracking_uri)  # seconds, before anything starts
+    forecast, token = _prepare(cfg, plans)
     experiment_id = ensure_experiment(tracking_uri, cfg.base.mlflow.experiment)
     mlflow.set_tracking_uri(tracking_uri)
     log.info(

@@ -23,6 +23,9 @@
   that opens the runs table in model-training mode; the project prints it. The tag
   ``mlflow.experimentKind=custom_model_development`` is still set, for MLflow versions and
   tools that read it.
+- A tracking server is checked before a study starts (:func:`check_tracking_server`: one GET
+  of its ``/health``, a few seconds' timeout), so an unreachable server costs seconds, not
+  MLflow's minutes of retries.
 - A tracking URI may embed credentials (``https://user:password@host``, ``?token=...``): it is
   logged, printed and saved only through :func:`redact_uri` (params, saved configs, logs).
 """
@@ -35,6 +38,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 REDACTED = "***"
+HEALTH_TIMEOUT_S = 5.0
+
+
+class TrackingUnreachable(RuntimeError):
+    """The MLflow tracking server does not answer."""
 # Query parameters whose values are secrets (access tokens, signed-URL signatures, passwords).
 SECRET_PARAM = re.compile(r"token|pass|secret|key|sig|credential|auth", re.IGNORECASE)
 
@@ -88,6 +96,33 @@ def flatten_params(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = str(value)
     return out
+
+
+def check_tracking_server(uri: str, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
+    """One GET of an http(s) tracking server's ``/health`` within `timeout_s`; any HTTP answer
+    (even 401) proves it is up. TrackingUnreachable names the (redacted) URI and what happened.
+    Other stores (``sqlite://``, a folder) have no server to check."""
+    import urllib.error
+    import urllib.request
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    health = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        with urllib.request.urlopen(health, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingUnreachable(
+            f"the MLflow tracking server {redact_uri(uri)} is not reachable ({type(reason).__name__}: "
+            f"{reason}; GET {redact_uri(health)}, {timeout_s:g} s timeout)"
+        ) from None
 
 
 def ensure_experiment(tracking_uri: str, name: str) -> str:

@@ -401,3 +401,24 @@ def test_ui_serves_the_project_store_on_localhost(run, tmp_path, monkeypatch):
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5077"
     assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert "MLflow UI at http://127.0.0.1:5077" in out
+
+
+def test_a_study_with_an_unreachable_tracking_server_stops_in_seconds_naming_it(run, tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    study = write(
+        tmp_path / "s.yaml",
+        "name: tiny\nstudents: {minilm-l1: {num_layers: 1}}\nstrategies: [contrastive]\n"
+        f"base: {{mlflow: {{tracking_uri: 'http://127.0.0.1:{port}'}}}}\n",
+    )
+    t0 = time.perf_counter()
+    code, _, err, _ = run("study", str(study))
+    assert code == 1 and time.perf_counter() - t0 < 10
+    error, fix = err.strip().splitlines()[:2]
+    assert error.startswith(f"rerank-ray study: error: the MLflow tracking server http://127.0.0.1:{port} is not reachable")
+    assert "sqlite:///mlflow.db" in fix
+    assert not (tmp_path / "outputs" / "tiny" / "study.yaml").exists()  # nothing started
