@@ -172,10 +172,26 @@ class Collection:
 
     @functools.cached_property
     def qrels(self) -> dict[str, dict[str, int]]:
+        """{query_id: {doc_id: label}}. A pair judged twice with different labels is refused
+        (a local qrels file is refused with its line, ``data/formats.py``); an exact repeat is
+        dropped and counted in a warning."""
         out: dict[str, dict[str, int]] = {}
+        repeats = 0
         with self._fetching("qrels"):
             for qrel in self.dataset.qrels_iter():
-                out.setdefault(qrel.query_id, {})[qrel.doc_id] = int(qrel.relevance)
+                labels, label = out.setdefault(qrel.query_id, {}), int(qrel.relevance)
+                if qrel.doc_id not in labels:
+                    labels[qrel.doc_id] = label
+                elif labels[qrel.doc_id] == label:
+                    repeats += 1
+                else:
+                    raise DataError(
+                        f"{self.dataset_id}: query {qrel.query_id!r} document {qrel.doc_id!r} is judged "
+                        f"{label} and {labels[qrel.doc_id]}; keep one judgment per (query, document) "
+                        "pair: evaluate a corrected local copy (a BEIR-style folder) instead"
+                    )
+        if repeats:
+            log.warning("%s: dropped %d judgment(s) repeated with the same label", self.dataset_id, repeats)
         return out
 
     @property

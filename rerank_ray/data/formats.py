@@ -8,7 +8,10 @@
   (:class:`RunLine` keeps each entry's line number).
 
 Malformed input (wrong column count, non-integer label, non-finite score, bad JSON, missing
-field, empty id) raises :class:`DataError` naming the file and the 1-based line number. A UTF-8
+field, empty id) raises :class:`DataError` naming the file and the 1-based line number. So does
+data that contradicts itself: a (query, document) pair judged twice with different labels, or a
+document id repeated with another title or text; an exact repeat (same label, same text) is
+dropped, counted and reported in a warning, and the first occurrence is kept. A UTF-8
 byte order mark opening any line is stripped (and the stripped marks counted in a warning), so
 it never turns into a phantom id; one inside an id is refused.
 """
@@ -113,10 +116,25 @@ class BeirJsonlDocs(BaseDocs):
 
     def _docs_iter(self) -> Iterator[TitleTextDoc]:
         path = self._dlc.path()
+        seen: dict[str, tuple[str, int]] = {}  # doc_id -> (digest of title and text, line)
+        repeats: list[int] = []
         for number, line in _lines(self._dlc):
             data = _json_object(path, number, line, ("_id", "text"))
-            doc_id = _id(path, number, data["_id"], "_id")
-            yield TitleTextDoc(doc_id, str(data["text"]), str(data.get("title") or ""))
+            doc = TitleTextDoc(_id(path, number, data["_id"], "_id"), str(data["text"]), str(data.get("title") or ""))
+            digest = hashlib.sha1(f"{doc.title}\0{doc.text}".encode()).hexdigest()
+            if doc.doc_id in seen:
+                first_digest, first_line = seen[doc.doc_id]
+                if digest != first_digest:
+                    raise DataError(
+                        f"{path}:{number}: document {doc.doc_id!r} is repeated with another title or "
+                        f"text than at line {first_line}; give each document one id (delete or rename "
+                        "one of the two lines)"
+                    )
+                repeats.append(number)
+                continue
+            seen[doc.doc_id] = (digest, number)
+            yield doc
+        _report_repeats(path, repeats, "document(s) repeated with the same title and text")
 
     def docs_iter(self) -> Iterator[TitleTextDoc]:
         return iter(self.docs_store())
@@ -150,7 +168,8 @@ class BeirJsonlDocs(BaseDocs):
 def _docstore_dir(corpus: Path) -> Path:
     """One docstore per corpus file *version*: a rewritten corpus gets a fresh one."""
     stat = corpus.stat()
-    key = hashlib.sha1(f"{corpus.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    # v2: docstores built since repeated ids are checked; older ones are built again.
+    key = hashlib.sha1(f"v2|{corpus.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     slug = "-".join(corpus.resolve().parent.parts[-2:])
     return ir_datasets.util.home_path() / NAMESPACE / "docstores" / f"{slug}-{key}"
 
@@ -196,6 +215,26 @@ class BeirTsvQrels(BaseQrels):
 
     def qrels_iter(self) -> Iterator[TrecQrel]:
         path = self._dlc.path()
+        seen: dict[tuple[str, str], tuple[int, int]] = {}  # (query, doc) -> (label, line)
+        repeats: list[int] = []
+        for number, qrel in self._rows(path):
+            key = (qrel.query_id, qrel.doc_id)
+            if key in seen:
+                label, first_line = seen[key]
+                if label != qrel.relevance:
+                    raise DataError(
+                        f"{path}:{number}: query {key[0]!r} document {key[1]!r} is judged {qrel.relevance} "
+                        f"here and {label} at line {first_line}; keep one judgment per (query, document) "
+                        "pair (delete the wrong line)"
+                    )
+                repeats.append(number)
+                continue
+            seen[key] = (qrel.relevance, number)
+            yield qrel
+        _report_repeats(path, repeats, "judgment(s) repeated with the same label")
+
+    def _rows(self, path: Path) -> Iterator[tuple[int, TrecQrel]]:
+        """(line number, judgment) of each row after the header, checked for shape."""
         lines = _lines(self._dlc)
         for number, line in lines:
             if tuple(line.split("\t")) != QRELS_HEADER:
@@ -216,13 +255,22 @@ class BeirTsvQrels(BaseQrels):
             except ValueError:
                 raise DataError(f"{path}:{number}: the label must be an integer, found {label!r}") from None
             query_id = _id(path, number, query_id, "query-id")
-            yield TrecQrel(query_id, _id(path, number, doc_id, "corpus-id"), relevance, "0")
+            yield number, TrecQrel(query_id, _id(path, number, doc_id, "corpus-id"), relevance, "0")
 
     def qrels_cls(self) -> type:
         return TrecQrel
 
     def qrels_defs(self) -> dict[int, str]:
         return {}
+
+
+def _report_repeats(path: Path, lines: list[int], what: str) -> None:
+    """Warn of exact repeats that were dropped (the first occurrence kept)."""
+    if lines:
+        logger.warning(
+            "%s: dropped %d %s (the first occurrence is kept), at line(s) %s",
+            path, len(lines), what, lines[:10],
+        )  # fmt: skip
 
 
 class RunLine(NamedTuple):

@@ -377,3 +377,69 @@ def test_run_queries_without_text_stop_reranking_with_the_fix(tmp_path, monkeypa
     root, name = _copy_tiny(tmp_path, monkeypatch, **{"queries_jsonl": "\n".join(queries) + "\n"})
     with pytest.raises(DataError, match=r"1 queries without text, e.g. \['19335'\]; add their texts"):
         rerank(lambda q, d: [0.0] * len(d), _open(root, name), depth=20, batch_size=8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data that contradicts itself: refused with the file and both lines; exact repeats counted.
+
+
+def test_a_pair_judged_twice_with_different_labels_is_refused_with_both_lines(tmp_path, monkeypatch):
+    qrels = _tiny_text("qrels/test.tsv")
+    root, name = _copy_tiny(tmp_path, monkeypatch, qrels__test_tsv=qrels + "19335\t1729\t0\n")
+    last = len(qrels.splitlines()) + 1
+    with pytest.raises(DataError) as e:
+        _ = _open(root, name).qrels  # what training groups and every evaluation read
+    message = str(e.value)
+    assert f"qrels/test.tsv:{last}: query '19335' document '1729' is judged 0 here and 2 at line 3" in message
+    assert "keep one judgment per (query, document) pair" in message
+
+
+def test_a_pair_judged_twice_with_the_same_label_is_counted_and_changes_nothing(tmp_path, monkeypatch, caplog):
+    qrels = _tiny_text("qrels/test.tsv")
+    root, name = _copy_tiny(tmp_path, monkeypatch, qrels__test_tsv=qrels + "19335\t1729\t2\n19335\t1726\t0\n")
+    with caplog.at_level(logging.WARNING, logger="rerank_ray.data"):
+        doubled = _open(root, name).qrels
+    assert "dropped 2 judgment(s) repeated with the same label" in caplog.text
+    clean_root, clean = _copy_tiny(tmp_path, monkeypatch)
+    assert doubled == _open(clean_root, clean).qrels
+
+
+def test_a_document_id_repeated_with_another_text_is_refused_and_an_exact_repeat_is_counted(
+    tmp_path, monkeypatch, caplog
+):
+    corpus = _tiny_text("corpus.jsonl")
+    first = corpus.splitlines()[0]
+    other = json.dumps({**json.loads(first), "text": "another text"})
+    root, name = _copy_tiny(tmp_path, monkeypatch, corpus_jsonl=corpus + other + "\n")
+    with pytest.raises(DataError) as e:
+        _open(root, name).doc_text("1726")
+    last = len(corpus.splitlines()) + 1
+    assert f"corpus.jsonl:{last}: document '1726' is repeated with another title or text than at line 1" in str(e.value)
+
+    root, name = _copy_tiny(tmp_path, monkeypatch, corpus_jsonl=corpus + first + "\n")
+    with caplog.at_level(logging.WARNING, logger="rerank_ray.data"):
+        assert _open(root, name).doc_text("1726") == json.loads(first)["text"]
+    assert "dropped 1 document(s) repeated with the same title and text" in caplog.text
+
+
+def test_an_ir_datasets_id_with_contradicting_judgments_is_refused(caplog):
+    from ir_datasets.formats import TrecQrel
+
+    from rerank_ray.data.datasets import Collection
+
+    class Dataset:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def qrels_iter(self):
+            return iter(TrecQrel(q, d, r, "0") for q, d, r in self.rows)
+
+    collection = Collection("msmarco", "msmarco-passage/trec-dl-2019/judged")
+    collection.__dict__["dataset"] = Dataset([("1", "a", 1), ("1", "a", 1), ("1", "b", 0)])
+    with caplog.at_level(logging.WARNING, logger="rerank_ray.data"):
+        assert collection.qrels == {"1": {"a": 1, "b": 0}}
+    assert "dropped 1 judgment(s) repeated with the same label" in caplog.text
+    contradicting = Collection("msmarco", "msmarco-passage/trec-dl-2019/judged")
+    contradicting.__dict__["dataset"] = Dataset([("1", "a", 1), ("1", "a", 3)])
+    with pytest.raises(DataError, match="msmarco-passage/trec-dl-2019/judged: query '1' document 'a' is judged 3 and 1"):
+        _ = contradicting.qrels
