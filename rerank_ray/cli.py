@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rerank_ray.console import Summary, default_log_dir, report_error, setup_logging
+from rerank_ray.stopping import Stopped, stop_on_sigterm
 
 if TYPE_CHECKING:
     from rerank_ray.config import RunConfig
@@ -479,11 +480,16 @@ def main(argv: list[str] | None = None) -> int:
     summary = Summary(args.verb, log_path=log_path)
     log.debug("rerank-ray %s", " ".join(sys.argv[1:] if argv is None else argv))
     try:
-        code = args.handler(args, summary) or 0
-    except KeyboardInterrupt:
+        with stop_on_sigterm():
+            code = args.handler(args, summary) or 0
+    except (KeyboardInterrupt, Stopped) as e:
         log.debug("interrupted", exc_info=True)
-        print(f"rerank-ray {args.verb}: interrupted; log: {log_path}", file=sys.stderr)
-        return 130
+        why = f"stopped by {e}" if isinstance(e, Stopped) else "interrupted"
+        print(
+            f"rerank-ray {args.verb}: {why}; finished work is kept, the same command resumes; log: {log_path}",
+            file=sys.stderr,
+        )
+        return 143 if isinstance(e, Stopped) else 130
     except Exception as exc:
         report_error(args.verb, exc, log_path)
         return 1

@@ -69,6 +69,7 @@ from rerank_ray.tune.tracking import (
     redact_uri,
     report_first,
     run_note,
+    study_run,
 )
 from rerank_ray.tune.trial import (
     SUMMARY,
@@ -128,9 +129,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
         "study %s: %d trial(s); MLflow %s, experiment %r",
         cfg.name, len(plans), redact_uri(tracking_uri), cfg.base.mlflow.experiment,
     )  # fmt: skip
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=cfg.name, tags={"role": "study", "study": cfg.name}
-    ) as parent:
+    with study_run(experiment_id, cfg.name) as parent:
         parent_id = parent.info.run_id
         _log_study(cfg, plans, forecast)
         # 1. The shared groups and the first stage; 2-3. the teachers and their scores.

@@ -33,9 +33,17 @@
 from __future__ import annotations
 
 import copy
+import functools
+import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from rerank_ray.stopping import Stopped, on_stop
+
+log = logging.getLogger("rerank_ray.tune")
 
 REDACTED = "***"
 HEALTH_TIMEOUT_S = 5.0
@@ -123,6 +131,41 @@ def check_tracking_server(uri: str, timeout_s: float = HEALTH_TIMEOUT_S) -> None
             f"the MLflow tracking server {redact_uri(uri)} is not reachable ({type(reason).__name__}: "
             f"{reason}; GET {redact_uri(health)}, {timeout_s:g} s timeout)"
         ) from None
+
+
+@contextmanager
+def study_run(experiment_id: str, name: str) -> Iterator[Any]:
+    """The study's parent run, active for the block. A study that is stopped (Ctrl-C, or SIGTERM
+    from `ray job stop`: ``stopping.py``) ends KILLED, with its running child runs, and tagged
+    ``interrupted``, so it never reads as FINISHED; a rerun resumes it as a new parent run."""
+    import mlflow
+
+    tags = {"role": "study", "study": name}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as parent:
+        killed = functools.partial(mark_killed, parent.info.run_id, experiment_id)
+        with on_stop(killed):
+            try:
+                yield parent
+            except (KeyboardInterrupt, Stopped) as e:
+                killed(str(e) if isinstance(e, Stopped) else "KeyboardInterrupt")
+                while mlflow.active_run() is not None:  # unwind the nested runs too, as KILLED
+                    mlflow.end_run("KILLED")
+                raise
+
+
+def mark_killed(parent_id: str, experiment_id: str, why: str) -> None:
+    """End study run `parent_id` and its RUNNING child runs as KILLED, tagged ``interrupted``."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    running = client.search_runs(
+        [experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"
+    )
+    for run in running:
+        client.set_terminated(run.info.run_id, "KILLED")
+    client.set_tag(parent_id, "interrupted", why)
+    client.set_terminated(parent_id, "KILLED")
+    log.warning("study run %s marked KILLED (%s), with %d running child run(s)", parent_id, why, len(running))
 
 
 def ensure_experiment(tracking_uri: str, name: str) -> str:

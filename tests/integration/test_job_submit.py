@@ -125,3 +125,55 @@ def test_study_submitted_as_a_job_logs_its_trials_to_mlflow(ray_head, tmp_path, 
     for run in children:
         assert "tiny-scifact/nDCG_10" in run.data.metrics, sorted(run.data.metrics)
     print(f"tiny study as a Ray job: {seconds:.0f}s")
+
+
+def test_a_stopped_job_keeps_its_finished_trials_and_its_run_reads_killed(ray_head, tmp_path, data_root):
+    """`ray job stop` after the first trial finished: the job stops, the running trial ends, the
+    study's MLflow run reads KILLED (not FINISHED), and the finished trial is reused by a rerun."""
+    import mlflow
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.util.state import list_actors
+
+    from rerank_ray.config import PROJECT_ROOT
+    from rerank_ray.tune.config import load_study
+    from rerank_ray.tune.plan import plan_study
+    from rerank_ray.tune.trial import finished_summary
+    from tests.integration.ray_cluster import EXCLUDES
+
+    env, out = job_env(tmp_path, data_root), tmp_path / "outputs"
+    overrides = [f"base.output_dir={out}", "tune.max_concurrent_trials=1", "base.mlflow.experiment=tiny-stop"]
+    client = JobSubmissionClient(ray_head["address"])
+    job = client.submit_job(
+        entrypoint=" ".join(["rerank-ray", "study", TINY_STUDY, *overrides]),
+        runtime_env={"env_vars": env, "working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES},
+    )
+    trials = out / "tiny-study" / "trials"
+    deadline = time.monotonic() + 600
+    while not list(trials.glob("*/trial.json")):
+        assert not client.get_job_status(job).is_terminal(), client.get_job_logs(job)[-5000:]
+        assert time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(0.5)
+    client.stop_job(job)
+    while not client.get_job_status(job).is_terminal():
+        time.sleep(0.5)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.STOPPED, logs[-5000:]
+    assert "stopped by SIGTERM; finished work is kept, the same command resumes" in logs
+    finished = [p.parent.name for p in trials.glob("*/trial.json")]
+    assert len(finished) == 1, finished  # stopped mid-study
+
+    # The running trial ended with the job; the study's run reads KILLED, not FINISHED.
+    deadline = time.monotonic() + 60
+    while [a for a in list_actors(address=ray_head["address"], filters=[("state", "=", "ALIVE")]) if "ImplicitFunc" in a.class_name]:
+        assert time.monotonic() < deadline, "a trial outlived its stopped job"
+        time.sleep(1)
+    runs = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs(
+        [mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment_by_name("tiny-stop").experiment_id]
+    )
+    study = next(r for r in runs if r.data.tags.get("role") == "study")
+    assert study.info.status == "KILLED" and study.data.tags["interrupted"] == "SIGTERM"
+
+    # A rerun of the same command reuses the finished trial.
+    cfg = load_study([PROJECT_ROOT / TINY_STUDY], [*overrides, f"base.data.root={data_root}"])
+    plan = next(p for p in plan_study(cfg) if p.name == finished[0])
+    assert finished_summary(plan.run, cfg.study_dir / "groups" / "groups.parquet", plan.name) is not None

@@ -422,3 +422,18 @@ def test_a_study_with_an_unreachable_tracking_server_stops_in_seconds_naming_it(
     assert error.startswith(f"rerank-ray study: error: the MLflow tracking server http://127.0.0.1:{port} is not reachable")
     assert "sqlite:///mlflow.db" in fix
     assert not (tmp_path / "outputs" / "tiny" / "study.yaml").exists()  # nothing started
+
+
+def test_a_verb_stopped_by_sigterm_says_the_same_command_resumes(run, library, tmp_path):
+    import os
+    import signal
+
+    def stopped(cfg, command=None):
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pause()
+
+    library("rerank_ray.tune.study", run_study=stopped)
+    study = write(tmp_path / "s.yaml", "name: tiny\nstudents: {minilm-l1: {num_layers: 1}}\nstrategies: [contrastive]\n")
+    code, _, err, _ = run("study", str(study))
+    assert code == 143
+    assert "rerank-ray study: stopped by SIGTERM; finished work is kept, the same command resumes" in err

@@ -1,0 +1,57 @@
+"""How a verb stops when it is told to: `ray job stop` (SIGTERM to the driver, then SIGKILL 3 s
+later), a scheduler's SIGTERM, or Ctrl-C.
+
+:func:`stop_on_sigterm` (held by the CLI around a verb) turns SIGTERM into :class:`Stopped`, a
+``BaseException`` like ``KeyboardInterrupt``, so the verb unwinds past every ``except
+Exception`` (Ray Tune's included) instead of dying mid-write. Because SIGKILL follows within
+seconds, what must happen before the process ends is registered with :func:`on_stop` and runs
+in the signal handler itself, first: a study marks its MLflow run KILLED there
+(``tune/tracking.study_run``). What finished is on disk already (every write is atomic,
+``io.py``), and the same command resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger("rerank_ray")
+
+_ON_STOP: list[Callable[[str], None]] = []
+
+
+class Stopped(BaseException):
+    """The process was told to stop (the signal's name); unwinds like ``KeyboardInterrupt``."""
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Within the block (main thread only), SIGTERM runs the :func:`on_stop` callbacks, newest
+    first, then raises :class:`Stopped`; the previous handler is restored after."""
+
+    def handler(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        for callback in reversed(_ON_STOP):
+            try:
+                callback(name)
+            except Exception:  # one failed mark must not keep the others, or the stop, from happening
+                log.exception("while stopping on %s", name)
+        raise Stopped(name)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def on_stop(callback: Callable[[str], None]) -> Iterator[None]:
+    """Run `callback(signal name)` if the process is stopped while the block runs."""
+    _ON_STOP.append(callback)
+    try:
+        yield
+    finally:
+        _ON_STOP.remove(callback)

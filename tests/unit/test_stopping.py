@@ -1,0 +1,49 @@
+"""A stopped verb (SIGTERM from `ray job stop`, or Ctrl-C) unwinds, marks its study run KILLED
+in MLflow and says that the same command resumes. The job-level test is
+tests/integration/test_job_submit.py::test_a_stopped_job_keeps_its_finished_trials_and_its_run_reads_killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from rerank_ray.stopping import Stopped, on_stop, stop_on_sigterm
+
+
+def test_sigterm_runs_the_stop_callbacks_then_unwinds_as_stopped():
+    calls = []
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped, match="SIGTERM"), stop_on_sigterm(), on_stop(calls.append):
+        with on_stop(lambda why: calls.append(f"inner {why}")):
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pause()  # never reached past the handler
+    assert calls == ["inner SIGTERM", "SIGTERM"]  # newest first
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_stopped_study_run_ends_killed_with_its_running_children(tmp_path):
+    import mlflow
+
+    from rerank_ray.tune.tracking import study_run
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("e")
+    with study_run(experiment, "s") as done:
+        pass
+    assert client.get_run(done.info.run_id).info.status == "FINISHED"
+
+    with pytest.raises(Stopped), stop_on_sigterm(), study_run(experiment, "s") as parent:
+        child = client.create_run(experiment, tags={"mlflow.parentRunId": parent.info.run_id})
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pause()
+    stopped = client.get_run(parent.info.run_id)
+    assert stopped.info.status == "KILLED" and stopped.data.tags["interrupted"] == "SIGTERM"
+    assert client.get_run(child.info.run_id).info.status == "KILLED"
+    assert mlflow.active_run() is None
+
+    with pytest.raises(KeyboardInterrupt), study_run(experiment, "s") as parent:
+        raise KeyboardInterrupt
+    assert client.get_run(parent.info.run_id).info.status == "KILLED"
