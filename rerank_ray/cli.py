@@ -141,10 +141,10 @@ def cmd_train(args: argparse.Namespace, summary: Summary) -> None:
     args.args = [*args.args, *suites_override(args.suite)]
     cfg = load_run_config(args)
     with claim_run(cfg, args):
-        train_and_evaluate(cfg, args, summary)
+        _train_then_evaluate(cfg, args, summary)
 
 
-def train_and_evaluate(cfg: RunConfig, args: argparse.Namespace, summary: Summary) -> None:
+def _train_then_evaluate(cfg: RunConfig, args: argparse.Namespace, summary: Summary) -> None:
     from rerank_ray.train.driver import train
 
     result = train(cfg, groups_path=Path(args.groups) if args.groups else None)

@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 
 from rerank_ray.data.datasets import DataError
+from rerank_ray.teacher import SCORE_COLUMNS
 
 if TYPE_CHECKING:
     import ray.data
 
-SCORE_COLUMNS = ["query_id", "doc_id", "score"]
 
 
 class MissingTeacherScores(DataError):

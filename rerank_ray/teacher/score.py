@@ -56,13 +56,12 @@ import pandas as pd
 
 from rerank_ray.data.shards import MissingTeacherScores
 from rerank_ray.io import write_json, write_parquet
+from rerank_ray.teacher import MANIFEST, SCORE_COLUMNS
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
 
 log = logging.getLogger("rerank_ray.teacher")
 
 PAIR_COLUMNS = ["query_id", "doc_id", "query", "doc"]
-SCORE_COLUMNS = ["query_id", "doc_id", "score"]
-MANIFEST = "manifest.json"
 JOB = "job.json"
 SCORES_DIR = "scores"
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from rerank_ray.config import RunConfig, training_config
 from rerank_ray.io import write_json
+from rerank_ray.teacher import MANIFEST
 
 # Field name -> the words the log uses for it.
 INPUTS = {
@@ -48,7 +49,6 @@ INPUTS = {
 # 2 (2026-12-02): transformers' linear warmup/decay schedule (WarmupDecayLR ran the first two
 #    optimizer steps at lr 0), torch's fused AdamW.
 TRAINING_RECIPE = "2"
-MANIFEST = "manifest.json"  # teacher/score.py's MANIFEST (imported lazily there: pandas, Ray Data)
 
 CACHE_MIN_BYTES = 1 << 20
 _memo: dict[str, str] = {}
