@@ -24,7 +24,6 @@ or mount namespaces the module skips and says why; CI runs as root.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -252,11 +251,10 @@ def test_a_study_survives_a_lost_worker_node(cluster, data_root):
         runtime_env={"env_vars": job_env(cluster, data_root, storage=cluster.shared)},
     )
     study_dir = cluster.shared / "outputs" / "cluster-study"
-    pattern = str(study_dir / "trials" / "*" / "ray" / "*" / "checkpoint_*")
-    wait_until(lambda: glob.glob(pattern) or client.get_job_status(job).is_terminal(), 900, "a checkpoint")
-    first = glob.glob(pattern)
+    wait_until(lambda: registered_checkpoint(study_dir) or client.get_job_status(job).is_terminal(), 900, "a checkpoint")
+    first = registered_checkpoint(study_dir)
     assert first, client.get_job_logs(job)[-5000:]
-    killed_trial = Path(first[0]).parents[2].name
+    killed_trial, checkpoint_step = first
     stop_node(cluster.workers[-1], kill=True)
     killed_at = time.perf_counter() - started
     cluster.start_worker()
@@ -270,7 +268,7 @@ def test_a_study_survives_a_lost_worker_node(cluster, data_root):
     # The killed trial resumed from its checkpoint on the new node, under the default retries.
     history = json.loads((study_dir / "trials" / killed_trial / "history.json").read_text())
     resumed = {r["resumed_from_step"] for r in history if "resumed_from_step" in r}
-    assert resumed and min(resumed) > 0, history[-3:]
+    assert resumed and min(resumed) >= checkpoint_step > 0, (checkpoint_step, history[-3:])
     print(f"trial {killed_trial} resumed from step(s) {sorted(resumed)} of {history[-1]['step']}")
     # Every trial finished once: the study wrote what it writes on one node, and the report
     # counts each trial once.
@@ -280,6 +278,20 @@ def test_a_study_survives_a_lost_worker_node(cluster, data_root):
     assert "2 of 2 trials finished" in report
     assert all(sum(line.startswith(f"| {name} | ok |") for line in report.splitlines()) == 1 for name in TRIALS)
     check_mlflow(cluster)
+
+
+def registered_checkpoint(study_dir: Path) -> tuple[str, int] | None:
+    """(trial, step) of the first checkpoint Ray Train has registered (listed in its checkpoint
+    manager's snapshot, written once the upload finished), or None. A checkpoint folder alone
+    is not enough: a node lost while a checkpoint uploads restarts from the one before."""
+    for snapshot in sorted(study_dir.glob("trials/*/ray/*/checkpoint_manager_snapshot.json")):
+        try:
+            results = json.loads(snapshot.read_text()).get("checkpoint_results") or []
+        except (OSError, json.JSONDecodeError):  # being written
+            continue
+        if results:
+            return snapshot.parents[2].name, int(results[0]["metrics"]["step"])
+    return None
 
 
 def written(study_dir: Path) -> list[str]:
