@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rerank_ray.console import Summary, default_log_dir, report_error, setup_logging
-from rerank_ray.stopping import Stopped, stop_on_sigterm
+from rerank_ray.stopping import stop_on_sigterm, stop_reason
 
 if TYPE_CHECKING:
     from rerank_ray.config import RunConfig
@@ -482,17 +482,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with stop_on_sigterm():
             code = args.handler(args, summary) or 0
-    except (KeyboardInterrupt, Stopped) as e:
-        log.debug("interrupted", exc_info=True)
-        why = f"stopped by {e}" if isinstance(e, Stopped) else "interrupted"
+    except BaseException as exc:
+        why = stop_reason(exc)
+        if why is None and isinstance(exc, Exception):
+            report_error(args.verb, exc, log_path)
+            return 1
+        if why is None:
+            raise
+        log.debug("stopped (%s)", why, exc_info=True)
+        said = "interrupted" if why == "KeyboardInterrupt" else f"stopped by {why}"
         print(
-            f"rerank-ray {args.verb}: {why}; finished work is kept, the same command resumes; log: {log_path}",
+            f"rerank-ray {args.verb}: {said}; finished work is kept, the same command resumes; log: {log_path}",
             file=sys.stderr,
         )
-        return 143 if isinstance(e, Stopped) else 130
-    except Exception as exc:
-        report_error(args.verb, exc, log_path)
-        return 1
+        return 130 if why == "KeyboardInterrupt" else 143
     print(summary.render(), flush=True)
     return code
 

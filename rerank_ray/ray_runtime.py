@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from rerank_ray.stopping import reclaim_sigterm
+
 if TYPE_CHECKING:
     from rerank_ray.config import RunConfig
     from rerank_ray.teacher.config import ScoringConfig
@@ -127,6 +129,7 @@ def start_ray(
             "started a private local Ray (%s); set RAY_ADDRESS to use a running cluster instead",
             _fmt(ray.cluster_resources()),
         )
+    reclaim_sigterm()  # ray.init made SIGTERM a plain sys.exit; a stopped study must unwind as one
     node_types = autoscaler_node_types() if address else []
     capacity = cluster_capacity(node_types)
     try:

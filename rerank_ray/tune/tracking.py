@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from rerank_ray.stopping import Stopped, on_stop
+from rerank_ray.stopping import on_stop, stop_reason
 
 log = logging.getLogger("rerank_ray.tune")
 
@@ -146,10 +146,12 @@ def study_run(experiment_id: str, name: str) -> Iterator[Any]:
         with on_stop(killed):
             try:
                 yield parent
-            except (KeyboardInterrupt, Stopped) as e:
-                killed(str(e) if isinstance(e, Stopped) else "KeyboardInterrupt")
-                while mlflow.active_run() is not None:  # unwind the nested runs too, as KILLED
-                    mlflow.end_run("KILLED")
+            except BaseException as e:
+                why = stop_reason(e)
+                if why is not None:
+                    killed(why)
+                    while mlflow.active_run() is not None:  # unwind the nested runs too, as KILLED
+                        mlflow.end_run("KILLED")
                 raise
 
 

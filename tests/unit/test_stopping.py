@@ -47,3 +47,32 @@ def test_a_stopped_study_run_ends_killed_with_its_running_children(tmp_path):
     with pytest.raises(KeyboardInterrupt), study_run(experiment, "s") as parent:
         raise KeyboardInterrupt
     assert client.get_run(parent.info.run_id).info.status == "KILLED"
+
+
+def test_the_stop_handler_is_reclaimed_after_a_library_replaces_it():
+    """ray.init sets SIGTERM to sys.exit; start_ray puts the stop handler back."""
+    from rerank_ray.stopping import reclaim_sigterm
+
+    with stop_on_sigterm():
+        ours = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)  # what ray.init does
+        reclaim_sigterm()
+        assert signal.getsignal(signal.SIGTERM) is ours
+    before = signal.getsignal(signal.SIGTERM)
+    reclaim_sigterm()  # outside a verb: nothing to reclaim
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_error_raised_while_stopping_counts_as_the_stop():
+    """Ray's Cython code turns the handler's Stopped into a SystemError; it is still the stop."""
+    from rerank_ray.stopping import stop_reason
+
+    with stop_on_sigterm():
+        assert stop_reason(SystemError("returned a result with an exception set")) is None
+        with pytest.raises(Stopped):
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pause()
+        assert stop_reason(SystemError("returned a result with an exception set")) == "SIGTERM"
+    assert stop_reason(KeyboardInterrupt()) == "KeyboardInterrupt" and stop_reason(Stopped("SIGINT")) == "SIGINT"
+    with stop_on_sigterm():  # a new verb starts clean
+        assert stop_reason(ValueError()) is None
