@@ -31,7 +31,7 @@ from tests.integration.ray_cluster import (
     wait_for_job_api,
 )
 
-# One xdist worker runs both tests: they share the module-scoped `ray_head`.
+# One xdist worker runs this module's tests: they share the module-scoped `ray_head`.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.xdist_group("job_submit")]
 TINY_STUDY = "tests/integration/data/tiny_study.yaml"
 
