@@ -479,8 +479,17 @@ def main(argv: list[str] | None = None) -> int:
     log_path = setup_logging(args.log_dir or default_log_dir(), verbose=args.verbose)
     summary = Summary(args.verb, log_path=log_path)
     log.debug("rerank-ray %s", " ".join(sys.argv[1:] if argv is None else argv))
+
+    def announce(why: str) -> None:
+        said = "interrupted" if why == "KeyboardInterrupt" else f"stopped by {why}"
+        print(
+            f"rerank-ray {args.verb}: {said}; finished work is kept, the same command resumes; log: {log_path}",
+            file=sys.stderr,
+            flush=True,
+        )
+
     try:
-        with stop_on_sigterm():
+        with stop_on_sigterm(announce):
             code = args.handler(args, summary) or 0
     except BaseException as exc:
         why = stop_reason(exc)
@@ -490,11 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         if why is None:
             raise
         log.debug("stopped (%s)", why, exc_info=True)
-        said = "interrupted" if why == "KeyboardInterrupt" else f"stopped by {why}"
-        print(
-            f"rerank-ray {args.verb}: {said}; finished work is kept, the same command resumes; log: {log_path}",
-            file=sys.stderr,
-        )
+        if why == "KeyboardInterrupt":  # a signal handler announced its stop when it arrived
+            announce(why)
         return 130 if why == "KeyboardInterrupt" else 143
     print(summary.render(), flush=True)
     return code

@@ -31,13 +31,17 @@ class Stopped(BaseException):
 
 
 @contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """Within the block (main thread only), SIGTERM runs the :func:`on_stop` callbacks, newest
-    first, then raises :class:`Stopped`; the previous handler is restored after."""
+def stop_on_sigterm(announce: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Within the block (main thread only), SIGTERM calls `announce(signal name)` first (the
+    user's line must be out before SIGKILL, which may come while Ray shuts down), then the
+    :func:`on_stop` callbacks, newest first, then raises :class:`Stopped`; the previous handler
+    is restored after."""
 
     def handler(signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
         _RECEIVED.append(name)
+        if announce is not None:
+            announce(name)
         for callback in reversed(_ON_STOP):
             try:
                 callback(name)

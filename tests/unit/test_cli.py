@@ -436,4 +436,44 @@ def test_a_verb_stopped_by_sigterm_says_the_same_command_resumes(run, library, t
     study = write(tmp_path / "s.yaml", "name: tiny\nstudents: {minilm-l1: {num_layers: 1}}\nstrategies: [contrastive]\n")
     code, _, err, _ = run("study", str(study))
     assert code == 143
+    assert err.count("rerank-ray study: stopped by SIGTERM; finished work is kept, the same command resumes") == 1
+
+
+_SLOW_TO_UNWIND = """
+import sys, time
+import rerank_ray.tune.study as study
+
+def run_study(cfg, command=None):
+    try:
+        print("ready", flush=True)
+        time.sleep(60)
+    finally:
+        time.sleep(60)  # shutting down takes longer than `ray job stop` waits (Ray Tune's can)
+
+study.run_study = run_study
+from rerank_ray.cli import main
+sys.exit(main(["--log-dir", "logs", "study", "s.yaml"]))
+"""
+
+
+def test_the_stop_line_is_out_before_a_slow_shutdown_is_killed(tmp_path):
+    """`ray job stop` sends SIGKILL 3 s after SIGTERM: the user's line must not wait for the
+    unwinding (it did, and a job stopped during Ray's shutdown never said it was stopped)."""
+    import os
+    import signal
+    import time
+
+    write(tmp_path / "s.yaml", "name: tiny\nstudents: {minilm-l1: {num_layers: 1}}\nstrategies: [contrastive]\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_TO_UNWIND], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(3)
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
     assert "rerank-ray study: stopped by SIGTERM; finished work is kept, the same command resumes" in err

@@ -15,11 +15,12 @@ from rerank_ray.stopping import Stopped, on_stop, stop_on_sigterm
 def test_sigterm_runs_the_stop_callbacks_then_unwinds_as_stopped():
     calls = []
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Stopped, match="SIGTERM"), stop_on_sigterm(), on_stop(calls.append):
+    announced = lambda why: calls.append(f"announced {why}")  # noqa: E731
+    with pytest.raises(Stopped, match="SIGTERM"), stop_on_sigterm(announced), on_stop(calls.append):
         with on_stop(lambda why: calls.append(f"inner {why}")):
             os.kill(os.getpid(), signal.SIGTERM)
             signal.pause()  # never reached past the handler
-    assert calls == ["inner SIGTERM", "SIGTERM"]  # newest first
+    assert calls == ["announced SIGTERM", "inner SIGTERM", "SIGTERM"]  # the line first, then newest first
     assert signal.getsignal(signal.SIGTERM) == before
 
 
