@@ -282,6 +282,12 @@ def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
     for trial in result.trials:
         if trial.status != "ok":
             summary.ran.append(f"  {trial.name} failed: {trial.error}")
+    deferred = pending_runs(study.study_dir)
+    if deferred:
+        summary.ran.append(
+            f"MLflow stopped answering: {deferred} run(s) wait in their journals; "
+            f"`rerank-ray sync {' '.join(map(str, paths))}` logs them once it is back"
+        )
     print(result.table_markdown)
     summary.outputs["report"] = str(result.report_md)
     summary.outputs["plot"] = str(result.plot_png)
@@ -342,6 +348,28 @@ def format_plan(plans: list[Any]) -> str:
     )
 
 
+def cmd_sync(args: argparse.Namespace, summary: Summary) -> None:
+    from rerank_ray.config import resolve_tracking_uri
+    from rerank_ray.tune.config import load_study
+    from rerank_ray.tune.logbook import bound_retries, sync_study
+
+    study = load_study(*split_config_args(args))
+    uri = resolve_tracking_uri(study.base.mlflow)
+    bound_retries()
+    runs, calls = sync_study(study.study_dir, uri)
+    summary.ran.append(f"synced {runs} deferred MLflow run(s) of study {study.name} ({calls} call(s))")
+    summary.mlflow += mlflow_lines(uri, study.base.mlflow.experiment, None)
+
+
+def pending_runs(study_dir: Path) -> int:
+    """How many of a study's MLflow runs hold calls not logged yet (``tune/logbook.py``)."""
+    import json
+
+    from rerank_ray.tune.logbook import journals
+
+    return sum(bool(json.loads(p.read_text())["pending"]) for p in journals(study_dir))
+
+
 def mlflow_lines(
     tracking_uri: str, experiment: str, run_id: str | None, experiment_id: str | None = None
 ) -> list[str]:
@@ -399,6 +427,7 @@ VERBS: dict[str, tuple[Callable[[argparse.Namespace, Summary], int | None], str]
     "evaluate": (cmd_evaluate, "evaluate a saved model (or the first-stage run) on named suites"),
     "score": (cmd_score, "score training groups with a teacher (Ray Data batch job)"),
     "study": (cmd_study, "run a study grid with Ray Tune, logged to MLflow"),
+    "sync": (cmd_sync, "log to MLflow what a study deferred while its tracking server was down"),
     "ui": (cmd_ui, "serve the MLflow UI on 127.0.0.1 over the project's tracking store"),
 }
 
@@ -463,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--price-per-hour", type=float, help="price of one GPU-hour (CPU-hour on CPU): gives money"
     )
     add_force_arg(p)
+
+    add_config_args(subs["sync"])
 
     p = subs["ui"]
     add_config_args(p)

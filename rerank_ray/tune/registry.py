@@ -26,6 +26,7 @@ import pandas as pd
 
 from rerank_ray.config import RunConfig
 from rerank_ray.evaluation.metrics import mlflow_key
+from rerank_ray.tune import logbook
 from rerank_ray.tune.config import StudyConfig
 from rerank_ray.tune.plan import TrialPlan
 from rerank_ray.tune.records import TrialRecord
@@ -86,63 +87,69 @@ def best_per_strategy(cfg: StudyConfig, records: list[TrialRecord]) -> dict[str,
 def register_best(
     cfg: StudyConfig, plans: list[TrialPlan], records: list[TrialRecord], parent_run_id: str
 ) -> list[Registered]:
-    """Log and register the best student of each strategy (see the module docstring), reading
-    each trial's saved model folder from its ``trial.json``; the active tracking URI is the
-    study's."""
+    """Log and register the best student of each strategy (see the module docstring), in the
+    trial's MLflow run of this study (its journal, ``<trial>/mlflow_run.json``). When the
+    tracking server is down, or the trial's run is itself deferred, the registration waits in
+    that journal for ``rerank-ray sync`` (``tune/logbook.py``); its version reads "deferred"."""
     runs_of = {plan.name: plan.run for plan in plans}
-    client = mlflow.MlflowClient()
-    runs = {
-        run.info.run_name: run.info.run_id
-        for run in client.search_runs(
-            [client.get_run(parent_run_id).info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.role = 'trial'",
-        )
-    }
     registered = []
     for strategy, (record, score) in best_per_strategy(cfg, records).items():
-        tags = {
-            "study": cfg.name,
-            "strategy": strategy,
-            "student": record.student,
-            "teacher": record.teacher or "none",
-            "seed": str(record.seed),
-            "trial": record.name,
-            "measure": cfg.eval.measure,
-        }
-        with mlflow.start_run(run_id=runs[record.name], nested=True):
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
-                python_model=RerankerModel(),
-                artifacts={"model": _model_dir(runs_of[record.name])},
-                code_paths=[str(Path(__file__).resolve().parents[1])],
-                pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS],
-                signature=_signature(),
-                registered_model_name=cfg.name,
-                tags=tags,
-            )
-            metrics = {mlflow_key(s, cfg.eval.measure): record.eval.scores[s] for s in cfg.eval.in_domain}
-            mlflow.log_metrics({**metrics, "in_domain_mean": score}, model_id=info.model_id)
-        version_id = str(info.registered_model_version)
-        for key, value in tags.items():
-            client.set_model_version_tag(cfg.name, version_id, key, value)
-        client.update_model_version(
-            cfg.name,
-            version_id,
-            description=(
+        run = logbook.RunLog.read(runs_of[record.name].run_dir / logbook.TRIAL_JOURNAL, mlflow.get_tracking_uri())
+        if run.create["tags"].get(logbook.PARENT_TAG) != parent_run_id:
+            log.warning("not registering %s: its MLflow run is not one of this study run's", record.name)
+            continue
+        args = {
+            "name": cfg.name,
+            "model_dir": _model_dir(runs_of[record.name]),
+            "tags": {
+                "study": cfg.name, "strategy": strategy, "student": record.student,
+                "teacher": record.teacher or "none", "seed": str(record.seed), "trial": record.name,
+                "measure": cfg.eval.measure,
+            },
+            "metrics": {mlflow_key(s, cfg.eval.measure): record.eval.scores[s] for s in cfg.eval.in_domain}
+            | {"in_domain_mean": score},
+            "description": (
                 f"Best {strategy} student of study {cfg.name}: {record.student} (trial {record.name}), "
                 f"mean in-domain {cfg.eval.measure} {score:.4f} over {', '.join(cfg.eval.in_domain)}."
             ),
-        )
-        log.info(
-            "registered %s version %s: %s (%s %.4f)",
-            cfg.name,
-            version_id,
-            record.name,
-            cfg.eval.measure,
-            score,
-        )
-        registered.append(Registered(strategy, record.name, version_id, score))
+        }  # fmt: skip
+        run.call({"op": "call", "name": "register_model", "args": args})
+        version = "deferred" if run.deferred else _version_of(cfg.name, run.run_id)
+        log.info("registered %s version %s: %s (%s %.4f)", cfg.name, version, record.name, cfg.eval.measure, score)
+        registered.append(Registered(strategy, record.name, version or "missing", score))
     return registered
+
+
+def _version_of(name: str, run_id: str | None) -> str | None:
+    """The version of registered model `name` logged in run `run_id`, if any."""
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return str(versions[0].version) if versions else None
+
+
+@logbook.journal_call("register_model")
+def register_model(run_id: str, args: dict[str, Any]) -> None:
+    """Log the reranker in `args["model_dir"]` as a pyfunc model in run `run_id` and register it
+    as a version of `args["name"]` with its tags and description; nothing when that run already
+    has a version (a replayed call)."""
+    if _version_of(args["name"], run_id) is not None:
+        return
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=RerankerModel(),
+            artifacts={"model": args["model_dir"]},
+            code_paths=[str(Path(__file__).resolve().parents[1])],
+            pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS],
+            signature=_signature(),
+            registered_model_name=args["name"],
+            tags=args["tags"],
+        )
+        mlflow.log_metrics(args["metrics"], model_id=info.model_id)
+    client = mlflow.MlflowClient()
+    version_id = str(info.registered_model_version)
+    for key, value in args["tags"].items():
+        client.set_model_version_tag(args["name"], version_id, key, value)
+    client.update_model_version(args["name"], version_id, description=args["description"])
 
 
 def _model_dir(run: RunConfig) -> str:

@@ -48,6 +48,7 @@ from rerank_ray.config import resolve_tracking_uri
 from rerank_ray.io import write_json, write_yaml
 from rerank_ray.ray_runtime import run_need, scoring_need, start_ray
 from rerank_ray.teacher.config import TeacherModel
+from rerank_ray.tune import logbook
 from rerank_ray.tune.config import (
     BiEncoderTeacher,
     CrossEncoderTeacher,
@@ -125,12 +126,14 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
     forecast, token = _prepare(cfg, plans)
     experiment_id = ensure_experiment(tracking_uri, cfg.base.mlflow.experiment)
     mlflow.set_tracking_uri(tracking_uri)
+    logbook.bound_retries()
+    logbook.sync_study(cfg.study_dir, tracking_uri)  # what an earlier run deferred, first
     log.info(
         "study %s: %d trial(s); MLflow %s, experiment %r",
         cfg.name, len(plans), redact_uri(tracking_uri), cfg.base.mlflow.experiment,
     )  # fmt: skip
-    with study_run(experiment_id, cfg.name) as parent:
-        parent_id = parent.info.run_id
+    with study_run(experiment_id, cfg.name, cfg.study_dir, tracking_uri) as parent:
+        parent_id = parent.run_id
         _log_study(cfg, plans, forecast)
         # 1. The shared groups and the first stage; 2-3. the teachers and their scores.
         groups_path = _groups(cfg)
@@ -149,7 +152,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
 
         registered = register_best(cfg, plans, records, parent_id)
         failed = [r.name for r in records if r.status != "ok"]
-        mlflow.set_tags({"trials_failed": str(len(failed)), "trials_ok": str(len(records) - len(failed))})
+        logbook.set_tags({"trials_failed": str(len(failed)), "trials_ok": str(len(records) - len(failed))})
     if failed:
         log.warning(
             "study %s: %d trial(s) failed: %s (see the report)", cfg.name, len(failed), ", ".join(failed)
@@ -185,9 +188,7 @@ def _prepare(cfg: StudyConfig, plans: list[TrialPlan]) -> tuple[StudyForecast | 
 
 def _log_study(cfg: StudyConfig, plans: list[TrialPlan], forecast: StudyForecast | None) -> None:
     """The study's axes and base config as the parent run's parameters; its files as artifacts."""
-    import mlflow
-
-    mlflow.log_params(
+    logbook.log_params(
         {
             "students": ",".join(cfg.students),
             "strategies": ",".join(cfg.strategies),
@@ -197,31 +198,27 @@ def _log_study(cfg: StudyConfig, plans: list[TrialPlan], forecast: StudyForecast
             **flatten_params(cfg.base.to_dict(), prefix="base."),
         }
     )
-    mlflow.log_artifact(str(cfg.study_dir / "study.yaml"))
+    logbook.log_artifact(str(cfg.study_dir / "study.yaml"))
     if forecast is not None:
-        mlflow.log_artifact(str(cfg.study_dir / "forecast.json"))
+        logbook.log_artifact(str(cfg.study_dir / "forecast.json"))
 
 
 def _groups(cfg: StudyConfig) -> Path:
-    import mlflow
-
     from rerank_ray.data.groups import build_groups
 
     groups = build_groups(cfg.base, cfg.study_dir / "groups")
     log.info("groups: %s", groups.stats.summary())
-    mlflow.log_param("groups", groups.stats.summary())
+    logbook.log_params({"groups": groups.stats.summary()})
     return groups.path
 
 
 def _first_stage(cfg: StudyConfig) -> EvalRecord:
     """The first stage evaluated on every suite (``first_stage/`` metrics of the parent run)."""
-    import mlflow
-
     evaluation = evaluate_suites(
         None, cfg.eval, cfg.study_dir / "first_stage", root=cfg.base.data.root, data=cfg.base.data
     )
     record = _evaluation_record(evaluation, cfg)
-    mlflow.log_metrics({f"first_stage/{k}": v for k, v in _keys(record, cfg).items()})
+    logbook.log_metrics({f"first_stage/{k}": v for k, v in _keys(record, cfg).items()})
     return record
 
 
@@ -229,15 +226,13 @@ def _teachers(
     cfg: StudyConfig, plans: list[TrialPlan], groups_path: Path, experiment_id: str, parent_id: str
 ) -> StudyTeachers:
     """Each teacher the plans use, once: trained or loaded, evaluated, scoring the groups."""
-    import mlflow
-
     teachers = StudyTeachers()
     for name in teachers_used(plans):
         record, teachers.costs[name] = _teacher(cfg, name, groups_path, experiment_id, parent_id)
         teachers.info[name] = _teacher_info(cfg, name, groups_path)
         if record is not None:  # a scores teacher has no model to evaluate
             teachers.records[name] = record
-            mlflow.log_metrics({f"teacher/{name}/{k}": v for k, v in _keys(record, cfg).items()})
+            logbook.log_metrics({f"teacher/{name}/{k}": v for k, v in _keys(record, cfg).items()})
     return teachers
 
 
@@ -250,8 +245,6 @@ def _report(
 ) -> Report:
     """Build the report under ``<study>/report/`` and log it to the parent run (its first
     lines become the run's note)."""
-    import mlflow
-
     report = build_report(
         cfg,
         records,
@@ -262,8 +255,8 @@ def _report(
         out_dir=cfg.study_dir / "report",
         command=command or " ".join(["rerank-ray", *sys.argv[1:]]),
     )
-    mlflow.log_artifacts(str(cfg.study_dir / "report"), "report")
-    mlflow.set_tag("mlflow.note.content", run_note(report_first(report)))
+    logbook.log_artifacts(str(cfg.study_dir / "report"), "report")
+    logbook.set_tag("mlflow.note.content", run_note(report_first(report)))
     return report
 
 
@@ -272,14 +265,12 @@ def _teacher(
 ) -> tuple[EvalRecord | None, Cost]:
     """Train (or load) teacher `name`, evaluate it and score the groups with it, in a child run.
     A scores teacher has no model to evaluate: its record is None."""
-    import mlflow
-
     spec = cfg.teachers[name]
     if isinstance(spec, CrossEncoderTeacher) and spec.cross_fit is not None:
         return _cross_fit_teacher(cfg, name, groups_path, experiment_id, parent_id)
     tags = child_tags(cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind)
     # experiment_id is explicit: a nested run does not inherit its parent's experiment.
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"teacher-{name}", nested=True, tags=tags):
+    with logbook.start_run(f"teacher-{name}", tags=tags):
         if isinstance(spec, ScoresTeacher):
             return None, given_scores(spec, groups_path, teacher_scores_dir(cfg, name))
         if isinstance(spec, BiEncoderTeacher):
@@ -297,8 +288,6 @@ def _trained_teacher(
 ) -> tuple[TeacherModel, TrialSummary, Cost]:
     """A study-trained cross-encoder: trained contrastively on the groups and evaluated
     (``train_and_evaluate``), or reused when a finished run had the same inputs."""
-    import mlflow
-
     run = cfg.teacher_run(name)
     summary = finished_summary(run, groups_path, f"teacher {name}")
     if summary is None:
@@ -306,8 +295,8 @@ def _trained_teacher(
             run, groups_path=groups_path, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
         )
     else:
-        mlflow.set_tag("reused", "true")
-        mlflow.log_metrics(summary.metrics)
+        logbook.set_tag("reused", "true")
+        logbook.log_metrics(summary.metrics)
     return TeacherModel(kind="cross_encoder", path=str(summary.model_dir)), summary, summary.cost
 
 
@@ -316,13 +305,11 @@ def _given_cross_encoder(
 ) -> tuple[TeacherModel, EvalSummary, Cost]:
     """A cross-encoder used as it is (a saved folder, or a published reranker imported into
     ``teachers/<name>/``), evaluated; it costs nothing to train."""
-    import mlflow
-
     from rerank_ray.teacher.given import import_reranker
 
     path = spec.path or str(import_reranker(spec.pretrained(), cfg.study_dir / "teachers" / name))
     if spec.source is not None:
-        mlflow.log_params({"teacher.source": spec.source, "teacher.family": spec.pretrained().family})
+        logbook.log_params({"teacher.source": spec.source, "teacher.family": spec.pretrained().family})
     scorer = TeacherModel(kind="cross_encoder", path=path)
     return scorer, _evaluate_teacher(cfg, name, path), Cost()
 
@@ -331,40 +318,34 @@ def _bi_encoder_teacher(
     cfg: StudyConfig, name: str, spec: BiEncoderTeacher
 ) -> tuple[TeacherModel, EvalSummary, Cost]:
     """A zero-shot bi-encoder, evaluated as it is; it costs nothing to train."""
-    import mlflow
-
     scorer = spec.scorer()
-    mlflow.log_params(flatten_params(spec.model_dump(mode="json"), prefix="teacher."))
+    logbook.log_params(flatten_params(spec.model_dump(mode="json"), prefix="teacher."))
     return scorer, _evaluate_teacher(cfg, name, scorer), Cost()
 
 
 def _evaluate_teacher(cfg: StudyConfig, name: str, model: str | TeacherModel) -> EvalSummary:
     """A teacher that is not trained here, evaluated on every suite into ``teachers/<name>/eval``
     and logged to its (active) run."""
-    import mlflow
-
     teacher_dir = cfg.study_dir / "teachers" / name
     evaluation = evaluate_suites(
         model, cfg.eval, teacher_dir / "eval", root=cfg.base.data.root, tag=name, data=cfg.base.data
     )
-    mlflow.log_metrics(evaluation.metrics)
-    mlflow.log_artifacts(str(evaluation.eval_dir), "eval")
+    logbook.log_metrics(evaluation.metrics)
+    logbook.log_artifacts(str(evaluation.eval_dir), "eval")
     return evaluation
 
 
 def _score_groups(cfg: StudyConfig, name: str, scorer: TeacherModel, groups_path: Path, cost: Cost) -> Cost:
     """Score the groups with teacher `name` (``score_groups``: resumable, reused when up to
     date); returns `cost` with the scoring job's, both logged to the active run."""
-    import mlflow
-
     from rerank_ray.heartbeat import heartbeat
     from rerank_ray.teacher.score import score_groups
 
     with heartbeat(f"scoring with teacher {name}", waiting_on="the Ray Data scoring job"):
         scores = score_groups(groups_path, scorer, teacher_scores_dir(cfg, name), scoring=cfg.scoring)
-    mlflow.log_artifact(str(scores.path.parent / "manifest.json"), "teacher_scores")
+    logbook.log_artifact(str(scores.path.parent / "manifest.json"), "teacher_scores")
     cost = cost.with_scoring(scores.manifest["cost"])
-    mlflow.log_metrics(cost_metrics(cost))
+    logbook.log_metrics(cost_metrics(cost))
     return cost
 
 
@@ -372,8 +353,6 @@ def _teacher_info(cfg: StudyConfig, name: str, groups_path: Path) -> TeacherInfo
     """Teacher `name`'s target diagnostics on the groups (stored in its scores manifest, at each
     teacher temperature of the study's teacher-needing strategies), its size, and what its
     report row evaluates."""
-    import mlflow
-
     from rerank_ray.teacher.diagnostics import add_diagnostics
     from rerank_ray.teacher.score import SCORES_DIR
 
@@ -384,7 +363,7 @@ def _teacher_info(cfg: StudyConfig, name: str, groups_path: Path) -> TeacherInfo
     )
     for stats in diagnostics.values():
         prefix = f"teacher/{name}/diagnostics/T{stats['temperature']:g}"
-        mlflow.log_metrics({f"{prefix}/{k}": v for k, v in numeric(stats).items()})
+        logbook.log_metrics({f"{prefix}/{k}": v for k, v in numeric(stats).items()})
     spec = cfg.teachers[name]
     if isinstance(spec, BiEncoderTeacher):
         return TeacherInfo(None, f"zero-shot bi-encoder {spec.source}", diagnostics)
@@ -410,7 +389,6 @@ def _cross_fit_teacher(
     scoring the held-out fold; the scores are merged into the teacher's one scores folder.
     The returned evaluation is the fold teachers' mean (per query and per suite, as seeds are
     averaged), since no single teacher produced the targets."""
-    import mlflow
     import pandas as pd
 
     from rerank_ray.teacher import crossfit
@@ -424,20 +402,18 @@ def _cross_fit_teacher(
         cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind, cross_fit=str(spec.cross_fit)
     )
     records, evaluations, cost = [], [], Cost()
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=f"teacher-{name}", nested=True, tags=tags
-    ) as run:
+    with logbook.start_run(f"teacher-{name}", tags=tags) as run:
         for fold in range(spec.cross_fit):
             record, evaluation, fold_cost = _fold_teacher(
-                cfg, name, fold, folds, groups_path, experiment_id, run.info.run_id
+                cfg, name, fold, folds, groups_path, experiment_id, run.ref
             )
             records.append(record)
             evaluations.append(evaluation)
             cost += fold_cost
         out_dir = teacher_scores_dir(cfg, name)
         crossfit.merge_fold_scores(records, out_dir, k=spec.cross_fit, seed=spec.cross_fit_seed)
-        mlflow.log_artifact(str(out_dir / "manifest.json"), "teacher_scores")
-        mlflow.log_metrics(cost_metrics(cost))
+        logbook.log_artifact(str(out_dir / "manifest.json"), "teacher_scores")
+        logbook.log_metrics(cost_metrics(cost))
     return _mean_record(evaluations), cost
 
 
@@ -452,8 +428,6 @@ def _fold_teacher(
 ) -> tuple[Any, EvalRecord, Cost]:
     """Train (or reuse) fold teacher `fold` on the other folds' groups in a nested run, score
     its own fold's groups; returns its ``crossfit.FoldRecord``, evaluation and summed cost."""
-    import mlflow
-
     from rerank_ray.teacher import crossfit
     from rerank_ray.teacher.score import score_groups
     from rerank_ray.train.identity import run_identity
@@ -462,7 +436,7 @@ def _fold_teacher(
     fold_dir = Path(run.output_dir) / run.name
     train_groups, scored_groups = crossfit.split_groups(groups_path, folds, fold, fold_dir / "groups")
     tags = child_tags(cfg.name, parent_id, "teacher_fold", teacher=name, fold=str(fold))
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run.name, nested=True, tags=tags):
+    with logbook.start_run(run.name, tags=tags):
         summary = finished_summary(run, train_groups, f"teacher {name} fold {fold}") or train_and_evaluate(
             run, groups_path=train_groups, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
         )
@@ -491,15 +465,13 @@ def _mean_record(records: list[EvalRecord]) -> EvalRecord:
 def given_scores(spec: ScoresTeacher, groups_path: Path, out_dir: Path) -> Cost:
     """Import a precomputed score file as the teacher's scores; log its provenance (path,
     sha256, rows) to the active run. Returns the (zero) scoring cost."""
-    import mlflow
-
     from rerank_ray.teacher.given import import_scores
 
     scores = import_scores(spec.path, groups_path, out_dir)
-    mlflow.log_params(
+    logbook.log_params(
         {f"teacher.{k}": v for k, v in scores.manifest["teacher"].items() if k != "fingerprint"}
     )
-    mlflow.log_artifact(str(out_dir / "manifest.json"), "teacher_scores")
+    logbook.log_artifact(str(out_dir / "manifest.json"), "teacher_scores")
     return Cost(scoring_wall_s=0.0, scoring_cpu_hours=0.0, scoring_gpu_hours=0.0)
 
 
@@ -578,12 +550,10 @@ def _reused_trial(
     cfg: StudyConfig, plan: TrialPlan, summary: TrialSummary, experiment_id: str, parent_id: str
 ) -> TrialRecord:
     """The record of a trial reused from its ``trial.json``, logged as a child run of this study."""
-    import mlflow
-
     tags = child_tags(cfg.name, parent_id, "trial", **plan.tags(), reused="true")
-    with mlflow.start_run(experiment_id=experiment_id, run_name=plan.name, nested=True, tags=tags):
-        mlflow.log_params(flatten_params(plan.run.to_dict()))
-        mlflow.log_metrics(_final_metrics(summary))
+    with logbook.start_run(plan.name, tags=tags, journal=plan.run.run_dir / logbook.TRIAL_JOURNAL):
+        logbook.log_params(flatten_params(plan.run.to_dict()))
+        logbook.log_metrics(_final_metrics(summary))
     return _record(plan, "ok", reused=True)
 
 

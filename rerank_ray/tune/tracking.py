@@ -36,8 +36,10 @@ import copy
 import functools
 import logging
 import re
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -134,25 +136,32 @@ def check_tracking_server(uri: str, timeout_s: float = HEALTH_TIMEOUT_S) -> None
 
 
 @contextmanager
-def study_run(experiment_id: str, name: str) -> Iterator[Any]:
-    """The study's parent run, active for the block. A study that is stopped (Ctrl-C, or SIGTERM
-    from `ray job stop`: ``stopping.py``) ends KILLED, with its running child runs, and tagged
-    ``interrupted``, so it never reads as FINISHED; a rerun resumes it as a new parent run."""
-    import mlflow
+def study_run(experiment_id: str, name: str, study_dir: Path, tracking_uri: str) -> Iterator[Any]:
+    """The study's parent run (a ``logbook.RunLog`` journaled under ``<study>/mlflow/``),
+    active for the block. A study that is stopped (Ctrl-C, or SIGTERM from `ray job stop`:
+    ``stopping.py``) ends KILLED, with its running child runs, and tagged ``interrupted``, so it
+    never reads as FINISHED; a rerun resumes it as a new parent run."""
+    from rerank_ray.tune import logbook
 
-    tags = {"role": "study", "study": name}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as parent:
-        killed = functools.partial(mark_killed, parent.info.run_id, experiment_id)
-        with on_stop(killed):
-            try:
-                yield parent
-            except BaseException as e:
-                why = stop_reason(e)
-                if why is not None:
-                    killed(why)
-                    while mlflow.active_run() is not None:  # unwind the nested runs too, as KILLED
-                        mlflow.end_run("KILLED")
-                raise
+    log_id = secrets.token_hex(8)
+    parent = logbook.new_run(
+        study_dir / logbook.DRIVER_DIR / f"study.{log_id}.json", tracking_uri,
+        experiment_id=experiment_id, run_name=name, tags={"role": "study", "study": name}, log_id=log_id,
+    )  # fmt: skip
+    if parent.run_id is None:
+        raise TrackingUnreachable(f"the MLflow tracking server {redact_uri(tracking_uri)} stopped answering")
+    killed = functools.partial(mark_killed, parent.run_id, experiment_id)
+    with on_stop(killed), logbook.active(parent, end=False):
+        try:
+            yield parent
+        except BaseException as e:
+            why = stop_reason(e)
+            if why is not None:
+                killed(why)
+            else:
+                logbook.end_run(parent, "FAILED")
+            raise
+    logbook.end_run(parent, "FINISHED")
 
 
 def mark_killed(parent_id: str, experiment_id: str, why: str) -> None:

@@ -28,6 +28,7 @@ from rerank_ray.config import DataConfig, RunConfig
 from rerank_ray.io import write_json
 from rerank_ray.teacher.config import TeacherModel
 from rerank_ray.train.identity import run_identity
+from rerank_ray.tune import logbook
 from rerank_ray.tune.config import StudyEvalConfig
 from rerank_ray.tune.plan import TrialPlan
 from rerank_ray.tune.records import Cost, EvalSummary, TrialSummary
@@ -36,7 +37,6 @@ from rerank_ray.tune.tracking import child_tags, flatten_params, numeric, redact
 log = logging.getLogger("rerank_ray.tune")
 
 SUMMARY = "trial.json"
-MLFLOW_RUN = "mlflow_run.json"  # the trial's MLflow run, so that a retried trial resumes it
 
 
 def evaluate_suites(
@@ -111,8 +111,6 @@ def train_and_evaluate(
 ) -> TrialSummary:
     """Train `cfg`, evaluate the model, log both to the active MLflow run, write ``trial.json``.
     `trial_cpus`/`trial_gpus`: what the trial process itself holds, for the cost."""
-    import mlflow
-
     from rerank_ray.train.driver import train
 
     run_dir = cfg.run_dir
@@ -122,16 +120,16 @@ def train_and_evaluate(
     result = train(cfg, groups_path=groups_path)
     train_s = time.perf_counter() - t0
     for record in result.history:
-        mlflow.log_metrics(
+        logbook.log_metrics(
             {f"train/{k}": v for k, v in numeric(record).items()}, step=int(record.get("step", 0))
         )
     evaluation = evaluate_suites(
         str(result.model_dir), eval_cfg, run_dir / "eval", root=cfg.data.root, tag=cfg.name, data=cfg.data
     )
     cost = _trial_cost(cfg, train_s, time.perf_counter() - t0, result.metrics, trial_cpus, trial_gpus)
-    mlflow.log_metrics(evaluation.metrics)
-    mlflow.log_metrics(cost_metrics(cost))
-    mlflow.log_artifacts(str(evaluation.eval_dir), "eval")
+    logbook.log_metrics(evaluation.metrics)
+    logbook.log_metrics(cost_metrics(cost))
+    logbook.log_artifacts(str(evaluation.eval_dir), "eval")
     summary = TrialSummary(
         name=cfg.name,
         metrics=evaluation.metrics,
@@ -148,12 +146,10 @@ def train_and_evaluate(
 
 def _log_run_config(cfg: RunConfig) -> None:
     """The run's parameters, its config (secrets redacted) and its teacher scores' manifest."""
-    import mlflow
-
-    mlflow.log_params(flatten_params(cfg.to_dict()))
-    mlflow.log_text(yaml.safe_dump(redact_config(cfg.to_dict()), sort_keys=False), "config/run_config.yaml")
+    logbook.log_params(flatten_params(cfg.to_dict()))
+    logbook.log_text(yaml.safe_dump(redact_config(cfg.to_dict()), sort_keys=False), "config/run_config.yaml")
     if cfg.train.teacher_scores is not None:
-        mlflow.log_artifact(str(Path(cfg.train.teacher_scores).parent / "manifest.json"), "teacher_scores")
+        logbook.log_artifact(str(Path(cfg.train.teacher_scores).parent / "manifest.json"), "teacher_scores")
 
 
 def _trial_cost(
@@ -200,41 +196,38 @@ def run_trial(config: dict[str, Any]) -> None:
     verify_token(StorageToken.from_dict(study["storage_token"]), f"trial {config['trial']['name']}")
     plan = TrialPlan.from_dict(config["trial"])
     eval_cfg = StudyEvalConfig.model_validate(study["eval"])
-    mlflow = _trial_mlflow_run(plan, study)
+    run = _trial_mlflow_run(plan, study)
     status = "FAILED"
     try:
-        summary = train_and_evaluate(
-            plan.run,
-            groups_path=Path(study["groups_path"]),
-            eval_cfg=eval_cfg,
-            trial_cpus=plan.resources.get("CPU", 0.0),
-            trial_gpus=plan.resources.get("GPU", 0.0),
-        )
+        with logbook.active(run, end=False):
+            summary = train_and_evaluate(
+                plan.run,
+                groups_path=Path(study["groups_path"]),
+                eval_cfg=eval_cfg,
+                trial_cpus=plan.resources.get("CPU", 0.0),
+                trial_gpus=plan.resources.get("GPU", 0.0),
+            )
         tune.report({**summary.metrics, **cost_metrics(summary.cost)})
         status = "FINISHED"
     finally:
-        mlflow.end_run(status)
+        logbook.end_run(run, status)
 
 
-def _trial_mlflow_run(plan: TrialPlan, study: dict[str, Any]) -> Any:
-    """Start the trial's MLflow child run, or resume it when this is a retry of the trial under
-    the same study run (``<trial>/mlflow_run.json``): one child run per trial, however many
-    attempts it took. Returns the ``mlflow`` module, with the run active."""
+def _trial_mlflow_run(plan: TrialPlan, study: dict[str, Any]) -> logbook.RunLog:
+    """The trial's MLflow child run (``<trial>/mlflow_run.json``, ``tune/logbook.py``), or the
+    same run when this is a retry of the trial under the same study run: one child run per
+    trial, however many attempts it took."""
     import mlflow
 
     mlflow.set_tracking_uri(study["tracking_uri"])
-    marker = plan.run.run_dir / MLFLOW_RUN
-    earlier = json.loads(marker.read_text()) if marker.is_file() else {}
-    if earlier.get("parent_run_id") == study["parent_run_id"]:
-        log.info("trial %s: a retry; resuming its MLflow run %s", plan.name, earlier["run_id"])
-        mlflow.start_run(run_id=earlier["run_id"])
-        return mlflow
-    # experiment_id is explicit: a run started in a Ray worker has no active experiment.
-    run = mlflow.start_run(
-        experiment_id=study["experiment_id"],
-        run_name=plan.name,
+    logbook.bound_retries()
+    journal = plan.run.run_dir / logbook.TRIAL_JOURNAL
+    if journal.is_file():
+        earlier = logbook.RunLog.read(journal, study["tracking_uri"])
+        if earlier.create["tags"].get(logbook.PARENT_TAG) == study["parent_run_id"]:
+            log.info("trial %s: a retry; resuming its MLflow run %s", plan.name, earlier.ref)
+            return earlier
+    return logbook.new_run(
+        journal, study["tracking_uri"], experiment_id=study["experiment_id"], run_name=plan.name,
         tags=child_tags(study["name"], study["parent_run_id"], "trial", **plan.tags()),
-    )
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"run_id": run.info.run_id, "parent_run_id": study["parent_run_id"]})
-    return mlflow
+    )  # fmt: skip

@@ -146,7 +146,7 @@ def test_a_train_worker_without_the_run_folder_fails_before_it_trains(tmp_path, 
 def test_a_retried_trial_resumes_its_mlflow_run_and_a_new_study_run_starts_another(tmp_path, monkeypatch):
     import mlflow
 
-    from rerank_ray.tune import trial
+    from rerank_ray.tune import logbook, trial
     from rerank_ray.tune.plan import TrialPlan
 
     class Plan:
@@ -164,16 +164,15 @@ def test_a_retried_trial_resumes_its_mlflow_run_and_a_new_study_run_starts_anoth
     ctx = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "name": "s"}
     plan: TrialPlan = Plan()  # type: ignore[assignment]
 
-    first = trial._trial_mlflow_run(plan, ctx).active_run().info.run_id
-    mlflow.end_run("KILLED")  # the node died
-    retry = trial._trial_mlflow_run(plan, ctx).active_run().info.run_id
-    mlflow.end_run("FINISHED")
-    assert retry == first and client.get_run(first).info.status == "FINISHED"
+    first = trial._trial_mlflow_run(plan, ctx).run_id
+    client.set_terminated(first, "KILLED")  # the node died
+    retry = trial._trial_mlflow_run(plan, ctx)
+    logbook.end_run(retry, "FINISHED")
+    assert retry.run_id == first and client.get_run(first).info.status == "FINISHED"
 
     rerun = {**ctx, "parent_run_id": client.create_run(experiment_id).info.run_id}
-    again = trial._trial_mlflow_run(plan, rerun).active_run().info.run_id
-    mlflow.end_run()
-    assert again != first
+    again = trial._trial_mlflow_run(plan, rerun).run_id
+    assert again != first and mlflow.active_run() is None
     assert client.get_run(again).data.tags["mlflow.parentRunId"] == rerun["parent_run_id"]
 
 

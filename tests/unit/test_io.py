@@ -59,7 +59,7 @@ DIRECT_WRITE = re.compile(
 )
 ALLOWED = {
     ("rerank_ray/tune/report.py", "md_path.write_text("),
-    ("rerank_ray/tune/trial.py", "mlflow.log_text("),
+    ("rerank_ray/tune/trial.py", "logbook.log_text("),  # an MLflow artifact, not a local file
 }
 
 

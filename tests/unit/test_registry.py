@@ -12,11 +12,12 @@ import torch
 
 from rerank_ray.config import ModelConfig
 from rerank_ray.models import build_model, load_reranker
+from rerank_ray.tune import logbook
 from rerank_ray.tune.config import load_study
 from rerank_ray.tune.plan import plan_study
 from rerank_ray.tune.records import Cost, EvalRecord, TrialRecord, TrialSummary
 from rerank_ray.tune.registry import best_per_strategy, register_best
-from rerank_ray.tune.tracking import child_tags
+from rerank_ray.tune.tracking import child_tags, study_run
 from tests.conftest import TINY_BERT
 
 PAIRS = pd.DataFrame(
@@ -80,7 +81,8 @@ def test_registered_model_loads_back_and_scores_like_the_saved_folder(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("reg")
     records = []
-    with mlflow.start_run(experiment_id=experiment, run_name="reg") as parent:
+    uri = mlflow.get_tracking_uri()
+    with study_run(experiment, "reg", tmp_path, uri) as parent:
         for i, plan in enumerate(plans):
             torch.manual_seed(i)
             model_dir = build_model(ModelConfig.model_validate({**TINY_BERT, "init": "random"})).save(
@@ -90,11 +92,11 @@ def test_registered_model_loads_back_and_scores_like_the_saved_folder(tmp_path):
             run_dir.mkdir(parents=True)
             summary = TrialSummary(plan.name, {}, {}, Cost(), model_dir, run_dir / "eval", {}, None)
             (run_dir / "trial.json").write_text(json.dumps(summary.to_json()))
-            tags = child_tags(cfg.name, parent.info.run_id, "trial", **plan.tags())
-            with mlflow.start_run(experiment_id=experiment, run_name=plan.name, nested=True, tags=tags):
-                mlflow.log_metric("dl19/nDCG_10", 0.1 * i)
+            tags = child_tags(cfg.name, parent.run_id, "trial", **plan.tags())
+            with logbook.start_run(plan.name, tags=tags, journal=run_dir / logbook.TRIAL_JOURNAL):
+                logbook.log_metrics({"dl19/nDCG_10": 0.1 * i})
             records.append(record(plan, 0.1 * i, 0.1 * i))
-        registered = register_best(cfg, plans, records, parent.info.run_id)
+        registered = register_best(cfg, plans, records, parent.run_id)
 
     assert [(r.strategy, r.trial, r.version) for r in registered] == [
         ("contrastive", "contrastive+b+s0", "1"),

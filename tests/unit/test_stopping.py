@@ -32,22 +32,23 @@ def test_a_stopped_study_run_ends_killed_with_its_running_children(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     experiment = client.create_experiment("e")
-    with study_run(experiment, "s") as done:
+    uri = mlflow.get_tracking_uri()
+    with study_run(experiment, "s", tmp_path, uri) as done:
         pass
-    assert client.get_run(done.info.run_id).info.status == "FINISHED"
+    assert client.get_run(done.run_id).info.status == "FINISHED"
 
-    with pytest.raises(Stopped), stop_on_sigterm(), study_run(experiment, "s") as parent:
-        child = client.create_run(experiment, tags={"mlflow.parentRunId": parent.info.run_id})
+    with pytest.raises(Stopped), stop_on_sigterm(), study_run(experiment, "s", tmp_path, uri) as parent:
+        child = client.create_run(experiment, tags={"mlflow.parentRunId": parent.run_id})
         os.kill(os.getpid(), signal.SIGTERM)
         signal.pause()
-    stopped = client.get_run(parent.info.run_id)
+    stopped = client.get_run(parent.run_id)
     assert stopped.info.status == "KILLED" and stopped.data.tags["interrupted"] == "SIGTERM"
     assert client.get_run(child.info.run_id).info.status == "KILLED"
     assert mlflow.active_run() is None
 
-    with pytest.raises(KeyboardInterrupt), study_run(experiment, "s") as parent:
+    with pytest.raises(KeyboardInterrupt), study_run(experiment, "s", tmp_path, uri) as parent:
         raise KeyboardInterrupt
-    assert client.get_run(parent.info.run_id).info.status == "KILLED"
+    assert client.get_run(parent.run_id).info.status == "KILLED"
 
 
 def test_the_stop_handler_is_reclaimed_after_a_library_replaces_it():
