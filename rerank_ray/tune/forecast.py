@@ -2,9 +2,9 @@
 
 ``forecast_study(cfg, plans, table)`` counts, from the data itself (no model is loaded):
 
-- the training groups and their unique pairs, by running the groups sampler
-  (``data.groups.sample_query_groups``) without reading documents, so the counts are the ones
-  ``build_groups`` will write;
+- the training groups and their unique pairs, by taking the groups sampler's own walk over
+  the data (``data.groups.sample_groups``) without reading documents, so the counts (and the
+  errors) are the ones ``build_groups`` will give;
 - per trial, the training pairs: ``steps x micro_batch_groups x grad_accum x workers x
   group_size``, where ``steps = min(train.max_steps, epochs x ceil(groups / groups per step))``;
 - per evaluated model, the evaluation pairs: each suite's first-stage candidates down to its
@@ -224,28 +224,17 @@ class StudyForecast:
 
 
 def count_groups(run: RunConfig) -> tuple[int, int]:
-    """(groups, unique (query_id, doc_id) pairs) that ``build_groups(run)`` will write."""
-    from rerank_ray.data.datasets import open_collection
-    from rerank_ray.data.groups import sample_query_groups
+    """(groups, unique (query_id, doc_id) pairs) that ``build_groups(run)`` will write: the
+    sampler's own walk over the data (``data.groups.sample_groups``), without document texts,
+    so a run the real build refuses (e.g. a repeated run entry with
+    ``data.duplicate_run_entries: error``) is refused here with the same error."""
+    from rerank_ray.data.groups import GroupStats, sample_groups
 
-    cfg, data = run.groups, run.data
-    groups, pairs, seen = 0, 0, 0
-    for name in data.train:
-        collection = open_collection(
-            name, root=data.root, split=data.train_split, first_stage=data.first_stage
-        )
-        held_out = data.validation_ids(name, list(collection.queries))  # they give no group
-        for query_id in collection.queries:
-            if query_id in held_out:
-                continue
-            if cfg.max_queries is not None and seen >= cfg.max_queries:
-                return groups, pairs
-            seen += 1
-            candidates = [doc_id for doc_id, _ in collection.run.get(query_id, [])]
-            sampled, _ = sample_query_groups(cfg, query_id, candidates, collection.qrels.get(query_id, {}))
-            groups += len(sampled)
-            pairs += len({doc_id for group in sampled for doc_id in group})
-    return groups, pairs
+    stats = GroupStats()
+    pairs = 0
+    for _, _, _, sampled in sample_groups(run, stats):
+        pairs += len({doc_id for group in sampled for doc_id in group})
+    return stats.groups_written, pairs
 
 
 def count_eval_pairs(cfg: StudyConfig) -> int:
