@@ -6,7 +6,9 @@
   the data (``data.groups.sample_groups``) without reading documents, so the counts (and the
   errors) are the ones ``build_groups`` will give;
 - per trial, the training pairs: ``steps x micro_batch_groups x grad_accum x workers x
-  group_size``, where ``steps = min(train.max_steps, epochs x ceil(groups / groups per step))``;
+  group_size``, with the steps the trainer takes (``train.driver.optimizer_steps``:
+  ``min(train.max_steps, epochs x floor(groups / groups per step))``, as the shards and
+  micro-batches round down);
 - per evaluated model, the evaluation pairs: each suite's first-stage candidates down to its
   rerank depth;
 - per teacher, the scoring pairs (the groups' unique pairs) plus its own training (a
@@ -35,7 +37,6 @@ wall time is the teachers' (they run one after another) plus the trials' spread 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,13 +265,13 @@ def count_eval_pairs(cfg: StudyConfig) -> int:
 
 
 def train_pairs(run: RunConfig, groups: int) -> int:
-    """Training pairs of `run` over `groups` groups (see the module docstring)."""
-    t, workers = run.train, run.scaling.num_workers
-    per_step = t.micro_batch_groups * t.grad_accum * workers
-    steps = t.epochs * math.ceil(groups / per_step)
-    if t.max_steps is not None:
-        steps = min(steps, t.max_steps)
-    return steps * per_step * run.groups.group_size
+    """Training pairs of `run` over `groups` groups (see the module docstring), with the
+    trainer's own step count (``train.driver.optimizer_steps``)."""
+    from rerank_ray.train.driver import optimizer_steps
+
+    t = run.train
+    _, steps = optimizer_steps(run, groups)
+    return steps * t.micro_batch_groups * t.grad_accum * run.scaling.num_workers * run.groups.group_size
 
 
 def model_layers(model: ModelConfig) -> int:

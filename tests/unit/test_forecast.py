@@ -75,7 +75,8 @@ def test_train_pairs_counts_steps_and_caps_at_max_steps():
     run = load_config(overrides=["train.micro_batch_groups=4", "groups.group_size=8"])
     assert train_pairs(run, 660) == 165 * 4 * 8
     two_epochs = load_config(overrides=["train.micro_batch_groups=4", "train.epochs=2", "train.grad_accum=2"])
-    assert train_pairs(two_epochs, 660) == 2 * 83 * 8 * 8
+    # 660 groups / 8 per step: 82 steps an epoch, as the trainer rounds down (not 83).
+    assert train_pairs(two_epochs, 660) == 2 * 82 * 8 * 8
     assert train_pairs(load_config(overrides=["train.max_steps=2"]), 660) == 2 * 2 * 8
 
 
