@@ -229,7 +229,9 @@ def steps_the_loop_takes(cfg: RunConfig, n_groups: int) -> list[int]:
         (50, 2, 4, 1, 3, 10),  # capped by max_steps
     ],
 )
-def test_the_forecast_counts_the_steps_the_training_loop_takes(groups, batch, workers, accum, epochs, max_steps):
+def test_the_forecast_counts_the_steps_the_training_loop_takes(
+    groups, batch, workers, accum, epochs, max_steps
+):
     from rerank_ray.train.driver import plan_steps
     from rerank_ray.tune.forecast import train_pairs
 
@@ -237,7 +239,12 @@ def test_the_forecast_counts_the_steps_the_training_loop_takes(groups, batch, wo
         {
             "scaling": {"num_workers": workers},
             "groups": {"group_size": 4},
-            "train": {"micro_batch_groups": batch, "grad_accum": accum, "epochs": epochs, "max_steps": max_steps},
+            "train": {
+                "micro_batch_groups": batch,
+                "grad_accum": accum,
+                "epochs": epochs,
+                "max_steps": max_steps,
+            },
         }
     )
     plan = plan_steps(cfg, groups)
