@@ -240,6 +240,19 @@ class ModelConfig(Section):
     # Recorded with the saved model, so its evaluation and teacher scoring follow it.
     autocast: Autocast = "auto"
 
+    def layers(self, *, read_source: bool = True) -> int | None:
+        """Transformer layers: ``num_layers``, else ``config_overrides.num_hidden_layers``, else
+        (with `read_source`) the source's own config (read offline, through transformers); None
+        when neither is set and `read_source` is False (the report, which loads no model)."""
+        layers = self.num_layers or self.config_overrides.get("num_hidden_layers")
+        if layers is None and read_source:
+            from transformers import AutoConfig
+
+            from rerank_ray.models.sources import resolve_source
+
+            layers = AutoConfig.from_pretrained(resolve_source(self.source)).num_hidden_layers
+        return None if layers is None else int(layers)
+
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         if self.family != "encoder":

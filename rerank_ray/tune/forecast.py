@@ -274,18 +274,6 @@ def train_pairs(run: RunConfig, groups: int) -> int:
     return steps * t.micro_batch_groups * t.grad_accum * run.scaling.num_workers * run.groups.group_size
 
 
-def model_layers(model: ModelConfig) -> int:
-    """Transformer layers of a model: num_layers, the config override, else the source's config."""
-    layers = model.num_layers or model.config_overrides.get("num_hidden_layers")
-    if layers is None:
-        from transformers import AutoConfig
-
-        from rerank_ray.models.sources import resolve_source
-
-        layers = AutoConfig.from_pretrained(resolve_source(model.source)).num_hidden_layers
-    return int(layers)
-
-
 # ---------------------------------------------------------------------------------------------
 # The forecast.
 
@@ -316,7 +304,7 @@ def forecast_study(
     for plan in plans:
         family, layers, autocast = (
             plan.run.model.family,
-            model_layers(plan.run.model),
+            plan.run.model.layers(),
             plan.run.model.autocast,
         )
         stages = [
@@ -361,17 +349,17 @@ def _teacher(
     if isinstance(spec, ScoresTeacher):
         return RunForecast(f"teacher {name}", [], 0.0, 0.0, 0.0)
     if isinstance(spec, BiEncoderTeacher):
-        family, layers = "bi_encoder", model_layers(ModelConfig(source=spec.source))
+        family, layers = "bi_encoder", ModelConfig(source=spec.source).layers()
         autocast = spec.autocast
         stages = []
     elif isinstance(spec, CrossEncoderTeacher) and spec.trains:
         run = cfg.teacher_run(name)
-        family, layers, autocast = run.model.family, model_layers(run.model), run.model.autocast
+        family, layers, autocast = run.model.family, run.model.layers(), run.model.autocast
         stages = [est.stage("train", family, layers, train_pairs(run, groups), autocast)]
     else:
         assert isinstance(spec, CrossEncoderTeacher)
         model = spec.pretrained() if spec.source else _saved_model(spec.path)
-        family, layers, autocast = model.family, model_layers(model), model.autocast
+        family, layers, autocast = model.family, model.layers(), model.autocast
         stages = []
     stages += [
         est.stage("evaluate", family, layers, evaluate, autocast),
