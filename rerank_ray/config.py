@@ -36,11 +36,11 @@ from pydantic import (
 
 from rerank_ray.cluster import default_checkpoint_minutes, default_retries, resolve_output_dir
 from rerank_ray.evaluation.suites import Suite, unknown_suites, with_relevance
+from rerank_ray.loss_names import TEACHER_LOSSES, LossName
 
 ModelFamily = Literal["encoder", "decoder", "recurrent"]
 # Mixed precision of the matmuls (see ModelConfig.autocast).
 Autocast = Literal["auto", "bf16", "off"]
-LossName = Literal["contrastive", "distillation", "mix", "margin_mse"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -279,10 +279,7 @@ class LossConfig(Section):
 
     @property
     def needs_teacher(self) -> bool:
-        # Each loss class says whether it reads teacher scores; imported here, not at the top,
-        # because the losses import torch and this module (loading a config needs neither).
-        from rerank_ray.losses import TEACHER_LOSSES
-
+        # From the torch-free registry of loss names (rerank_ray/loss_names.py).
         return self.name in TEACHER_LOSSES
 
 
