@@ -25,9 +25,9 @@ family and hardware has no time (``None``), and the forecast lists what is missi
 Concurrency: on ``kind: cpu`` hardware the table's rates were measured with the whole machine
 (every core), so trials running k at a time (k = ``tune.max_concurrent_trials``, at most the
 number of trials) share it and each runs k times slower than alone; the trials' total wall time
-is then their sum alone, not that sum / k. (The quickstart of 2026-12-02 measured it: 6-layer
-trials trained at 3.5 to 4.3 pairs/s two at a time, against 10.8 alone.) On GPU hardware each
-trial holds its own devices, so k trials run side by side at the measured rates.
+is then their sum alone, not that sum / k (the measurement behind this is in
+docs/BENCHMARKS.md, "Measurements behind code constants"). On GPU hardware each trial holds its
+own devices, so k trials run side by side at the measured rates.
 
 Resources: CPU-hours = wall x (the trial process's CPUs + the train workers' CPUs) while
 training, like the actual cost in ``tune/trial.py``; GPU-hours likewise with GPUs. The study's
