@@ -69,13 +69,12 @@ def throughput_entry(
     ``precision: bf16`` for a teacher scoring under bf16 autocast."""
     from rerank_ray.config import ModelConfig
     from rerank_ray.teacher.config import TeacherModel
-    from rerank_ray.tune.forecast import model_layers
 
     spec = TeacherModel.model_validate(teacher)
     entry = {
         "stage": "score",
         "family": "bi_encoder",
-        "layers": model_layers(ModelConfig(source=spec.path)),
+        "layers": ModelConfig(source=spec.path).layers(),
         "max_length": spec.max_length,
         "hardware": hardware,
         "pairs_per_s": round(pairs_per_s, 1),

@@ -36,11 +36,11 @@ from pydantic import (
 
 from rerank_ray.cluster import default_checkpoint_minutes, default_retries, resolve_output_dir
 from rerank_ray.evaluation.suites import Suite, unknown_suites, with_relevance
+from rerank_ray.loss_names import TEACHER_LOSSES, LossName
 
 ModelFamily = Literal["encoder", "decoder", "recurrent"]
 # Mixed precision of the matmuls (see ModelConfig.autocast).
 Autocast = Literal["auto", "bf16", "off"]
-LossName = Literal["contrastive", "distillation", "mix", "margin_mse"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -240,6 +240,19 @@ class ModelConfig(Section):
     # Recorded with the saved model, so its evaluation and teacher scoring follow it.
     autocast: Autocast = "auto"
 
+    def layers(self, *, read_source: bool = True) -> int | None:
+        """Transformer layers: ``num_layers``, else ``config_overrides.num_hidden_layers``, else
+        (with `read_source`) the source's own config (read offline, through transformers); None
+        when neither is set and `read_source` is False (the report, which loads no model)."""
+        layers = self.num_layers or self.config_overrides.get("num_hidden_layers")
+        if layers is None and read_source:
+            from transformers import AutoConfig
+
+            from rerank_ray.models.sources import resolve_source
+
+            layers = AutoConfig.from_pretrained(resolve_source(self.source)).num_hidden_layers
+        return None if layers is None else int(layers)
+
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         if self.family != "encoder":
@@ -266,10 +279,7 @@ class LossConfig(Section):
 
     @property
     def needs_teacher(self) -> bool:
-        # Each loss class says whether it reads teacher scores; imported here, not at the top,
-        # because the losses import torch and this module (loading a config needs neither).
-        from rerank_ray.losses import TEACHER_LOSSES
-
+        # From the torch-free registry of loss names (rerank_ray/loss_names.py).
         return self.name in TEACHER_LOSSES
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -151,6 +152,31 @@ def build_groups(cfg: RunConfig, out_dir: str | Path) -> GroupsResult:
     out_dir = Path(out_dir)
     stats = GroupStats()
     rows: dict[str, list] = {name: [] for name in SCHEMA.names}
+    for collection, query_id, query, groups in sample_groups(cfg, stats):
+        for doc_ids in groups:
+            rows["query_id"].append(query_id)
+            rows["query"].append(query)
+            rows["doc_ids"].append(doc_ids)
+            rows["docs"].append(collection.doc_texts(doc_ids))
+            rows["group_id"].append(len(rows["group_id"]))
+            rows["dataset"].append(collection.name)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / GROUPS_FILE
+    write_parquet(path, pa.Table.from_pydict(rows, schema=SCHEMA))
+    write_json(out_dir / STATS_FILE, stats.to_dict())
+    return GroupsResult(path=path, stats=stats)
+
+
+def sample_groups(
+    cfg: RunConfig, stats: GroupStats
+) -> Iterator[tuple[Collection, str, str, list[list[str]]]]:
+    """(collection, query_id, query text, groups of doc ids) for each query of ``cfg.data.train``
+    that gives groups, in file order, counting every query (and skip) in `stats`. The one walk
+    over the data that ``build_groups`` and the dry run's count (``tune.forecast.count_groups``)
+    both take: same collections (``data.duplicate_run_entries`` included), same held-out
+    queries, same ``max_queries`` budget, and the same error when no query gives a group.
+    Reads no document text."""
     budget = cfg.groups.max_queries
     for name in cfg.data.train:
         if budget is not None and stats.queries_seen >= budget:
@@ -166,8 +192,7 @@ def build_groups(cfg: RunConfig, out_dir: str | Path) -> GroupsResult:
         if held_out:
             stats.validation_ids[name] = sorted(held_out)
             stats.queries_held_out += len(held_out)
-        _add_dataset(cfg.groups, collection, stats, rows, budget, held_out)
-
+        yield from _dataset_groups(cfg.groups, collection, stats, budget, held_out)
     log.info("training groups: %s", stats.summary())
     if stats.groups_written == 0:
         raise DataError(
@@ -175,21 +200,15 @@ def build_groups(cfg: RunConfig, out_dir: str | Path) -> GroupsResult:
             f"first stage {cfg.data.first_stage!r}): {stats.summary()}; check groups.positive_min_label, "
             "groups.depth and groups.group_size against the data"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / GROUPS_FILE
-    write_parquet(path, pa.Table.from_pydict(rows, schema=SCHEMA))
-    write_json(out_dir / STATS_FILE, stats.to_dict())
-    return GroupsResult(path=path, stats=stats)
 
 
-def _add_dataset(
+def _dataset_groups(
     cfg: GroupsConfig,
     collection: Collection,
     stats: GroupStats,
-    rows: dict[str, list],
     budget: int | None,
-    held_out: set[str] = frozenset(),  # type: ignore[assignment]
-) -> None:
+    held_out: set[str],
+) -> Iterator[tuple[Collection, str, str, list[list[str]]]]:
     run = collection.run
     stats.run_duplicates_dropped += collection.run_duplicates
     without_text = collection.queries_without_text
@@ -218,11 +237,5 @@ def _add_dataset(
             stats.without_enough_negatives_ids.setdefault(collection.name, []).append(query_id)
             continue
         stats.queries_with_groups += 1
-        for doc_ids in groups:
-            rows["query_id"].append(query_id)
-            rows["query"].append(query)
-            rows["doc_ids"].append(doc_ids)
-            rows["docs"].append(collection.doc_texts(doc_ids))
-            rows["group_id"].append(stats.groups_written)
-            rows["dataset"].append(collection.name)
-            stats.groups_written += 1
+        stats.groups_written += len(groups)
+        yield collection, query_id, query, groups

@@ -2,17 +2,21 @@
 
 ``build_loss(cfg)`` returns a callable ``loss(scores, teacher) -> Tensor[]`` where ``scores``
 and ``teacher`` are ``Tensor[queries, group_size]`` of raw logits with the positive at index 0
-of every group (``teacher`` may be None for losses that do not need it). ``LOSSES`` keys are
-the ``LossName`` literal in rerank_ray.config (tests/unit/test_registries.py checks they are
-equal). ``TEACHER_LOSSES`` is derived from each class's ``needs_teacher``; config, the study
-grid and the training driver read it from here.
+of every group (``teacher`` may be None for losses that do not need it). The implementations
+register against the torch-free registry ``rerank_ray/loss_names.py``: ``LOSSES`` keys are its
+``LossName`` literal and ``LOSS_SPECS`` keys (tests/unit/test_registries.py checks they are
+equal), and each class reads its ``needs_teacher`` from ``LOSS_SPECS``. ``TEACHER_LOSSES`` is
+defined there (re-exported here); config, the study grid and the training driver read it
+without importing torch.
 
 Adding a loss touches:
 
-- ``rerank_ray/losses/<listwise|pairwise|new>.py``: the class, with ``name``, ``needs_teacher``,
-  ``__init__(cfg: LossConfig)`` and ``__call__(scores, teacher)`` (start with ``check_scores``);
+- ``rerank_ray/losses/<listwise|pairwise|new>.py``: the class, with ``name``,
+  ``needs_teacher = LOSS_SPECS[name].needs_teacher``, ``__init__(cfg: LossConfig)`` and
+  ``__call__(scores, teacher)`` (start with ``check_scores``);
 - this file: one line in ``LOSSES``;
-- ``rerank_ray/config.py``: the name in ``LossName`` (and any new knob in ``LossConfig``);
+- ``rerank_ray/loss_names.py``: the name in ``LossName`` and its ``LossSpec`` in ``LOSS_SPECS``
+  (any new knob goes into ``LossConfig`` in ``rerank_ray/config.py``);
 - ``tests/unit/test_losses.py``: a test against hand-computed values (the tests parametrized
   over ``LOSSES`` then cover it too).
 
@@ -28,6 +32,7 @@ from typing import Protocol
 import torch
 
 from rerank_ray.config import LossConfig
+from rerank_ray.loss_names import TEACHER_LOSSES
 from rerank_ray.losses.listwise import Contrastive, Distillation, Mix
 from rerank_ray.losses.pairwise import MarginMSE
 
@@ -53,8 +58,6 @@ LOSSES: dict[str, type[Loss]] = {
     "mix": Mix,
     "margin_mse": MarginMSE,
 }
-# The losses that read teacher scores: the one source of LossConfig.needs_teacher.
-TEACHER_LOSSES: frozenset[str] = frozenset(name for name, cls in LOSSES.items() if cls.needs_teacher)
 
 __all__ = ["LOSSES", "TEACHER_LOSSES", "Loss", "LossFn", "build_loss"]
 

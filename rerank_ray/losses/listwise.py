@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from rerank_ray.config import LossConfig
+from rerank_ray.loss_names import LOSS_SPECS
 from rerank_ray.losses._checks import check_scores
 
 
@@ -25,7 +26,7 @@ class Contrastive:
     """
 
     name = "contrastive"
-    needs_teacher = False
+    needs_teacher = LOSS_SPECS[name].needs_teacher
 
     def __init__(self, cfg: LossConfig) -> None:
         self.temperature = cfg.temperature
@@ -47,7 +48,7 @@ class Distillation:
     """
 
     name = "distillation"
-    needs_teacher = True
+    needs_teacher = LOSS_SPECS[name].needs_teacher
 
     def __init__(self, cfg: LossConfig) -> None:
         self.teacher_temperature = cfg.teacher_temperature
@@ -73,7 +74,7 @@ class Mix:
     """
 
     name = "mix"
-    needs_teacher = True
+    needs_teacher = LOSS_SPECS[name].needs_teacher
 
     def __init__(self, cfg: LossConfig) -> None:
         self.weight = cfg.mix_weight

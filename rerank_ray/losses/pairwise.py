@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from rerank_ray.config import LossConfig
+from rerank_ray.loss_names import LOSS_SPECS
 from rerank_ray.losses._checks import check_scores
 
 
@@ -24,7 +25,7 @@ class MarginMSE:
     """
 
     name = "margin_mse"
-    needs_teacher = True
+    needs_teacher = LOSS_SPECS[name].needs_teacher
 
     def __init__(self, cfg: LossConfig) -> None:
         del cfg  # no parameters; the signature is the registry's

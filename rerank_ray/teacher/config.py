@@ -25,10 +25,10 @@ class ScoringConfig(Section):
     dtype: Literal["float32", "bfloat16"] = "float32"
     # A CPU job with fewer pairs to score than this runs in the calling process instead of on an
     # actor pool: the same scorer on the same blocks and shards, torch on actors x cpus_per_actor
-    # threads (at most this process's cores). Starting a pool costs ~13 s on 2 cores (planning,
-    # worker start, loading the teacher in each actor) and on one machine it scores no faster,
-    # so below this it only adds start-up; 20,000 pairs are ~7 minutes of a 6-layer MiniLM on 2
-    # CPU cores. 0: always the pool. A job with gpus_per_actor > 0 always uses the pool.
+    # threads (at most this process's cores). A pool's start-up (planning, worker start, loading
+    # the teacher in each actor) buys no speed on one machine, so below this it only adds
+    # start-up; the measurements behind the default are in docs/BENCHMARKS.md ("Measurements
+    # behind code constants"). 0: always the pool. A job with gpus_per_actor > 0 always uses the pool.
     pool_min_pairs: int = Field(20_000, ge=0)
 
 

@@ -518,8 +518,8 @@ def _score_on_pool(
 
 
 # Blocks per actor when the work is small: enough that the last block leaves the other actors
-# idle only briefly (measured with 4: ~15 s of 125 s on 2 actors), few enough that the per-block
-# overhead (a Ray task, a length sort) stays small.
+# idle only briefly, few enough that the per-block overhead (a Ray task, a length sort) stays
+# small. The measurement behind 8 is in docs/BENCHMARKS.md ("Measurements behind code constants").
 BLOCKS_PER_ACTOR = 8
 
 

@@ -54,21 +54,34 @@ class TrainResult:
     reused: bool = False
 
 
+def optimizer_steps(cfg: RunConfig, n_groups: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, in total) that ``train_loop_per_worker`` takes on `n_groups`
+    groups; the one count of them (``plan_steps`` and the dry run's forecast both use it).
+
+    Ray Train splits the dataset into equal shards, one per worker (``streaming_split(world,
+    equal=True)``: the ``n_groups % workers`` left over are dropped); each worker cuts its shard
+    into micro-batches of ``train.micro_batch_groups`` with ``drop_last=True`` and counts a step
+    every ``train.grad_accum`` micro-batches of an epoch (a window left partial at the end of an
+    epoch is no step); ``train.max_steps`` caps the total. Every division rounds down."""
+    per_worker = n_groups // cfg.scaling.num_workers
+    steps_per_epoch = per_worker // cfg.train.micro_batch_groups // cfg.train.grad_accum
+    total = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps is not None:
+        total = min(total, cfg.train.max_steps)
+    return steps_per_epoch, total
+
+
 def plan_steps(cfg: RunConfig, n_groups: int) -> dict[str, int]:
-    """Optimizer steps per epoch and in total, given equal shards across workers."""
+    """Optimizer steps per epoch and in total (:func:`optimizer_steps`); fewer groups than one
+    step needs are a ConfigError."""
     world = cfg.scaling.num_workers
-    per_worker = n_groups // world
-    batches = per_worker // cfg.train.micro_batch_groups
-    steps_per_epoch = batches // cfg.train.grad_accum
+    steps_per_epoch, total = optimizer_steps(cfg, n_groups)
     if steps_per_epoch < 1:
         raise ConfigError(
             f"{n_groups} groups are too few for {world} workers x train.micro_batch_groups="
             f"{cfg.train.micro_batch_groups} x train.grad_accum={cfg.train.grad_accum}: "
             "not one optimizer step per epoch; build more groups or lower those values"
         )
-    total = steps_per_epoch * cfg.train.epochs
-    if cfg.train.max_steps is not None:
-        total = min(total, cfg.train.max_steps)
     return {"steps_per_epoch": steps_per_epoch, "total_steps": total, "n_groups": n_groups}
 
 

@@ -169,7 +169,7 @@ class GridBlock(Section):
     """One cartesian product of names; None = every name defined in the study.
 
     The teacher axis applies to teacher-needing strategies only (``TEACHER_LOSSES`` in
-    rerank_ray.losses); contrastive trials ignore it and run once per (student, seed)."""
+    rerank_ray.loss_names); contrastive trials ignore it and run once per (student, seed)."""
 
     strategies: tuple[str, ...] | None = None
     students: tuple[str, ...] | None = None

@@ -2,11 +2,13 @@
 
 ``forecast_study(cfg, plans, table)`` counts, from the data itself (no model is loaded):
 
-- the training groups and their unique pairs, by running the groups sampler
-  (``data.groups.sample_query_groups``) without reading documents, so the counts are the ones
-  ``build_groups`` will write;
+- the training groups and their unique pairs, by taking the groups sampler's own walk over
+  the data (``data.groups.sample_groups``) without reading documents, so the counts (and the
+  errors) are the ones ``build_groups`` will give;
 - per trial, the training pairs: ``steps x micro_batch_groups x grad_accum x workers x
-  group_size``, where ``steps = min(train.max_steps, epochs x ceil(groups / groups per step))``;
+  group_size``, with the steps the trainer takes (``train.driver.optimizer_steps``:
+  ``min(train.max_steps, epochs x floor(groups / groups per step))``, as the shards and
+  micro-batches round down);
 - per evaluated model, the evaluation pairs: each suite's first-stage candidates down to its
   rerank depth;
 - per teacher, the scoring pairs (the groups' unique pairs) plus its own training (a
@@ -23,9 +25,9 @@ family and hardware has no time (``None``), and the forecast lists what is missi
 Concurrency: on ``kind: cpu`` hardware the table's rates were measured with the whole machine
 (every core), so trials running k at a time (k = ``tune.max_concurrent_trials``, at most the
 number of trials) share it and each runs k times slower than alone; the trials' total wall time
-is then their sum alone, not that sum / k. (The quickstart of 2026-12-02 measured it: 6-layer
-trials trained at 3.5 to 4.3 pairs/s two at a time, against 10.8 alone.) On GPU hardware each
-trial holds its own devices, so k trials run side by side at the measured rates.
+is then their sum alone, not that sum / k (the measurement behind this is in
+docs/BENCHMARKS.md, "Measurements behind code constants"). On GPU hardware each trial holds its
+own devices, so k trials run side by side at the measured rates.
 
 Resources: CPU-hours = wall x (the trial process's CPUs + the train workers' CPUs) while
 training, like the actual cost in ``tune/trial.py``; GPU-hours likewise with GPUs. The study's
@@ -35,7 +37,6 @@ wall time is the teachers' (they run one after another) plus the trials' spread 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,28 +225,17 @@ class StudyForecast:
 
 
 def count_groups(run: RunConfig) -> tuple[int, int]:
-    """(groups, unique (query_id, doc_id) pairs) that ``build_groups(run)`` will write."""
-    from rerank_ray.data.datasets import open_collection
-    from rerank_ray.data.groups import sample_query_groups
+    """(groups, unique (query_id, doc_id) pairs) that ``build_groups(run)`` will write: the
+    sampler's own walk over the data (``data.groups.sample_groups``), without document texts,
+    so a run the real build refuses (e.g. a repeated run entry with
+    ``data.duplicate_run_entries: error``) is refused here with the same error."""
+    from rerank_ray.data.groups import GroupStats, sample_groups
 
-    cfg, data = run.groups, run.data
-    groups, pairs, seen = 0, 0, 0
-    for name in data.train:
-        collection = open_collection(
-            name, root=data.root, split=data.train_split, first_stage=data.first_stage
-        )
-        held_out = data.validation_ids(name, list(collection.queries))  # they give no group
-        for query_id in collection.queries:
-            if query_id in held_out:
-                continue
-            if cfg.max_queries is not None and seen >= cfg.max_queries:
-                return groups, pairs
-            seen += 1
-            candidates = [doc_id for doc_id, _ in collection.run.get(query_id, [])]
-            sampled, _ = sample_query_groups(cfg, query_id, candidates, collection.qrels.get(query_id, {}))
-            groups += len(sampled)
-            pairs += len({doc_id for group in sampled for doc_id in group})
-    return groups, pairs
+    stats = GroupStats()
+    pairs = 0
+    for _, _, _, sampled in sample_groups(run, stats):
+        pairs += len({doc_id for group in sampled for doc_id in group})
+    return stats.groups_written, pairs
 
 
 def count_eval_pairs(cfg: StudyConfig) -> int:
@@ -275,25 +265,13 @@ def count_eval_pairs(cfg: StudyConfig) -> int:
 
 
 def train_pairs(run: RunConfig, groups: int) -> int:
-    """Training pairs of `run` over `groups` groups (see the module docstring)."""
-    t, workers = run.train, run.scaling.num_workers
-    per_step = t.micro_batch_groups * t.grad_accum * workers
-    steps = t.epochs * math.ceil(groups / per_step)
-    if t.max_steps is not None:
-        steps = min(steps, t.max_steps)
-    return steps * per_step * run.groups.group_size
+    """Training pairs of `run` over `groups` groups (see the module docstring), with the
+    trainer's own step count (``train.driver.optimizer_steps``)."""
+    from rerank_ray.train.driver import optimizer_steps
 
-
-def model_layers(model: ModelConfig) -> int:
-    """Transformer layers of a model: num_layers, the config override, else the source's config."""
-    layers = model.num_layers or model.config_overrides.get("num_hidden_layers")
-    if layers is None:
-        from transformers import AutoConfig
-
-        from rerank_ray.models.sources import resolve_source
-
-        layers = AutoConfig.from_pretrained(resolve_source(model.source)).num_hidden_layers
-    return int(layers)
+    t = run.train
+    _, steps = optimizer_steps(run, groups)
+    return steps * t.micro_batch_groups * t.grad_accum * run.scaling.num_workers * run.groups.group_size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,7 +304,7 @@ def forecast_study(
     for plan in plans:
         family, layers, autocast = (
             plan.run.model.family,
-            model_layers(plan.run.model),
+            plan.run.model.layers(),
             plan.run.model.autocast,
         )
         stages = [
@@ -371,17 +349,17 @@ def _teacher(
     if isinstance(spec, ScoresTeacher):
         return RunForecast(f"teacher {name}", [], 0.0, 0.0, 0.0)
     if isinstance(spec, BiEncoderTeacher):
-        family, layers = "bi_encoder", model_layers(ModelConfig(source=spec.source))
+        family, layers = "bi_encoder", ModelConfig(source=spec.source).layers()
         autocast = spec.autocast
         stages = []
     elif isinstance(spec, CrossEncoderTeacher) and spec.trains:
         run = cfg.teacher_run(name)
-        family, layers, autocast = run.model.family, model_layers(run.model), run.model.autocast
+        family, layers, autocast = run.model.family, run.model.layers(), run.model.autocast
         stages = [est.stage("train", family, layers, train_pairs(run, groups), autocast)]
     else:
         assert isinstance(spec, CrossEncoderTeacher)
         model = spec.pretrained() if spec.source else _saved_model(spec.path)
-        family, layers, autocast = model.family, model_layers(model), model.autocast
+        family, layers, autocast = model.family, model.layers(), model.autocast
         stages = []
     stages += [
         est.stage("evaluate", family, layers, evaluate, autocast),

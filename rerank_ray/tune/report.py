@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 
-from rerank_ray.config import ModelConfig
 from rerank_ray.teacher.diagnostics import ONE_HOT_ENTROPY_FRACTION, ONE_HOT_P_POSITIVE, near_one_hot
 from rerank_ray.tune.config import StudyConfig
 from rerank_ray.tune.records import Cost, EvalRecord, TrialRecord
@@ -124,12 +123,6 @@ def read_per_query(path: Path, measure: str) -> dict[str, float]:
     frame = pd.read_csv(path, sep="\t", dtype={"query_id": str})
     frame = frame[frame["measure"] == measure]
     return dict(zip(frame["query_id"], frame["value"].astype(float), strict=True))
-
-
-def student_size(model: ModelConfig) -> float | None:
-    """Layers of a student: ``num_layers``, else ``config_overrides.num_hidden_layers``."""
-    layers = model.num_layers or model.config_overrides.get("num_hidden_layers")
-    return float(layers) if layers is not None else None
 
 
 def variant_label(strategy: str, teacher: str | None) -> str:
@@ -384,7 +377,7 @@ def _verdict_section(cfg: StudyConfig, rows: list[VerdictRow]) -> list[str]:
 
 
 def _layers(cfg: StudyConfig, student: str) -> str:
-    size = student_size(cfg.students[student].model)
+    size = cfg.students[student].model.layers(read_source=False)
     return f"{size:g}" if size is not None else ""
 
 
@@ -407,7 +400,8 @@ def _rival(
     the best one, with its in-domain mean."""
     means = {s: _contrastive_mean(cfg, ok, s, suites) for s in cfg.students}
     means = {s: m for s, m in means.items() if m is not None}
-    same = [s for s in means if info.size is not None and student_size(cfg.students[s].model) == info.size]
+    layers = {s: cfg.students[s].model.layers(read_source=False) for s in means}
+    same = [s for s in means if info.size is not None and layers[s] == info.size]
     if same:
         return same[0], means[same[0]]
     if not means:
@@ -484,7 +478,7 @@ def _teacher_conclusion(
     )
     comparison = ""
     if rival is not None and teacher_level is not None:
-        same = info.size is not None and student_size(cfg.students[rival[0]].model) == info.size
+        same = info.size is not None and cfg.students[rival[0]].model.layers(read_source=False) == info.size
         which = "contrastive student of its size" if same else "best contrastive student"
         comparison = f"in-domain {cfg.eval.measure} {teacher_level:.3f} against {rival[1]:.3f} for the {which} `{rival[0]}`"
         if teacher_level <= rival[1]:
@@ -515,7 +509,7 @@ def _table(
     header = ["student", "layers"] + [f"{suite} · {variant_label(*v)}" for suite in suites for v in variants]
     rows = []
     for student, spec in cfg.students.items():
-        size = student_size(spec.model)
+        size = spec.model.layers(read_source=False)
         row = [student, f"{size:g}" if size is not None else ""]
         for suite in suites:
             for v in variants:
@@ -628,7 +622,7 @@ def _plot(
     panels = [p for p in panels if p[1]]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     students = list(cfg.students)
-    sizes = [student_size(cfg.students[s].model) for s in students]
+    sizes = [cfg.students[s].model.layers(read_source=False) for s in students]
     xs = sizes if all(s is not None for s in sizes) else list(range(1, len(students) + 1))
     for ax, (title, suites) in zip(axes[0], panels, strict=True):
         for v in variants:

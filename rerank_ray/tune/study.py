@@ -59,7 +59,7 @@ from rerank_ray.tune.config import (
 from rerank_ray.tune.forecast import ForecastError, StudyForecast, ThroughputTable, forecast_study
 from rerank_ray.tune.plan import TrialPlan, longest_first, plan_study, teacher_scores_dir, teachers_used
 from rerank_ray.tune.records import Cost, EvalRecord, EvalSummary, TrialRecord, TrialSummary
-from rerank_ray.tune.report import Report, TeacherInfo, build_report, read_per_query, student_size
+from rerank_ray.tune.report import Report, TeacherInfo, build_report, read_per_query
 from rerank_ray.tune.tracking import (
     check_tracking_server,
     child_tags,
@@ -378,7 +378,7 @@ def _teacher_info(cfg: StudyConfig, name: str, groups_path: Path) -> TeacherInfo
         )
     else:
         evaluates = "the teacher trained on every training group (the groups it scored)"
-    return TeacherInfo(student_size(spec.model), evaluates, diagnostics)
+    return TeacherInfo(spec.model.layers(read_source=False), evaluates, diagnostics)
 
 
 def _cross_fit_teacher(

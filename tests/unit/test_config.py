@@ -117,3 +117,19 @@ def test_deepspeed_config_rendering():
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ds["optimizer"]["params"]["torch_adam"] is False  # offload needs DeepSpeedCPUAdam
     assert "fused" not in ds["optimizer"]["params"]  # DeepSpeedCPUAdam takes no such argument
+
+
+def test_a_models_layers_have_one_home_read_by_the_forecast_and_the_report():
+    """``ModelConfig.layers``: num_layers, else config_overrides.num_hidden_layers, else the
+    source's own config, or None when the caller (the report) reads no source."""
+    import rerank_ray.tune.forecast as forecast
+    import rerank_ray.tune.report as report
+    from rerank_ray.config import ModelConfig
+
+    assert ModelConfig(num_layers=2).layers() == 2
+    assert ModelConfig(num_layers=2, config_overrides={"num_hidden_layers": 4}).layers() == 2
+    assert ModelConfig(config_overrides={"num_hidden_layers": 4}).layers(read_source=False) == 4
+    assert ModelConfig().layers(read_source=False) is None
+    assert ModelConfig().layers() == 6  # the default source, all-MiniLM-L6-v2
+    # No second copy of the rule: the forecast and the report call ModelConfig.layers.
+    assert not hasattr(forecast, "model_layers") and not hasattr(report, "student_size")

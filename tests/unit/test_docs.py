@@ -55,3 +55,51 @@ def test_the_readme_study_loads_and_plans(tmp_path):
         "distillation+minilm-l6+bi-minilm+s0",
         "distillation+minilm-l6+bi-minilm+s1",
     ]
+
+
+# Code whose comments used to carry dated measurements: the measurements live in
+# docs/BENCHMARKS.md, the comments say what the constant is and point there.
+MEASURED_IN_COMMENTS = (
+    "rerank_ray/tune/forecast.py",
+    "rerank_ray/teacher/config.py",
+    "rerank_ray/teacher/score.py",
+)
+BENCHMARKS_HEADING = "## Measurements behind code constants"
+# A date, a rate, or a timing such as "~13 s" / "15 s of 125 s": figures that go stale.
+STALE = re.compile(
+    r"\b20\d\d-\d\d-\d\d\b|\d[\d.,]*\s*(pairs/s|s/pair)|~\s?\d+(\.\d+)?\s?(s|min|minutes)\b|\d+ s of \d+ s"
+)
+
+
+def comments_and_docstrings(source: str) -> list[str]:
+    import ast
+    import io
+    import tokenize
+
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    texts = [tok.string for tok in tokens if tok.type == tokenize.COMMENT]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            texts.append(ast.get_docstring(node) or "")
+    return texts
+
+
+@pytest.mark.parametrize("path", MEASURED_IN_COMMENTS)
+def test_code_comments_point_to_the_benchmarks_page_instead_of_carrying_measurements(path):
+    source = (PROJECT_ROOT / path).read_text()
+    stale = [m.group(0) for text in comments_and_docstrings(source) for m in STALE.finditer(text)]
+    assert not stale, f"{path}: measurements in comments {stale}; move them to docs/BENCHMARKS.md"
+    assert "docs/BENCHMARKS.md" in source
+
+
+def test_the_benchmarks_page_holds_the_measurements_behind_code_constants():
+    from rerank_ray.teacher.config import ScoringConfig
+    from rerank_ray.teacher.score import BLOCKS_PER_ACTOR
+
+    page = (PROJECT_ROOT / "docs" / "BENCHMARKS.md").read_text()
+    assert BENCHMARKS_HEADING in page
+    section = page.split(BENCHMARKS_HEADING, 1)[1]
+    # The constants keep the values the measurements were taken for.
+    assert ScoringConfig().pool_min_pairs == 20_000 and "`scoring.pool_min_pairs` = 20,000" in section
+    assert BLOCKS_PER_ACTOR == 8 and "`BLOCKS_PER_ACTOR` = 8" in section
+    assert "3.5 to 4.3" in section  # the forecast's shared-CPU trials

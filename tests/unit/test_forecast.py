@@ -75,7 +75,8 @@ def test_train_pairs_counts_steps_and_caps_at_max_steps():
     run = load_config(overrides=["train.micro_batch_groups=4", "groups.group_size=8"])
     assert train_pairs(run, 660) == 165 * 4 * 8
     two_epochs = load_config(overrides=["train.micro_batch_groups=4", "train.epochs=2", "train.grad_accum=2"])
-    assert train_pairs(two_epochs, 660) == 2 * 83 * 8 * 8
+    # 660 groups / 8 per step: 82 steps an epoch, as the trainer rounds down (not 83).
+    assert train_pairs(two_epochs, 660) == 2 * 82 * 8 * 8
     assert train_pairs(load_config(overrides=["train.max_steps=2"]), 660) == 2 * 2 * 8
 
 
@@ -103,6 +104,65 @@ def test_groups_count_matches_build_groups(tmp_path, data_root, validation):
 
     built = pd.read_parquet(build_groups(run, tmp_path).path)
     assert groups == len(built) and unique == len(pairs_from_groups(built))
+
+
+def _tiny_dl19_with_a_repeated_run_entry(tmp_path, monkeypatch, data_root) -> list[str]:
+    """Overrides for a copy of tiny-dl19 whose run lists its first entry twice (the repeat
+    ranked last)."""
+    import shutil
+
+    monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "irds"))
+    name = f"tiny-dup-{tmp_path.name}"  # ir_datasets ids are process-global
+    folder = tmp_path / "root" / name
+    shutil.copytree(Path(data_root) / "fixtures" / "tiny-dl19", folder)
+    run = folder / "bm25-top20.test.run"
+    lines = run.read_text().splitlines()
+    cols = lines[0].split()
+    cols[3], cols[4] = "99", "0.0"
+    run.write_text("\n".join([*lines, " ".join(cols)]) + "\n")
+    return [
+        f"data.root={tmp_path / 'root'}",
+        f"data.train=[{name}]",
+        "data.train_split=test",
+        "data.first_stage=bm25-top20",
+        "groups.depth=40",
+        "groups.group_size=8",
+    ]
+
+
+def test_the_dry_run_refuses_a_repeated_run_entry_as_the_real_build_does(tmp_path, monkeypatch, data_root):
+    """With ``data.duplicate_run_entries: error`` the count fails with the build's own error;
+    with ``dedupe`` (the default) it counts what the build writes."""
+    import pandas as pd
+
+    from rerank_ray.data.datasets import DataError
+    from rerank_ray.data.groups import build_groups
+    from rerank_ray.teacher.score import pairs_from_groups
+
+    overrides = _tiny_dl19_with_a_repeated_run_entry(tmp_path, monkeypatch, data_root)
+    strict = load_config(overrides=[*overrides, "data.duplicate_run_entries=error"])
+    with pytest.raises(DataError, match="listed twice") as real:
+        build_groups(strict, tmp_path / "groups")
+    with pytest.raises(DataError, match="listed twice") as dry:
+        count_groups(strict)
+    assert str(dry.value) == str(real.value)
+
+    lenient = load_config(overrides=overrides)
+    groups, unique = count_groups(lenient)
+    built = pd.read_parquet(build_groups(lenient, tmp_path / "groups").path)
+    assert groups == len(built) > 0 and unique == len(pairs_from_groups(built))
+
+
+def test_the_dry_run_refuses_data_that_gives_no_group_as_the_real_build_does(tmp_path, data_root):
+    from rerank_ray.data.datasets import DataError
+    from rerank_ray.data.groups import build_groups
+
+    run = load_config(overrides=[*TINY_SCIFACT, "groups.positive_min_label=9"])
+    with pytest.raises(DataError, match="no training groups") as real:
+        build_groups(run, tmp_path / "groups")
+    with pytest.raises(DataError, match="no training groups") as dry:
+        count_groups(run)
+    assert str(dry.value) == str(real.value)
 
 
 def test_the_validation_suite_is_counted_over_the_held_out_queries(data_root):

@@ -131,3 +131,48 @@ def test_margin_mse_ignores_a_per_query_offset():
     teacher = torch.tensor([[5.0, 2.0, 4.0], [0.0, -1.0, 1.0]])
     shifted = teacher + torch.tensor([[10.0], [-3.0]])
     assert loss("margin_mse")(shifted, teacher).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# -- the torch-free registry of loss names (rerank_ray/loss_names.py) ---------------------------
+
+
+def _python(code: str) -> None:
+    """Run `code` in a fresh interpreter (sys.modules starts empty) from the project root."""
+    import subprocess
+    import sys
+
+    from rerank_ray.config import PROJECT_ROOT
+
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_loading_a_config_and_asking_whether_a_loss_needs_a_teacher_imports_no_torch():
+    _python(
+        "import sys\n"
+        "import rerank_ray.config as c\n"
+        "assert c.LossConfig(name='distillation').needs_teacher\n"
+        "assert not c.LossConfig(name='contrastive').needs_teacher\n"
+        "c.load_config(overrides=['loss.name=mix'])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "order", [("rerank_ray.losses", "rerank_ray.config"), ("rerank_ray.config", "rerank_ray.losses")]
+)
+def test_config_and_losses_import_in_either_order(order):
+    first, second = order
+    _python(f"import {first}\nimport {second}\nimport rerank_ray.losses as L\nassert L.build_loss\n")
+
+
+def test_config_does_not_import_the_losses_package():
+    """No cycle: config.py (which the losses import) imports the registry, never the losses."""
+    import ast
+
+    from rerank_ray.config import PROJECT_ROOT
+
+    tree = ast.parse((PROJECT_ROOT / "rerank_ray" / "config.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    assert not {m for m in imported if m and m.startswith("rerank_ray.losses")}

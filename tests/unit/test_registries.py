@@ -107,6 +107,10 @@ def test_study_teacher_specs_cover_every_teacher_kind():
 
 
 def test_teacher_losses_follow_each_class():
+    from rerank_ray.loss_names import LOSS_SPECS, LossName
+
+    # The torch-free registry and the implementations name the same losses.
+    assert set(LOSS_SPECS) == set(typing.get_args(LossName)) == set(LOSSES)
     assert TEACHER_LOSSES == {name for name, cls in LOSSES.items() if cls.needs_teacher}
     assert "contrastive" not in TEACHER_LOSSES and "distillation" in TEACHER_LOSSES
     for name, cls in LOSSES.items():

@@ -186,6 +186,72 @@ def test_a_restored_run_skips_the_batches_it_consumed_and_sees_the_same_order():
     assert before + after == uninterrupted and steps + more == all_steps
 
 
+class RowShard:
+    """A Ray Data shard stand-in holding `rows` groups: `iter_batches` cuts them into batches of
+    `batch_size`, dropping a short last batch when asked to (as Ray Data's does)."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def iter_batches(self, *, batch_size: int, drop_last: bool, **_: object):
+        full, rest = divmod(self.rows, batch_size)
+        return iter(range(full + (1 if rest and not drop_last else 0)))
+
+
+def steps_the_loop_takes(cfg: RunConfig, n_groups: int) -> list[int]:
+    """Each worker's optimizer steps, by the loop's own skeleton (``train_loop_per_worker``:
+    epochs of ``epoch_batches``, ``count_batch``, stopping at ``train.max_steps``), on the
+    shards Ray Train gives: ``streaming_split(workers, equal=True)``, the same number of groups
+    on every worker and the remainder dropped (ray/train/_internal/data_config.py)."""
+    workers = cfg.scaling.num_workers
+    total_steps = cfg.train.max_steps or float("inf")
+    steps = []
+    for _ in range(workers):
+        shard, state, done = RowShard(n_groups // workers), LoopState(), False
+        while state.epoch < cfg.train.epochs and not done:
+            for _batch in epoch_batches(shard, cfg, state):
+                if state.count_batch(cfg.train.grad_accum) and state.step >= total_steps:
+                    done = True
+                    break
+            state.next_epoch()
+        steps.append(state.step)
+    return steps
+
+
+@pytest.mark.parametrize(
+    ("groups", "batch", "workers", "accum", "epochs", "max_steps"),
+    [
+        (64, 2, 2, 1, 1, None),  # divisible
+        (65, 2, 2, 1, 1, None),  # one group left over by the split
+        (67, 4, 2, 1, 2, None),  # shards of 33: a short last batch, dropped
+        (101, 3, 3, 2, 2, None),  # shards of 33: 11 batches, a partial window per epoch
+        (660, 4, 1, 2, 2, None),  # 165 batches, accum 2
+        (50, 2, 4, 1, 3, 10),  # capped by max_steps
+    ],
+)
+def test_the_forecast_counts_the_steps_the_training_loop_takes(
+    groups, batch, workers, accum, epochs, max_steps
+):
+    from rerank_ray.train.driver import plan_steps
+    from rerank_ray.tune.forecast import train_pairs
+
+    cfg = RunConfig.from_dict(
+        {
+            "scaling": {"num_workers": workers},
+            "groups": {"group_size": 4},
+            "train": {
+                "micro_batch_groups": batch,
+                "grad_accum": accum,
+                "epochs": epochs,
+                "max_steps": max_steps,
+            },
+        }
+    )
+    plan = plan_steps(cfg, groups)
+    assert steps_the_loop_takes(cfg, groups) == [plan["total_steps"]] * workers
+    assert train_pairs(cfg, groups) == plan["total_steps"] * batch * accum * workers * 4
+
+
 def test_reports_are_due_on_their_step_counts():
     train = TrainConfig(log_every_steps=2, checkpoint_every_steps=3)
     assert [report_due(s, train) for s in range(1, 7)] == [
