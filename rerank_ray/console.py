@@ -116,6 +116,12 @@ HINTS: tuple[tuple[str, str, str], ...] = (
         "to run without a server: base.mlflow.tracking_uri=sqlite:///mlflow.db",
     ),
     ("rerank_ray.ray_runtime", "StaleBuildLock", "remove the lock file named above (no compile is running)"),
+    (
+        "rerank_ray.io",
+        "DiskFull",
+        "free space on that filesystem or move output_dir, then run the same command: finished "
+        "work is reused (nothing half-written is left behind)",
+    ),
 )
 BUILTIN_HINTS: tuple[tuple[type[BaseException], str], ...] = (
     (FileNotFoundError, "check the path (relative paths are resolved from the working directory)"),
@@ -201,7 +207,7 @@ def explain(exc: BaseException) -> Explanation:
     """
     # Ray re-raises a remote error as a class deriving from both RayTaskError and the cause's
     # class, whose message is the remote traceback; match the cause itself instead.
-    chain = [e for e in causes(exc) if not _is_ray_wrapper(e)] or [exc]
+    chain = [_disk_full(e) for e in causes(exc) if not _is_ray_wrapper(e)] or [exc]
     for e in chain:
         for cls, fix in _known_types():
             if isinstance(e, cls):
@@ -213,6 +219,18 @@ def explain(exc: BaseException) -> Explanation:
         root,
         known=False,
     )
+
+
+def _disk_full(e: BaseException) -> BaseException:
+    """An out-of-space OSError raised outside ``rerank_ray.io`` (a library writing a checkpoint,
+    a model's weights) as ``rerank_ray.io.DiskFull``: its path and the free space there."""
+    import errno
+
+    if not isinstance(e, OSError) or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return e
+    from rerank_ray.io import as_disk_full
+
+    return as_disk_full(e)
 
 
 def report_error(verb: str, exc: BaseException, log_path: Path, stream: Any = None) -> None:
