@@ -73,15 +73,19 @@ class DiskFull(OSError):
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether `exc` is an out-of-space error (ENOSPC or EDQUOT)."""
-    return isinstance(exc, OSError) and exc.errno in NO_SPACE
+    """Whether `exc` is an out-of-space error: an OSError with ENOSPC or EDQUOT, or an error
+    whose message quotes one (safetensors' ``SafetensorError``, the list ``shutil.copytree``
+    raises, which carry no errno)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno in NO_SPACE
+    return any(os.strerror(code) in str(exc) for code in NO_SPACE)
 
 
-def as_disk_full(exc: OSError, path: str | Path | None = None) -> DiskFull:
+def as_disk_full(exc: BaseException, path: str | Path | None = None) -> DiskFull:
     """`exc` (an out-of-space error) as a DiskFull naming `path` (default: the file it names)."""
     if isinstance(exc, DiskFull):
         return exc
-    path = path or exc.filename
+    path = path or getattr(exc, "filename", None)
     if path is None:  # e.g. a C library's write: the free space of an unknown filesystem is no help
         return DiskFull("a file it did not name", None, None, None)
     return DiskFull.at(os.fsdecode(path))
@@ -129,7 +133,7 @@ def atomic_path(path: str | Path, *, needed: int | None = None) -> Iterator[Path
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except Exception as exc:
         if isinstance(exc, DiskFull) or not is_disk_full(exc):
             raise
         reached = tree_size(tmp)
@@ -140,13 +144,13 @@ def atomic_path(path: str | Path, *, needed: int | None = None) -> Iterator[Path
 
 
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, needed: int | None = None) -> Iterator[Path]:
     """A temporary folder beside `path`; when the block succeeds it replaces `path` (a folder).
 
     Every file in it is flushed to disk, then the old folder (if any) is moved aside, the new
     one renamed into place and the old one deleted. On an exception the temporary folder is
     deleted and `path` is left as it was; running out of space raises :class:`DiskFull` naming
-    `path` and what the temporary folder held when the space ran out."""
+    `path` and `needed` (the folder's expected size; else what it held when space ran out)."""
     path = Path(path)
     token = secrets.token_hex(6)
     tmp, old = path.parent / f".{path.name}.{token}.tmp", path.parent / f".{path.name}.{token}.old"
@@ -156,12 +160,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         yield tmp
         fsync_tree(tmp)
         _swap(tmp, path, old)
-    except OSError as exc:
+    except Exception as exc:
         if isinstance(exc, DiskFull) or not is_disk_full(exc):
             raise
         reached = tree_size(tmp)
         shutil.rmtree(tmp, ignore_errors=True)  # frees its space before the free space is measured
-        raise DiskFull.at(path, reached or None, at_least=True) from exc
+        raise (DiskFull.at(path, needed) if needed else DiskFull.at(path, reached, at_least=True)) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

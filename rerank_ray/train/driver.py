@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from rerank_ray.config import ConfigError, RunConfig
-from rerank_ray.io import atomic_dir, write_json
+from rerank_ray.io import atomic_dir, tree_size, write_json
 from rerank_ray.train.identity import RunIdentity, run_identity
 
 log = logging.getLogger("rerank_ray.train")
@@ -228,7 +228,7 @@ def _export(checkpoint: Any, run_dir: Path) -> tuple[Path, list[dict[str, Any]]]
     model_dir = run_dir / "model"
     with checkpoint.as_directory() as d:
         history = json.loads((Path(d) / "history.json").read_text())
-        with atomic_dir(model_dir) as tmp:
+        with atomic_dir(model_dir, needed=tree_size(Path(d) / "hf")) as tmp:
             shutil.copytree(Path(d) / "hf", tmp, dirs_exist_ok=True)
             (run_dir / RESULT_FILE).unlink(missing_ok=True)
     write_json(run_dir / "history.json", history, indent=1)
