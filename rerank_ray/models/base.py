@@ -118,7 +118,9 @@ class Reranker(torch.nn.Module):
         (e.g. ``DiskFull``) leaves `path` as it was."""
         path = Path(path)
         state = self.state_dict() if state_dict is None else state_dict
-        tensors = {t.data_ptr(): t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor)}
+        tensors = {
+            t.data_ptr(): t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor)
+        }
         with atomic_dir(path, needed=sum(tensors.values()) or None) as tmp:  # weights: most of the folder
             self.save_backbone(tmp, state_dict)
             meta: dict[str, Any] = {"family": self.family, "model": self.cfg.model_dump(mode="json")}

@@ -123,7 +123,11 @@ def test_a_write_whose_size_is_unknown_fails_mid_write_without_a_temp_file(small
 def test_disk_full_survives_pickling_as_ray_sends_it_back():
     error = DiskFull("/x/y.parquet", 12_300_000, 400_000, "/x")
     again = pickle.loads(pickle.dumps(error))
-    assert str(again) == str(error) == "no space left on device writing /x/y.parquet (needed ~12.3 MB, 400.0 kB free on /x)"
+    assert (
+        str(again)
+        == str(error)
+        == "no space left on device writing /x/y.parquet (needed ~12.3 MB, 400.0 kB free on /x)"
+    )
     assert isinstance(again, OSError) and again.errno == errno.ENOSPC
 
 
@@ -203,13 +207,17 @@ def test_a_training_export_onto_a_full_disk_keeps_the_finished_run_and_a_rerun_e
     model_dir, history = _export(FakeCheckpoint(checkpoint), run_dir)
     assert (model_dir / "extra.bin").read_bytes() == (checkpoint / "hf" / "extra.bin").read_bytes()
     assert history == [{"step": 1}] and not (run_dir / RESULT_FILE).exists()  # train() writes it last
-    assert load_reranker(model_dir).score(QUERIES, DOCS) == load_reranker(checkpoint / "hf").score(QUERIES, DOCS)
+    assert load_reranker(model_dir).score(QUERIES, DOCS) == load_reranker(checkpoint / "hf").score(
+        QUERIES, DOCS
+    )
 
 
 # -- teacher score shards -----------------------------------------------------------------------
 
 
-def test_scoring_onto_a_full_disk_keeps_finished_shards_and_a_rerun_scores_only_the_rest(small_disk, tmp_path):
+def test_scoring_onto_a_full_disk_keeps_finished_shards_and_a_rerun_scores_only_the_rest(
+    small_disk, tmp_path
+):
     from rerank_ray.teacher.config import ScoringConfig, TeacherModel
     from rerank_ray.teacher.score import score_groups
     from tests.unit.test_teacher import groups_frame
@@ -272,7 +280,10 @@ def test_an_enospc_from_a_library_reads_as_disk_full_with_its_path_and_free_spac
     except RuntimeError as outer:
         ex = explain(outer)
     assert ex.known and isinstance(ex.exc, DiskFull)
-    assert ex.error.startswith(f"no space left on device writing {path} (") and f"free on {small_disk.path})" in ex.error
+    assert (
+        ex.error.startswith(f"no space left on device writing {path} (")
+        and f"free on {small_disk.path})" in ex.error
+    )
     assert "free space" in ex.fix
 
 
@@ -289,6 +300,8 @@ def test_an_out_of_space_error_known_only_by_its_message_is_the_deepest_one():
             raise RuntimeError("worker failed: Error while serializing: No space left on device") from inner
     except RuntimeError as outer:
         ex = explain(outer)
-    assert ex.known and isinstance(ex.exc, DiskFull) and ex.error.startswith("no space left on device writing")
+    assert (
+        ex.known and isinstance(ex.exc, DiskFull) and ex.error.startswith("no space left on device writing")
+    )
     assert ex.exc.path == "a file it did not name"  # no path to measure: no free space guessed
     assert explain(RuntimeError("disk on fire")).known is False
