@@ -116,6 +116,12 @@ HINTS: tuple[tuple[str, str, str], ...] = (
         "to run without a server: base.mlflow.tracking_uri=sqlite:///mlflow.db",
     ),
     ("rerank_ray.ray_runtime", "StaleBuildLock", "remove the lock file named above (no compile is running)"),
+    (
+        "rerank_ray.io",
+        "DiskFull",
+        "free space on that filesystem or move output_dir, then run the same command: finished "
+        "work is reused (nothing half-written is left behind)",
+    ),
 )
 BUILTIN_HINTS: tuple[tuple[type[BaseException], str], ...] = (
     (FileNotFoundError, "check the path (relative paths are resolved from the working directory)"),
@@ -201,18 +207,30 @@ def explain(exc: BaseException) -> Explanation:
     """
     # Ray re-raises a remote error as a class deriving from both RayTaskError and the cause's
     # class, whose message is the remote traceback; match the cause itself instead.
-    chain = [e for e in causes(exc) if not _is_ray_wrapper(e)] or [exc]
-    for e in chain:
+    chain = [_disk_full(e) for e in causes(exc) if not _is_ray_wrapper(e)] or [exc]
+    # Last resort for an out-of-space error known only by its message (no errno): the deepest one.
+    for e in chain + [_disk_full(e, by_message=True) for e in reversed(chain)]:
         for cls, fix in _known_types():
             if isinstance(e, cls):
                 return Explanation(one_line(str(e) or cls.__name__), fix, e, known=True)
-    root = chain[-1] if chain else exc
+    root = chain[-1]
     return Explanation(
         f"{type(root).__name__}: {one_line(str(root))}",
         "unexpected: the full traceback in the log file shows where it failed",
         root,
         known=False,
     )
+
+
+def _disk_full(e: BaseException, *, by_message: bool = False) -> BaseException:
+    """An out-of-space error raised outside ``rerank_ray.io`` (a library writing a checkpoint,
+    a model's weights) as ``rerank_ray.io.DiskFull``: its path and the free space there. Only an
+    OSError's errno counts, unless `by_message` (safetensors' errors carry no errno; a wrapper's
+    message may quote its cause's, so this is tried after the whole chain)."""
+    from rerank_ray.io import NO_SPACE, as_disk_full, is_disk_full
+
+    precise = isinstance(e, OSError) and e.errno in NO_SPACE
+    return as_disk_full(e) if precise or (by_message and is_disk_full(e)) else e
 
 
 def report_error(verb: str, exc: BaseException, log_path: Path, stream: Any = None) -> None:

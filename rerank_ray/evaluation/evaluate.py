@@ -52,7 +52,7 @@ from rerank_ray.evaluation.rerank import (
     write_trec_run,
 )
 from rerank_ray.evaluation.suites import Suite, get_suite
-from rerank_ray.io import write_json
+from rerank_ray.io import atomic_path, write_json
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
 from rerank_ray.teacher.score import torch_threads
 
@@ -403,7 +403,7 @@ def validation_collections(data: DataConfig | None) -> list[HeldOut]:
 
 
 def _write_per_query(per_query: dict[str, dict[str, float]], measures: list[str], path: Path) -> None:
-    with open(path, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write("query_id\tmeasure\tvalue\n")
         for query_id in sorted(per_query):
             for measure in measures:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from rerank_ray.data.datasets import Collection, DataError
 from rerank_ray.evaluation.metrics import strictly_decreasing
+from rerank_ray.io import atomic_path
 from rerank_ray.teacher.score import length_order
 
 ScoreFn = Callable[[list[str], list[str]], Sequence[float]]
@@ -112,8 +113,7 @@ def write_trec_run(run: Mapping[str, Sequence[tuple[str, float]]], path: str | P
     if not tag or any(c.isspace() for c in tag):
         raise ValueError(f"a TREC run tag must be one non-empty word, got {tag!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         for query_id, ranked in run.items():
             for rank, (doc_id, score) in enumerate(strictly_decreasing(ranked), start=1):
                 # The shortest text that reads back as the same float32 (trec_eval's precision).

@@ -27,7 +27,7 @@ import torch
 from transformers import PretrainedConfig
 
 from rerank_ray.config import ModelConfig
-from rerank_ray.io import write_json
+from rerank_ray.io import atomic_dir, write_json
 from rerank_ray.models.precision import scoring_autocast
 
 META_FILE = "rerank_ray.json"
@@ -112,11 +112,19 @@ class Reranker(torch.nn.Module):
 
     # -- shared -------------------------------------------------------------------------------
     def save(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write the model to the folder `path` (replacing one there) so that a folder under that
+        name is always complete: the files go to a hidden temporary folder beside it, which is
+        renamed to `path` once all are written (``rerank_ray.io.atomic_dir``). A failed save
+        (e.g. ``DiskFull``) leaves `path` as it was."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.save_backbone(path, state_dict)
-        meta: dict[str, Any] = {"family": self.family, "model": self.cfg.model_dump(mode="json")}
-        write_json(path / META_FILE, meta)
+        state = self.state_dict() if state_dict is None else state_dict
+        tensors = {
+            t.data_ptr(): t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor)
+        }
+        with atomic_dir(path, needed=sum(tensors.values()) or None) as tmp:  # weights: most of the folder
+            self.save_backbone(tmp, state_dict)
+            meta: dict[str, Any] = {"family": self.family, "model": self.cfg.model_dump(mode="json")}
+            write_json(tmp / META_FILE, meta)
         return path
 
     @property

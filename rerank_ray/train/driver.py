@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from rerank_ray.config import ConfigError, RunConfig
-from rerank_ray.io import write_json
+from rerank_ray.io import atomic_dir, tree_size, write_json
 from rerank_ray.train.identity import RunIdentity, run_identity
 
 log = logging.getLogger("rerank_ray.train")
@@ -232,12 +232,17 @@ def _trainer(
 
 def _export(checkpoint: Any, run_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
     """Copy the final checkpoint's Hugging Face model to ``<run_dir>/model`` (replacing an old
-    one) and its metric history to ``<run_dir>/history.json``; returns both."""
+    one) and its metric history to ``<run_dir>/history.json``; returns both.
+
+    The model is copied into a hidden temporary folder and renamed into place
+    (``rerank_ray.io.atomic_dir``), so a copy that fails (a full disk) leaves the old run as it
+    was; ``train_result.json``, the old run's finished marker, is removed just before the new
+    model replaces the old one, so a run is never marked finished by another run's record."""
     model_dir = run_dir / "model"
     with checkpoint.as_directory() as d:
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        shutil.copytree(Path(d) / "hf", model_dir)
         history = json.loads((Path(d) / "history.json").read_text())
+        with atomic_dir(model_dir, needed=tree_size(Path(d) / "hf")) as tmp:
+            shutil.copytree(Path(d) / "hf", tmp, dirs_exist_ok=True)
+            (run_dir / RESULT_FILE).unlink(missing_ok=True)
     write_json(run_dir / "history.json", history, indent=1)
     return model_dir, history

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from rerank_ray.io import atomic_path, write_text
 from rerank_ray.teacher.diagnostics import ONE_HOT_ENTROPY_FRACTION, ONE_HOT_P_POSITIVE, near_one_hot
 from rerank_ray.tune.config import StudyConfig
 from rerank_ray.tune.records import Cost, EvalRecord, TrialRecord
@@ -177,7 +178,7 @@ def build_report(
         lines += ["", "## Failed trials", ""]
         lines += [f"- `{t.name}`: {(t.error or 'no result').strip().splitlines()[-1]}" for t in failed]
     md_path = out_dir / "report.md"
-    md_path.write_text("\n".join(lines) + "\n")
+    write_text(md_path, "\n".join(lines) + "\n")
     return Report(
         markdown_path=md_path,
         plot_path=plot_path,
@@ -657,6 +658,9 @@ def _plot(
         ax.legend(fontsize=7)
     fig.suptitle(f"Study {cfg.name}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path

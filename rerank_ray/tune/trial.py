@@ -115,6 +115,9 @@ def train_and_evaluate(
 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Not finished until this call ends: a failure below (a full disk) must not leave an older
+    # run's trial.json to vouch for a model or evaluation this call replaced.
+    (run_dir / SUMMARY).unlink(missing_ok=True)
     _log_run_config(cfg)
     t0 = time.perf_counter()
     result = train(cfg, groups_path=groups_path)
