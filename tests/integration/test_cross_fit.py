@@ -11,6 +11,7 @@ import pytest
 from rerank_ray.tune.config import load_study
 from rerank_ray.tune.plan import teacher_scores_dir
 from rerank_ray.tune.study import _groups, _teacher, _teacher_info
+from rerank_ray.tune.tracking import study_run
 from tests.conftest import TINY_BERT
 
 pytestmark = pytest.mark.slow
@@ -40,9 +41,10 @@ def test_two_fold_teacher_scores_only_queries_it_did_not_train_on(ray_local, tmp
     )
     mlflow.set_tracking_uri(cfg.base.mlflow.tracking_uri)
     experiment = mlflow.create_experiment("crossfit")
-    with mlflow.start_run(experiment_id=experiment) as parent:
+    # The study's own parent run (journaled through the logbook), as `rerank-ray study` opens it.
+    with study_run(experiment, cfg.name, cfg.study_dir, cfg.base.mlflow.tracking_uri) as parent:
         groups_path = _groups(cfg)
-        record, cost = _teacher(cfg, "ce", groups_path, experiment, parent.info.run_id)
+        record, cost = _teacher(cfg, "ce", groups_path, experiment, parent.run_id)
         info = _teacher_info(cfg, "ce", groups_path)
 
     manifest = json.loads((teacher_scores_dir(cfg, "ce") / "manifest.json").read_text())
