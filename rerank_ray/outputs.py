@@ -32,8 +32,9 @@ log = logging.getLogger("rerank_ray.outputs")
 
 LOCK_FILE = ".lock"
 IDENTITY_FILE = "identity.json"
-# What a finished run (model/, train_result.json) or study (report/, trials/, teachers/) leaves.
-FINISHED = ("model", "train_result.json", "report", "trials", "teachers")
+# What a finished run (model/, run.json; train_result.json before it) or study (report/,
+# trials/, teachers/) leaves.
+FINISHED = ("model", "run.json", "train_result.json", "report", "trials", "teachers")
 
 
 class OutputsBusy(RuntimeError):

@@ -15,7 +15,8 @@ Output layout under ``<output_dir>/<name>/``: ``groups/`` (Parquet + stats), ``r
 (Ray Train's run storage: checkpoints, unless ``train.storage_path`` or the
 ``storage_path`` argument names shared storage, as a multi-node cluster needs), ``model/`` (HF format,
 loadable by ``rerank_ray.models.load_reranker``), ``history.json`` (every metric report),
-``train_result.json`` (the run's content identity, ``train/identity.py``: a finished run whose
+``run.json`` (the run's one finished record, ``train/record.py``, which a study trial extends
+with its evaluation; it holds the content identity, ``train/identity.py``: a finished run whose
 config, groups content, teacher scores and base weights all match is reused, not retrained; the
 log names the inputs that changed otherwise). The Ray run is named ``<name>-<fingerprint>``, so a
 restarted identical run resumes from its checkpoints, while a run with any changed input starts fresh.
@@ -36,11 +37,12 @@ import pandas as pd
 
 from rerank_ray.config import ConfigError, RunConfig
 from rerank_ray.io import atomic_dir, tree_size, write_json
+from rerank_ray.train import record as run_record
 from rerank_ray.train.identity import RunIdentity, run_identity
 
 log = logging.getLogger("rerank_ray.train")
 
-RESULT_FILE = "train_result.json"
+RECORD = run_record.RECORD
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,17 @@ def plan_steps(cfg: RunConfig, n_groups: int) -> dict[str, int]:
 
 
 def reusable_run(run_dir: Path, identity: RunIdentity, what: str) -> dict[str, Any] | None:
-    """The record (``train_result.json``) of the finished run in `run_dir` when it was trained
-    on exactly `identity`'s inputs, else None (after logging which input changed)."""
-    done_file = run_dir / RESULT_FILE
-    if not done_file.is_file() or not (run_dir / "model").is_dir():
+    """The training part (``{"metrics", "wall_s"}``) of the finished run's record in `run_dir`
+    (``train/record.py``) when it was trained on exactly `identity`'s inputs, else None (after
+    logging which input changed)."""
+    done = run_record.read_record(run_dir)
+    if done is None or "train" not in done or not (run_dir / "model").is_dir():
         return None
-    done = json.loads(done_file.read_text())
-    return done if same_inputs(RunIdentity.from_json(done.get("identity")), identity, what, run_dir) else None
+    return (
+        done["train"]
+        if same_inputs(RunIdentity.from_json(done.get("identity")), identity, what, run_dir)
+        else None
+    )
 
 
 def same_inputs(stored: RunIdentity | None, identity: RunIdentity, what: str, where: Path) -> bool:
@@ -136,11 +142,16 @@ def load_training_frame(cfg: RunConfig, groups_path: Path) -> pd.DataFrame:
 
 
 def train(
-    cfg: RunConfig, *, groups_path: Path | None = None, storage_path: str | Path | None = None
+    cfg: RunConfig,
+    *,
+    groups_path: Path | None = None,
+    storage_path: str | Path | None = None,
+    identity: RunIdentity | None = None,
 ) -> TrainResult:
     """Train `cfg` with Ray Train (the module docstring's steps 1-5) and export the model; a
     finished run in ``cfg.run_dir`` with the same inputs is returned as it is (``reused``).
-    `groups_path`: groups built already (a study's); `storage_path`: Ray Train's storage."""
+    `groups_path`: groups built already (a study's); `storage_path`: Ray Train's storage;
+    `identity`: the run's identity when the caller computed it already (a study trial)."""
     from rerank_ray.data.groups import build_groups
     from rerank_ray.heartbeat import heartbeat
     from rerank_ray.ray_runtime import local_train_cpus, run_need, start_ray
@@ -149,7 +160,7 @@ def train(
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)  # each Train worker checks that it sees it
     groups_path = Path(groups_path or build_groups(cfg, run_dir / "groups").path)
-    identity = run_identity(cfg, groups_path)
+    identity = identity or run_identity(cfg, groups_path)
     done = reusable_run(run_dir, identity, f"training {cfg.name}")
     if done is not None:
         return TrainResult(
@@ -178,11 +189,7 @@ def train(
     model_dir, history = _export(result.checkpoint, run_dir)
     metrics = {k: v for k, v in (result.metrics or {}).items() if k != "final"}
     wall_s = time.perf_counter() - t0
-    write_json(
-        run_dir / RESULT_FILE,
-        {"identity": identity.to_json(), "metrics": metrics, "wall_s": wall_s},
-        indent=1,
-    )
+    run_record.write_train_record(run_dir, identity.to_json(), metrics, wall_s)
     return TrainResult(
         model_dir=model_dir,
         groups_path=groups_path,
@@ -236,13 +243,13 @@ def _export(checkpoint: Any, run_dir: Path) -> tuple[Path, list[dict[str, Any]]]
 
     The model is copied into a hidden temporary folder and renamed into place
     (``rerank_ray.io.atomic_dir``), so a copy that fails (a full disk) leaves the old run as it
-    was; ``train_result.json``, the old run's finished marker, is removed just before the new
-    model replaces the old one, so a run is never marked finished by another run's record."""
+    was; ``run.json``, the old run's finished record, is removed just before the new model
+    replaces the old one, so a run is never marked finished by another run's record."""
     model_dir = run_dir / "model"
     with checkpoint.as_directory() as d:
         history = json.loads((Path(d) / "history.json").read_text())
         with atomic_dir(model_dir, needed=tree_size(Path(d) / "hf")) as tmp:
             shutil.copytree(Path(d) / "hf", tmp, dirs_exist_ok=True)
-            (run_dir / RESULT_FILE).unlink(missing_ok=True)
+            run_record.forget(run_dir)
     write_json(run_dir / "history.json", history, indent=1)
     return model_dir, history

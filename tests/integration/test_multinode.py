@@ -64,7 +64,7 @@ ONE_NODE_LAYOUT = sorted(
         for t in TRIALS
         for f in (
             "eval/eval.json", "eval/metrics.json", "eval/tiny-scifact.per_query.tsv", "eval/tiny-scifact.run",
-            "history.json", "mlflow_run.json", "train_result.json", "trial.json", "model/config.json",
+            "history.json", "mlflow_run.json", "run.json", "model/config.json",
             "model/model.safetensors", "model/rerank_ray.json", "model/tokenizer.json", "model/tokenizer_config.json",
         )
     ]
@@ -195,7 +195,9 @@ def cluster(data_root):
 
 def study_file(cluster: Cluster, data_root: Path) -> Path:
     """The cluster study with its teacher's precomputed scores on the shared storage."""
-    scores = precomputed_scores(data_root / "scifact", cluster.shared / "teacher-scores.parquet", "bm25-top100")
+    scores = precomputed_scores(
+        data_root / "scifact", cluster.shared / "teacher-scores.parquet", "bm25-top100"
+    )
     spec = yaml.safe_load(STUDY.read_text())
     spec["teachers"]["given"]["path"] = str(scores)
     path = cluster.base / "cluster_study.yaml"
@@ -251,7 +253,11 @@ def test_a_study_survives_a_lost_worker_node(cluster, data_root):
         runtime_env={"env_vars": job_env(cluster, data_root, storage=cluster.shared)},
     )
     study_dir = cluster.shared / "outputs" / "cluster-study"
-    wait_until(lambda: registered_checkpoint(study_dir) or client.get_job_status(job).is_terminal(), 900, "a checkpoint")
+    wait_until(
+        lambda: registered_checkpoint(study_dir) or client.get_job_status(job).is_terminal(),
+        900,
+        "a checkpoint",
+    )
     first = registered_checkpoint(study_dir)
     assert first, client.get_job_logs(job)[-5000:]
     killed_trial, checkpoint_step = first
@@ -276,7 +282,9 @@ def test_a_study_survives_a_lost_worker_node(cluster, data_root):
     same_groups_as_on_one_node(study, study_dir, data_root)
     report = (study_dir / "report" / "report.md").read_text()
     assert "2 of 2 trials finished" in report
-    assert all(sum(line.startswith(f"| {name} | ok |") for line in report.splitlines()) == 1 for name in TRIALS)
+    assert all(
+        sum(line.startswith(f"| {name} | ok |") for line in report.splitlines()) == 1 for name in TRIALS
+    )
     check_mlflow(cluster)
 
 
@@ -299,7 +307,9 @@ def written(study_dir: Path) -> list[str]:
     return sorted(
         str(p.relative_to(study_dir))
         for p in study_dir.rglob("*")
-        if p.is_file() and "tune" != p.relative_to(study_dir).parts[0] and "ray" not in p.relative_to(study_dir).parts
+        if p.is_file()
+        and "tune" != p.relative_to(study_dir).parts[0]
+        and "ray" not in p.relative_to(study_dir).parts
     )
 
 
@@ -309,7 +319,9 @@ def same_groups_as_on_one_node(study: Path, study_dir: Path, data_root: Path) ->
     from rerank_ray.train.identity import file_sha256
     from rerank_ray.tune.config import load_study
 
-    cfg = load_study([study], [f"base.output_dir={study_dir.parent / 'one-node'}", f"base.data.root={data_root}"])
+    cfg = load_study(
+        [study], [f"base.output_dir={study_dir.parent / 'one-node'}", f"base.data.root={data_root}"]
+    )
     local = build_groups(cfg.base, study_dir.parent / "one-node" / "groups").path
     assert file_sha256(local) == file_sha256(study_dir / "groups" / "groups.parquet")
 
