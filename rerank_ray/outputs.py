@@ -49,7 +49,9 @@ def run_identity(run: dict[str, Any]) -> dict[str, Any]:
     """What identifies a run's outputs: its config (``RunConfig.to_dict()``) without the keys
     that do not change what it trains (name and output_dir locate it; eval, mlflow report it;
     the fault-tolerance keys say how it survives failures)."""
-    config = {k: v for k, v in training_config(run).items() if k not in ("name", "output_dir", "eval", "mlflow")}
+    config = {
+        k: v for k, v in training_config(run).items() if k not in ("name", "output_dir", "eval", "mlflow")
+    }
     return {"kind": "run", "config": config}
 
 

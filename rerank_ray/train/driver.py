@@ -3,9 +3,11 @@
 ``train(cfg)`` is the library function behind ``rerank-ray train`` and every study trial:
 
 1. build (or reuse) the training groups (``data/groups.py``);
-2. for distillation-type losses, align teacher scores with the groups; a missing pair stops
-   training with a count of the missing pairs (``data/shards.py``);
-3. shuffle the groups once with ``train.seed`` and hand them to Ray Train as the ``train``
+2. make the training dataset from the groups file (:func:`training_inputs`, ``data/shards.py``)
+   in a Ray task, aligning the teacher scores with the groups for distillation-type losses; a
+   missing pair stops training with a count of the missing pairs; the groups and scores never
+   pass through this process, which reads only the file's row count;
+3. order the groups once with ``train.seed`` and hand them to Ray Train as the ``train``
    dataset, which Ray Data splits into equal shards, one per worker;
 4. run ``train_loop_per_worker`` on ``scaling.num_workers`` workers with DeepSpeed;
 5. copy the exported Hugging Face model out of the final checkpoint into
@@ -32,8 +34,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from rerank_ray.config import ConfigError, RunConfig
 from rerank_ray.io import atomic_dir, tree_size, write_json
@@ -125,20 +125,26 @@ def _test_hooks() -> dict[str, Any] | None:
     return {"env_vars": {FAIL_AT_STEP_ENV: value}} if value else None
 
 
-def load_training_frame(cfg: RunConfig, groups_path: Path) -> pd.DataFrame:
-    """The groups the workers will see, with teacher scores attached when the loss needs them."""
-    from rerank_ray.data.shards import attach_teacher_scores
+def training_inputs(cfg: RunConfig, groups_path: Path) -> Any:
+    """The trainer's ``train`` dataset (``data/shards.training_dataset``): the groups file and,
+    when the loss needs them, the teacher scores, made into a Ray Dataset in the run's seeded order
+    (one shuffle with ``train.seed``, so shards mix queries; per-epoch order comes from the
+    loop's local shuffle). Ray must be started."""
+    from rerank_ray.data.shards import training_dataset
 
-    frame = pd.read_parquet(groups_path)
-    if cfg.loss.needs_teacher:
-        if cfg.train.teacher_scores is None:
-            raise ConfigError(
-                f"loss.name={cfg.loss.name!r} needs teacher scores: set train.teacher_scores to a "
-                "Parquet file of (query_id, doc_id, score), e.g. from `rerank-ray score`"
-            )
-        frame = attach_teacher_scores(frame, cfg.train.teacher_scores)
-    # One seeded shuffle, so shards mix queries; per-epoch order comes from the local shuffle.
-    return frame.sample(frac=1.0, random_state=cfg.train.seed).reset_index(drop=True)
+    return training_dataset(groups_path, seed=cfg.train.seed, teacher_scores=_teacher_scores(cfg))
+
+
+def _teacher_scores(cfg: RunConfig) -> str | None:
+    """The teacher-scores file the loss needs, or None for a loss without a teacher."""
+    if not cfg.loss.needs_teacher:
+        return None
+    if cfg.train.teacher_scores is None:
+        raise ConfigError(
+            f"loss.name={cfg.loss.name!r} needs teacher scores: set train.teacher_scores to a "
+            "Parquet file of (query_id, doc_id, score), e.g. from `rerank-ray score`"
+        )
+    return str(cfg.train.teacher_scores)
 
 
 def train(
@@ -153,6 +159,7 @@ def train(
     `groups_path`: groups built already (a study's); `storage_path`: Ray Train's storage;
     `identity`: the run's identity when the caller computed it already (a study trial)."""
     from rerank_ray.data.groups import build_groups
+    from rerank_ray.data.shards import count_groups_in
     from rerank_ray.heartbeat import heartbeat
     from rerank_ray.ray_runtime import local_train_cpus, run_need, start_ray
 
@@ -172,16 +179,16 @@ def train(
             identity=identity,
             reused=True,
         )
-    frame = load_training_frame(cfg, groups_path)
-    plan = plan_steps(cfg, len(frame))
+    _teacher_scores(cfg)  # a missing setting fails before Ray starts
+    plan = plan_steps(cfg, count_groups_in(groups_path))
     log.info(
         "training %s (%s, %s loss) on %d groups: %d steps on %d worker(s), ZeRO-%d",
-        cfg.name, cfg.model.source, cfg.loss.name, len(frame), plan["total_steps"],
+        cfg.name, cfg.model.source, cfg.loss.name, plan["n_groups"], plan["total_steps"],
         cfg.scaling.num_workers, cfg.deepspeed.zero_stage,
     )  # fmt: skip
     start_ray(num_cpus=local_train_cpus(cfg), needs=[run_need(cfg, f"training {cfg.name}")])
     storage = storage_path or cfg.train.storage_path or run_dir / "ray"
-    trainer = _trainer(cfg, frame, plan, identity, storage)
+    trainer = _trainer(cfg, training_inputs(cfg, groups_path), plan, identity, storage)
     with heartbeat(f"training {cfg.name}", waiting_on=f"Ray Train workers (`ray status`; logs in {storage})"):
         result = trainer.fit()
     if result.checkpoint is None:
@@ -201,15 +208,15 @@ def train(
 
 
 def _trainer(
-    cfg: RunConfig, frame: pd.DataFrame, plan: dict[str, int], identity: RunIdentity, storage: str | Path
+    cfg: RunConfig, dataset: Any, plan: dict[str, int], identity: RunIdentity, storage: str | Path
 ) -> Any:
     """The ``TorchTrainer`` of `cfg`: ``train_loop_per_worker`` given only the config dict and
-    the step plan, `frame` as its ``train`` dataset, checkpoints under `storage` in a Ray run
-    named ``<name>-<fingerprint>`` (so only an identical run resumes from them)."""
+    the step plan, `dataset` (:func:`training_inputs`) as its ``train`` dataset, checkpoints
+    under `storage` in a Ray run named ``<name>-<fingerprint>`` (so only an identical run
+    resumes from them)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from rerank_ray.data.shards import groups_to_ray_dataset
     from rerank_ray.train.loop import train_loop_per_worker
 
     resources = {"CPU": cfg.scaling.cpus_per_worker}
@@ -233,7 +240,7 @@ def _trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             worker_runtime_env=_test_hooks(),
         ),
-        datasets={"train": groups_to_ray_dataset(frame)},
+        datasets={"train": dataset},
     )
 
 
