@@ -186,7 +186,5 @@ def check_nodes(folder: Path, *, timeout_s: float = CHECK_TIMEOUT_S) -> StorageT
             problems.append(f"node {name} cannot see the study's storage: {problem}")
     if problems:
         raise StorageError(f"{'; '.join(problems)}; {FIX}")
-    log.info(
-        "storage: all %d nodes see %s (checked in %.1f s)", len(nodes), folder, time.perf_counter() - t0
-    )
+    log.info("storage: all %d nodes see %s (checked in %.1f s)", len(nodes), folder, time.perf_counter() - t0)
     return token

@@ -32,8 +32,9 @@ log = logging.getLogger("rerank_ray.outputs")
 
 LOCK_FILE = ".lock"
 IDENTITY_FILE = "identity.json"
-# What a finished run (model/, train_result.json) or study (report/, trials/, teachers/) leaves.
-FINISHED = ("model", "train_result.json", "report", "trials", "teachers")
+# What a finished run (model/, run.json; train_result.json before it) or study (report/,
+# trials/, teachers/) leaves.
+FINISHED = ("model", "run.json", "train_result.json", "report", "trials", "teachers")
 
 
 class OutputsBusy(RuntimeError):
@@ -48,7 +49,9 @@ def run_identity(run: dict[str, Any]) -> dict[str, Any]:
     """What identifies a run's outputs: its config (``RunConfig.to_dict()``) without the keys
     that do not change what it trains (name and output_dir locate it; eval, mlflow report it;
     the fault-tolerance keys say how it survives failures)."""
-    config = {k: v for k, v in training_config(run).items() if k not in ("name", "output_dir", "eval", "mlflow")}
+    config = {
+        k: v for k, v in training_config(run).items() if k not in ("name", "output_dir", "eval", "mlflow")
+    }
     return {"kind": "run", "config": config}
 
 

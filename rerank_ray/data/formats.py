@@ -120,7 +120,9 @@ class BeirJsonlDocs(BaseDocs):
         repeats: list[int] = []
         for number, line in _lines(self._dlc):
             data = _json_object(path, number, line, ("_id", "text"))
-            doc = TitleTextDoc(_id(path, number, data["_id"], "_id"), str(data["text"]), str(data.get("title") or ""))
+            doc = TitleTextDoc(
+                _id(path, number, data["_id"], "_id"), str(data["text"]), str(data.get("title") or "")
+            )
             digest = hashlib.sha1(f"{doc.title}\0{doc.text}".encode()).hexdigest()
             if doc.doc_id in seen:
                 first_digest, first_line = seen[doc.doc_id]

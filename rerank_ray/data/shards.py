@@ -5,8 +5,9 @@ with ``doc_ids`` (so the positive's score is at index 0), taken from a teacher-s
 file with columns ``query_id: str, doc_id: str, score: float64`` (raw logits, not
 probabilities). Every (query_id, doc_id) pair of every group must be scored.
 
-``groups_to_ray_dataset(df)`` turns the table into the ``ray.data.Dataset`` handed to
-``TorchTrainer(datasets={"train": ...})``. Batches from ``iter_batches(batch_format="numpy")``
+``training_dataset(groups_path, seed=..., teacher_scores=...)`` makes, in a Ray task, the
+``ray.data.Dataset`` handed to ``TorchTrainer(datasets={"train": ...})`` from the groups file
+(and the scores), in the run's seeded order. Batches from ``iter_batches(batch_format="numpy")``
 hold the columns ``query`` (str), ``docs`` (one array of group_size texts per row) and, when
 attached, ``teacher_scores`` (one float array per row), plus the id columns.
 """
@@ -24,7 +25,6 @@ from rerank_ray.teacher import SCORE_COLUMNS
 
 if TYPE_CHECKING:
     import ray.data
-
 
 
 class MissingTeacherScores(DataError):
@@ -126,8 +126,45 @@ def attach_teacher_scores(groups: pd.DataFrame, scores_path: str | Path) -> pd.D
     return out
 
 
-def groups_to_ray_dataset(df: pd.DataFrame) -> ray.data.Dataset:
-    """The groups (with or without teacher scores) as a Ray dataset, one row per group."""
+def count_groups_in(groups_path: str | Path) -> int:
+    """The number of groups in a groups Parquet file, from its footer (no rows are read)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(groups_path).metadata.num_rows
+
+
+def training_dataset(
+    groups_path: str | Path, *, seed: int, teacher_scores: str | Path | None = None
+) -> ray.data.Dataset:
+    """The trainer's ``train`` dataset, made from the groups file (one row per group) and, when
+    `teacher_scores` is given, the scores aligned with ``doc_ids``, in one seeded order
+    (:func:`training_frame`), by a Ray task whose result goes to the object store and from there
+    to Ray Data: the groups and scores never pass through this process. The task holds no CPU,
+    so it never waits behind the trials and workers that hold them. Bad scores fail here, before
+    training, with their own error (:class:`MissingTeacherScores`, ...)."""
+    import ray
     import ray.data
 
-    return ray.data.from_pandas(df)
+    make = ray.remote(num_cpus=0, num_returns=2, max_retries=0)(_frame_and_size)
+    frame, size = make.remote(str(groups_path), seed, None if teacher_scores is None else str(teacher_scores))
+    try:
+        ray.get(size)  # small; raises the task's error
+    except ray.exceptions.RayTaskError as e:
+        raise (e.cause if isinstance(e.cause, DataError) else e) from None
+    return ray.data.from_pandas_refs([frame])
+
+
+def training_frame(
+    groups_path: str | Path, seed: int, teacher_scores: str | Path | None = None
+) -> pd.DataFrame:
+    """The groups with their teacher scores attached (when given), shuffled once with `seed`
+    (``DataFrame.sample``), so shards mix queries and a run is reproducible."""
+    frame = pd.read_parquet(groups_path)
+    if teacher_scores is not None:
+        frame = attach_teacher_scores(frame, teacher_scores)
+    return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def _frame_and_size(groups_path: str, seed: int, teacher_scores: str | None) -> tuple[pd.DataFrame, int]:
+    frame = training_frame(groups_path, seed, teacher_scores)
+    return frame, len(frame)

@@ -3,9 +3,11 @@
 ``train(cfg)`` is the library function behind ``rerank-ray train`` and every study trial:
 
 1. build (or reuse) the training groups (``data/groups.py``);
-2. for distillation-type losses, align teacher scores with the groups; a missing pair stops
-   training with a count of the missing pairs (``data/shards.py``);
-3. shuffle the groups once with ``train.seed`` and hand them to Ray Train as the ``train``
+2. make the training dataset from the groups file (:func:`training_inputs`, ``data/shards.py``)
+   in a Ray task, aligning the teacher scores with the groups for distillation-type losses; a
+   missing pair stops training with a count of the missing pairs; the groups and scores never
+   pass through this process, which reads only the file's row count;
+3. order the groups once with ``train.seed`` and hand them to Ray Train as the ``train``
    dataset, which Ray Data splits into equal shards, one per worker;
 4. run ``train_loop_per_worker`` on ``scaling.num_workers`` workers with DeepSpeed;
 5. copy the exported Hugging Face model out of the final checkpoint into
@@ -15,7 +17,8 @@ Output layout under ``<output_dir>/<name>/``: ``groups/`` (Parquet + stats), ``r
 (Ray Train's run storage: checkpoints, unless ``train.storage_path`` or the
 ``storage_path`` argument names shared storage, as a multi-node cluster needs), ``model/`` (HF format,
 loadable by ``rerank_ray.models.load_reranker``), ``history.json`` (every metric report),
-``train_result.json`` (the run's content identity, ``train/identity.py``: a finished run whose
+``run.json`` (the run's one finished record, ``train/record.py``, which a study trial extends
+with its evaluation; it holds the content identity, ``train/identity.py``: a finished run whose
 config, groups content, teacher scores and base weights all match is reused, not retrained; the
 log names the inputs that changed otherwise). The Ray run is named ``<name>-<fingerprint>``, so a
 restarted identical run resumes from its checkpoints, while a run with any changed input starts fresh.
@@ -32,15 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from rerank_ray.config import ConfigError, RunConfig
 from rerank_ray.io import atomic_dir, tree_size, write_json
+from rerank_ray.train import record as run_record
 from rerank_ray.train.identity import RunIdentity, run_identity
 
 log = logging.getLogger("rerank_ray.train")
 
-RESULT_FILE = "train_result.json"
+RECORD = run_record.RECORD
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,17 @@ def plan_steps(cfg: RunConfig, n_groups: int) -> dict[str, int]:
 
 
 def reusable_run(run_dir: Path, identity: RunIdentity, what: str) -> dict[str, Any] | None:
-    """The record (``train_result.json``) of the finished run in `run_dir` when it was trained
-    on exactly `identity`'s inputs, else None (after logging which input changed)."""
-    done_file = run_dir / RESULT_FILE
-    if not done_file.is_file() or not (run_dir / "model").is_dir():
+    """The training part (``{"metrics", "wall_s"}``) of the finished run's record in `run_dir`
+    (``train/record.py``) when it was trained on exactly `identity`'s inputs, else None (after
+    logging which input changed)."""
+    done = run_record.read_record(run_dir)
+    if done is None or "train" not in done or not (run_dir / "model").is_dir():
         return None
-    done = json.loads(done_file.read_text())
-    return done if same_inputs(RunIdentity.from_json(done.get("identity")), identity, what, run_dir) else None
+    return (
+        done["train"]
+        if same_inputs(RunIdentity.from_json(done.get("identity")), identity, what, run_dir)
+        else None
+    )
 
 
 def same_inputs(stored: RunIdentity | None, identity: RunIdentity, what: str, where: Path) -> bool:
@@ -119,29 +125,41 @@ def _test_hooks() -> dict[str, Any] | None:
     return {"env_vars": {FAIL_AT_STEP_ENV: value}} if value else None
 
 
-def load_training_frame(cfg: RunConfig, groups_path: Path) -> pd.DataFrame:
-    """The groups the workers will see, with teacher scores attached when the loss needs them."""
-    from rerank_ray.data.shards import attach_teacher_scores
+def training_inputs(cfg: RunConfig, groups_path: Path) -> Any:
+    """The trainer's ``train`` dataset (``data/shards.training_dataset``): the groups file and,
+    when the loss needs them, the teacher scores, made into a Ray Dataset in the run's seeded order
+    (one shuffle with ``train.seed``, so shards mix queries; per-epoch order comes from the
+    loop's local shuffle). Ray must be started."""
+    from rerank_ray.data.shards import training_dataset
 
-    frame = pd.read_parquet(groups_path)
-    if cfg.loss.needs_teacher:
-        if cfg.train.teacher_scores is None:
-            raise ConfigError(
-                f"loss.name={cfg.loss.name!r} needs teacher scores: set train.teacher_scores to a "
-                "Parquet file of (query_id, doc_id, score), e.g. from `rerank-ray score`"
-            )
-        frame = attach_teacher_scores(frame, cfg.train.teacher_scores)
-    # One seeded shuffle, so shards mix queries; per-epoch order comes from the local shuffle.
-    return frame.sample(frac=1.0, random_state=cfg.train.seed).reset_index(drop=True)
+    return training_dataset(groups_path, seed=cfg.train.seed, teacher_scores=_teacher_scores(cfg))
+
+
+def _teacher_scores(cfg: RunConfig) -> str | None:
+    """The teacher-scores file the loss needs, or None for a loss without a teacher."""
+    if not cfg.loss.needs_teacher:
+        return None
+    if cfg.train.teacher_scores is None:
+        raise ConfigError(
+            f"loss.name={cfg.loss.name!r} needs teacher scores: set train.teacher_scores to a "
+            "Parquet file of (query_id, doc_id, score), e.g. from `rerank-ray score`"
+        )
+    return str(cfg.train.teacher_scores)
 
 
 def train(
-    cfg: RunConfig, *, groups_path: Path | None = None, storage_path: str | Path | None = None
+    cfg: RunConfig,
+    *,
+    groups_path: Path | None = None,
+    storage_path: str | Path | None = None,
+    identity: RunIdentity | None = None,
 ) -> TrainResult:
     """Train `cfg` with Ray Train (the module docstring's steps 1-5) and export the model; a
     finished run in ``cfg.run_dir`` with the same inputs is returned as it is (``reused``).
-    `groups_path`: groups built already (a study's); `storage_path`: Ray Train's storage."""
+    `groups_path`: groups built already (a study's); `storage_path`: Ray Train's storage;
+    `identity`: the run's identity when the caller computed it already (a study trial)."""
     from rerank_ray.data.groups import build_groups
+    from rerank_ray.data.shards import count_groups_in
     from rerank_ray.heartbeat import heartbeat
     from rerank_ray.ray_runtime import local_train_cpus, run_need, start_ray
 
@@ -149,7 +167,7 @@ def train(
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)  # each Train worker checks that it sees it
     groups_path = Path(groups_path or build_groups(cfg, run_dir / "groups").path)
-    identity = run_identity(cfg, groups_path)
+    identity = identity or run_identity(cfg, groups_path)
     done = reusable_run(run_dir, identity, f"training {cfg.name}")
     if done is not None:
         return TrainResult(
@@ -161,16 +179,16 @@ def train(
             identity=identity,
             reused=True,
         )
-    frame = load_training_frame(cfg, groups_path)
-    plan = plan_steps(cfg, len(frame))
+    _teacher_scores(cfg)  # a missing setting fails before Ray starts
+    plan = plan_steps(cfg, count_groups_in(groups_path))
     log.info(
         "training %s (%s, %s loss) on %d groups: %d steps on %d worker(s), ZeRO-%d",
-        cfg.name, cfg.model.source, cfg.loss.name, len(frame), plan["total_steps"],
+        cfg.name, cfg.model.source, cfg.loss.name, plan["n_groups"], plan["total_steps"],
         cfg.scaling.num_workers, cfg.deepspeed.zero_stage,
     )  # fmt: skip
     start_ray(num_cpus=local_train_cpus(cfg), needs=[run_need(cfg, f"training {cfg.name}")])
     storage = storage_path or cfg.train.storage_path or run_dir / "ray"
-    trainer = _trainer(cfg, frame, plan, identity, storage)
+    trainer = _trainer(cfg, training_inputs(cfg, groups_path), plan, identity, storage)
     with heartbeat(f"training {cfg.name}", waiting_on=f"Ray Train workers (`ray status`; logs in {storage})"):
         result = trainer.fit()
     if result.checkpoint is None:
@@ -178,11 +196,7 @@ def train(
     model_dir, history = _export(result.checkpoint, run_dir)
     metrics = {k: v for k, v in (result.metrics or {}).items() if k != "final"}
     wall_s = time.perf_counter() - t0
-    write_json(
-        run_dir / RESULT_FILE,
-        {"identity": identity.to_json(), "metrics": metrics, "wall_s": wall_s},
-        indent=1,
-    )
+    run_record.write_train_record(run_dir, identity.to_json(), metrics, wall_s)
     return TrainResult(
         model_dir=model_dir,
         groups_path=groups_path,
@@ -194,15 +208,15 @@ def train(
 
 
 def _trainer(
-    cfg: RunConfig, frame: pd.DataFrame, plan: dict[str, int], identity: RunIdentity, storage: str | Path
+    cfg: RunConfig, dataset: Any, plan: dict[str, int], identity: RunIdentity, storage: str | Path
 ) -> Any:
     """The ``TorchTrainer`` of `cfg`: ``train_loop_per_worker`` given only the config dict and
-    the step plan, `frame` as its ``train`` dataset, checkpoints under `storage` in a Ray run
-    named ``<name>-<fingerprint>`` (so only an identical run resumes from them)."""
+    the step plan, `dataset` (:func:`training_inputs`) as its ``train`` dataset, checkpoints
+    under `storage` in a Ray run named ``<name>-<fingerprint>`` (so only an identical run
+    resumes from them)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from rerank_ray.data.shards import groups_to_ray_dataset
     from rerank_ray.train.loop import train_loop_per_worker
 
     resources = {"CPU": cfg.scaling.cpus_per_worker}
@@ -226,7 +240,7 @@ def _trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             worker_runtime_env=_test_hooks(),
         ),
-        datasets={"train": groups_to_ray_dataset(frame)},
+        datasets={"train": dataset},
     )
 
 
@@ -236,13 +250,13 @@ def _export(checkpoint: Any, run_dir: Path) -> tuple[Path, list[dict[str, Any]]]
 
     The model is copied into a hidden temporary folder and renamed into place
     (``rerank_ray.io.atomic_dir``), so a copy that fails (a full disk) leaves the old run as it
-    was; ``train_result.json``, the old run's finished marker, is removed just before the new
-    model replaces the old one, so a run is never marked finished by another run's record."""
+    was; ``run.json``, the old run's finished record, is removed just before the new model
+    replaces the old one, so a run is never marked finished by another run's record."""
     model_dir = run_dir / "model"
     with checkpoint.as_directory() as d:
         history = json.loads((Path(d) / "history.json").read_text())
         with atomic_dir(model_dir, needed=tree_size(Path(d) / "hf")) as tmp:
             shutil.copytree(Path(d) / "hf", tmp, dirs_exist_ok=True)
-            (run_dir / RESULT_FILE).unlink(missing_ok=True)
+            run_record.forget(run_dir)
     write_json(run_dir / "history.json", history, indent=1)
     return model_dir, history

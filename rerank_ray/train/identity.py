@@ -1,6 +1,6 @@
 """What a training run depends on, by content: the key of every "already trained" reuse.
 
-A run is reused (``train_result.json``, a study's ``trial.json``, a study teacher) only when
+A run is reused (its ``run.json``, ``train/record.py``: a trained run, a study's trial or teacher) only when
 every input below is the same as when it was trained:
 
 - ``config``: sha256 of the RunConfig (``cfg.to_dict()``) without the keys that only say how it

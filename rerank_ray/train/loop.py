@@ -314,7 +314,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state = restore(engine, checkpoint)
     fail_at = injected_failure_step() if checkpoint is None else None
     shard = ray.train.get_dataset_shard("train")
-    window, t_start, clock = MetricWindow(), time.perf_counter(), CheckpointClock(cfg.train.checkpoint_every_minutes)
+    window, t_start, clock = (
+        MetricWindow(),
+        time.perf_counter(),
+        CheckpointClock(cfg.train.checkpoint_every_minutes),
+    )
     reporting = {"rank": rank, "world": world, "t_start": t_start, "clock": clock}
     done = False
     while state.epoch < cfg.train.epochs and not done:

@@ -167,14 +167,18 @@ def apply(client: Any, run_id: str, op: dict[str, Any]) -> None:
     elif kind == "call":
         _CALLS[op["name"]](run_id, op["args"])
     else:
-        raise ValueError(f"unknown MLflow journal call {kind!r} in a journal; was it written by a newer rerank_ray?")
+        raise ValueError(
+            f"unknown MLflow journal call {kind!r} in a journal; was it written by a newer rerank_ray?"
+        )
 
 
 # Named calls a journal can hold beyond MLflow's own (registering a model): name -> fn(run_id, args).
 _CALLS: dict[str, Callable[[str, dict[str, Any]], None]] = {}
 
 
-def journal_call(name: str) -> Callable[[Callable[[str, dict[str, Any]], None]], Callable[[str, dict[str, Any]], None]]:
+def journal_call(
+    name: str,
+) -> Callable[[Callable[[str, dict[str, Any]], None]], Callable[[str, dict[str, Any]], None]]:
     """Register `fn(run_id, args)` as a call a journal can defer and sync can replay."""
 
     def register(fn: Callable[[str, dict[str, Any]], None]) -> Callable[[str, dict[str, Any]], None]:
@@ -200,7 +204,13 @@ _STACK: list[RunLog] = []
 
 
 def new_run(
-    path: Path, tracking_uri: str, *, experiment_id: str, run_name: str, tags: dict[str, str], log_id: str | None = None
+    path: Path,
+    tracking_uri: str,
+    *,
+    experiment_id: str,
+    run_name: str,
+    tags: dict[str, str],
+    log_id: str | None = None,
 ) -> RunLog:
     """A run to be created (now, or at sync when the server is down); its journal is `path`."""
     if path.is_file() and RunLog.read(path, tracking_uri).pending:
@@ -317,7 +327,12 @@ def sync_study(study_dir: Path, tracking_uri: str) -> tuple[int, int]:
     for run in runs:
         _replay(run, ids, lambda op: True)
     done = [r for r in runs if r.synced]
-    log.info("synced %d deferred MLflow run(s) of %s: %d call(s)", len(done), study_dir, sum(r.synced for r in runs))
+    log.info(
+        "synced %d deferred MLflow run(s) of %s: %d call(s)",
+        len(done),
+        study_dir,
+        sum(r.synced for r in runs),
+    )
     return len(done), sum(r.synced for r in runs)
 
 
@@ -327,7 +342,9 @@ def _replay(run: RunLog, ids: dict[str, RunLog], now: Callable[[dict[str, Any]],
     if parent.startswith(LOCAL):
         known = ids.get(parent[len(LOCAL) :])
         if known is None or known.run_id is None:
-            raise LookupError(f"run {run.create.get('run_name')!r}: its parent run {parent} was never created")
+            raise LookupError(
+                f"run {run.create.get('run_name')!r}: its parent run {parent} was never created"
+            )
         run.create["tags"][PARENT_TAG] = known.run_id
     if run.run_id is None:
         run._create()

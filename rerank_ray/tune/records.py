@@ -4,7 +4,8 @@
   written to ``<eval_dir>/eval.json``.
 - :class:`Cost`: what a trial or a teacher cost (training, scoring, the forecast beside them).
 - :class:`TrialSummary`: one finished training run, a trial's or a study teacher's
-  (``train_and_evaluate``); written to ``<run_dir>/trial.json``, read back to reuse the run
+  (``train_and_evaluate``); written into the run's one record ``<run_dir>/run.json``
+  (``train/record.py``), read back to reuse the run
   (``finished_summary``), to find a trial's model (``tune/registry.py``) and to build its
   :class:`TrialRecord` (``tune/study.py``).
 - :class:`EvalRecord`: what the report needs of one evaluated scorer (a trial, a teacher, the
@@ -12,11 +13,11 @@
 - :class:`TrialRecord`: one planned trial's outcome, built by the study (``tune/study.py``),
   read by the report (``tune/report.py``) and the registry (``tune/registry.py``), and returned
   to the caller in ``StudyResult.trials``; in memory only (its files are the trial's
-  ``trial.json`` and ``eval/``).
+  ``run.json`` and ``eval/``).
 
 The JSON keys are those the files had when they were plain dicts, so finished trials on disk
 stay readable (and reusable) across this change: ``eval.json`` is ``{"metrics", "scores",
-"measure", "eval_dir"}``; ``trial.json`` is ``{"name", "metrics", "scores", "cost", "model_dir",
+"measure", "eval_dir"}``; a summary (in ``run.json``, or an older ``trial.json``) is ``{"name", "metrics", "scores", "cost", "model_dir",
 "eval_dir", "run_config", "identity"}``.
 """
 

@@ -94,7 +94,9 @@ def register_best(
     runs_of = {plan.name: plan.run for plan in plans}
     registered = []
     for strategy, (record, score) in best_per_strategy(cfg, records).items():
-        run = logbook.RunLog.read(runs_of[record.name].run_dir / logbook.TRIAL_JOURNAL, mlflow.get_tracking_uri())
+        run = logbook.RunLog.read(
+            runs_of[record.name].run_dir / logbook.TRIAL_JOURNAL, mlflow.get_tracking_uri()
+        )
         if run.create["tags"].get(logbook.PARENT_TAG) != parent_run_id:
             log.warning("not registering %s: its MLflow run is not one of this study run's", record.name)
             continue
@@ -115,7 +117,9 @@ def register_best(
         }  # fmt: skip
         run.call({"op": "call", "name": "register_model", "args": args})
         version = "deferred" if run.deferred else _version_of(cfg.name, run.run_id)
-        log.info("registered %s version %s: %s (%s %.4f)", cfg.name, version, record.name, cfg.eval.measure, score)
+        log.info(
+            "registered %s version %s: %s (%s %.4f)", cfg.name, version, record.name, cfg.eval.measure, score
+        )
         registered.append(Registered(strategy, record.name, version or "missing", score))
     return registered
 
@@ -153,7 +157,13 @@ def register_model(run_id: str, args: dict[str, Any]) -> None:
 
 
 def _model_dir(run: RunConfig) -> str:
-    return str(read_summary(Path(run.output_dir) / run.name).model_dir)
+    run_dir = Path(run.output_dir) / run.name
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise FileNotFoundError(
+            f"{run_dir} holds no finished trial (its run.json has no evaluation); rerun the study"
+        )
+    return str(summary.model_dir)
 
 
 def _signature() -> Any:

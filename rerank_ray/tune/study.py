@@ -18,7 +18,7 @@
 3. teacher scores for the groups (``teacher.score.score_groups``: resumable, reused when up to
    date), one job per teacher, and the teacher's target diagnostics on the groups
    (``teacher/diagnostics.py``), stored in the scores manifest;
-4. the trials. A trial that finished earlier with the same inputs (its ``trial.json`` identity:
+4. the trials. A trial that finished earlier with the same inputs (its ``run.json`` identity:
    config, groups content, teacher scores, base weights) is reused as it is, with a child run
    tagged ``reused=true`` that repeats its metrics; so a rerun of an interrupted study trains
    only what is unfinished or changed. The rest run as a Ray Tune grid over their plans
@@ -48,6 +48,8 @@ from rerank_ray.config import resolve_tracking_uri
 from rerank_ray.io import write_json, write_yaml
 from rerank_ray.ray_runtime import run_need, scoring_need, start_ray
 from rerank_ray.teacher.config import TeacherModel
+from rerank_ray.train.identity import run_identity
+from rerank_ray.train.record import RECORD
 from rerank_ray.tune import logbook
 from rerank_ray.tune.config import (
     BiEncoderTeacher,
@@ -73,7 +75,6 @@ from rerank_ray.tune.tracking import (
     study_run,
 )
 from rerank_ray.tune.trial import (
-    SUMMARY,
     cost_metrics,
     evaluate_suites,
     finished_summary,
@@ -532,24 +533,27 @@ def _run_trials(
     wall time (`walls`) first."""
     by_name: dict[str, TrialRecord] = {}
     todo: list[TrialPlan] = []
+    identities: dict[str, dict[str, Any]] = {}  # computed once per trial, handed to it
     for plan in plans:
-        summary = finished_summary(plan.run, groups_path, f"trial {plan.name}")
+        identity = run_identity(plan.run, groups_path)
+        summary = finished_summary(plan.run, groups_path, f"trial {plan.name}", identity)
         if summary is None:
             todo.append(plan)
+            identities[plan.name] = identity.to_json()
         else:
             by_name[plan.name] = _reused_trial(cfg, plan, summary, ctx["experiment_id"], ctx["parent_run_id"])
     if by_name:
         log.info("study %s: %d trial(s) reused, %d to run", cfg.name, len(by_name), len(todo))
     if todo:
         order = longest_first(todo, walls)
-        by_name.update(_tune_trials(cfg, order, ctx))
+        by_name.update(_tune_trials(cfg, order, {**ctx, "identities": identities}))
     return [by_name.get(p.name) or _record(p, "error", error="no result from Tune") for p in plans]
 
 
 def _reused_trial(
     cfg: StudyConfig, plan: TrialPlan, summary: TrialSummary, experiment_id: str, parent_id: str
 ) -> TrialRecord:
-    """The record of a trial reused from its ``trial.json``, logged as a child run of this study."""
+    """The record of a trial reused from its ``run.json``, logged as a child run of this study."""
     tags = child_tags(cfg.name, parent_id, "trial", **plan.tags(), reused="true")
     with logbook.start_run(plan.name, tags=tags, journal=plan.run.run_dir / logbook.TRIAL_JOURNAL):
         logbook.log_params(flatten_params(plan.run.to_dict()))
@@ -557,7 +561,9 @@ def _reused_trial(
     return _record(plan, "ok", reused=True)
 
 
-def _tune_trials(cfg: StudyConfig, plans: list[TrialPlan], study_ctx: dict[str, Any]) -> dict[str, TrialRecord]:
+def _tune_trials(
+    cfg: StudyConfig, plans: list[TrialPlan], study_ctx: dict[str, Any]
+) -> dict[str, TrialRecord]:
     """The plans run as a Ray Tune grid; each one's record by name (status and error only)."""
     from ray import tune
 
@@ -613,16 +619,16 @@ def _record(plan: TrialPlan, status: str, *, error: str | None = None, reused: b
 
 
 def _add_evaluation(cfg: StudyConfig, plan: TrialPlan, record: TrialRecord) -> None:
-    """An ok trial's evaluation, cost and final metrics, read from its ``trial.json``; an ok
+    """An ok trial's evaluation, cost and final metrics, read from its ``run.json``; an ok
     trial without one becomes an error (the report lists it)."""
-    summary_path = Path(plan.run.output_dir) / plan.name / SUMMARY
-    if record.status == "ok" and summary_path.is_file():
-        summary = read_summary(summary_path.parent)
+    run_dir = Path(plan.run.output_dir) / plan.name
+    summary = read_summary(run_dir) if record.status == "ok" else None
+    if summary is not None:
         record.eval = _evaluation_record(summary, cfg)
         record.cost = summary.cost
         record.metrics = _final_metrics(summary)
     elif record.status == "ok":
-        record.status, record.error = "error", f"finished without {summary_path}"
+        record.status, record.error = "error", f"finished without an evaluation in {run_dir / RECORD}"
 
 
 def _final_metrics(summary: TrialSummary) -> dict[str, float]:

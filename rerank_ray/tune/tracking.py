@@ -53,6 +53,8 @@ HEALTH_TIMEOUT_S = 5.0
 
 class TrackingUnreachable(RuntimeError):
     """The MLflow tracking server does not answer."""
+
+
 # Query parameters whose values are secrets (access tokens, signed-URL signatures, passwords).
 SECRET_PARAM = re.compile(r"token|pass|secret|key|sig|credential|auth", re.IGNORECASE)
 

@@ -7,16 +7,17 @@ taking a trainer directly. Its ``config`` is plain data: ``{"trial": TrialPlan.t
 
 Files, under ``<study>/trials/<trial>/`` (the ``train()`` run folder): ``model/``, ``ray/``,
 ``history.json``, ``mlflow_run.json`` (its MLflow child run), ``eval/`` (``<suite>.run``, ``<suite>.per_query.tsv``, ``metrics.json`` per
-depth group, ``eval.json`` for all suites: an ``EvalSummary``) and ``trial.json``, the
-``TrialSummary`` the study and the report read (both records: ``tune/records.py``). Its
-``identity`` is the run's content identity (``train/identity.py``); :func:`finished_summary`
+depth group, ``eval.json`` for all suites: an ``EvalSummary``) and ``run.json``, the run's one
+finished record (``train/record.py``): ``train()`` writes its training part, and the trial
+extends it with the ``TrialSummary`` the study and the report read (``tune/records.py``). Its
+``identity`` is the run's content identity (``train/identity.py``), computed once per trial by
+the study and handed to the trial; :func:`finished_summary`
 reuses a trial (or a study teacher) only when it matches the identity of the run as configured
 now.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -27,7 +28,8 @@ import yaml
 from rerank_ray.config import DataConfig, RunConfig
 from rerank_ray.io import write_json
 from rerank_ray.teacher.config import TeacherModel
-from rerank_ray.train.identity import run_identity
+from rerank_ray.train.identity import RunIdentity, run_identity
+from rerank_ray.train.record import extend_record, read_record, unfinish
 from rerank_ray.tune import logbook
 from rerank_ray.tune.config import StudyEvalConfig
 from rerank_ray.tune.plan import TrialPlan
@@ -35,8 +37,6 @@ from rerank_ray.tune.records import Cost, EvalSummary, TrialSummary
 from rerank_ray.tune.tracking import child_tags, flatten_params, numeric, redact_config
 
 log = logging.getLogger("rerank_ray.tune")
-
-SUMMARY = "trial.json"
 
 
 def evaluate_suites(
@@ -78,27 +78,31 @@ def evaluate_suites(
     return summary
 
 
-def finished_summary(cfg: RunConfig, groups_path: Path, what: str) -> TrialSummary | None:
-    """The summary (``trial.json``) of `cfg`'s finished run when its inputs were the same as
-    now (config, groups content, teacher scores, base weights) and its model still exists;
-    else None. Logs which input changed."""
+def finished_summary(
+    cfg: RunConfig, groups_path: Path, what: str, identity: RunIdentity | None = None
+) -> TrialSummary | None:
+    """The summary of `cfg`'s finished trial (its ``run.json`` with an evaluation) when its
+    inputs were the same as now (config, groups content, teacher scores, base weights: its
+    `identity`, computed here unless given) and its model still exists; else None. Logs which
+    input changed."""
     from rerank_ray.train.driver import same_inputs
 
-    path = Path(cfg.output_dir).resolve() / cfg.name / SUMMARY
-    if not path.is_file():
+    run_dir = Path(cfg.output_dir).resolve() / cfg.name
+    summary = read_summary(run_dir)
+    if summary is None:
         return None
-    summary = read_summary(path.parent)
     if not summary.model_dir.is_dir():
         log.info("%s: training again, its model %s is gone", what, summary.model_dir)
         return None
-    return (
-        summary if same_inputs(summary.identity, run_identity(cfg, groups_path), what, path.parent) else None
-    )
+    identity = identity or run_identity(cfg, groups_path)
+    return summary if same_inputs(summary.identity, identity, what, run_dir) else None
 
 
-def read_summary(run_dir: Path) -> TrialSummary:
-    """The ``trial.json`` of the finished run in `run_dir`."""
-    return TrialSummary.from_json(json.loads((run_dir / SUMMARY).read_text()))
+def read_summary(run_dir: Path) -> TrialSummary | None:
+    """The finished trial's summary from the record in `run_dir` (``train/record.py``), or None
+    when the run has not finished its evaluation."""
+    record = read_record(run_dir)
+    return TrialSummary.from_json(record) if record is not None and "scores" in record else None
 
 
 def train_and_evaluate(
@@ -108,19 +112,21 @@ def train_and_evaluate(
     eval_cfg: StudyEvalConfig,
     trial_cpus: float,
     trial_gpus: float,
+    identity: RunIdentity | None = None,
 ) -> TrialSummary:
-    """Train `cfg`, evaluate the model, log both to the active MLflow run, write ``trial.json``.
-    `trial_cpus`/`trial_gpus`: what the trial process itself holds, for the cost."""
+    """Train `cfg`, evaluate the model, log both to the active MLflow run, and extend the run's
+    record (``run.json``) with the evaluation. `trial_cpus`/`trial_gpus`: what the trial process
+    itself holds, for the cost; `identity`: the run's, when the caller computed it already."""
     from rerank_ray.train.driver import train
 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     # Not finished until this call ends: a failure below (a full disk) must not leave an older
-    # run's trial.json to vouch for a model or evaluation this call replaced.
-    (run_dir / SUMMARY).unlink(missing_ok=True)
+    # evaluation in the record to vouch for a model or evaluation this call replaced.
+    unfinish(run_dir)
     _log_run_config(cfg)
     t0 = time.perf_counter()
-    result = train(cfg, groups_path=groups_path)
+    result = train(cfg, groups_path=groups_path, identity=identity)
     train_s = time.perf_counter() - t0
     for record in result.history:
         logbook.log_metrics(
@@ -143,7 +149,7 @@ def train_and_evaluate(
         run_config=cfg.to_dict(),
         identity=result.identity,
     )
-    write_json(run_dir / SUMMARY, summary.to_json())
+    extend_record(run_dir, summary.to_json())
     return summary
 
 
@@ -209,6 +215,7 @@ def run_trial(config: dict[str, Any]) -> None:
                 eval_cfg=eval_cfg,
                 trial_cpus=plan.resources.get("CPU", 0.0),
                 trial_gpus=plan.resources.get("GPU", 0.0),
+                identity=RunIdentity.from_json(study.get("identities", {}).get(plan.name)),
             )
         tune.report({**summary.metrics, **cost_metrics(summary.cost)})
         status = "FINISHED"

@@ -73,6 +73,6 @@ def test_best_students_registered_and_score_like_the_saved_folder(byo_study):
         assert trial_run.info.run_name == registered.trial
         assert trial_run.data.tags["mlflow.parentRunId"] == result.parent_run_id
         model = mlflow.pyfunc.load_model(f"models:/{cfg.name}/{registered.version}")
-        summary = json.loads((cfg.study_dir / "trials" / registered.trial / "trial.json").read_text())
+        summary = json.loads((cfg.study_dir / "trials" / registered.trial / "run.json").read_text())
         expected = load_reranker(summary["model_dir"]).score(pairs["query"].tolist(), pairs["doc"].tolist())
         assert model.predict(pairs).tolist() == pytest.approx(expected, abs=1e-6)

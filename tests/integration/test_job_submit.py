@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import finished_trials
 from tests.integration.ray_cluster import (
     BIN,
     free_port,
@@ -149,7 +150,7 @@ def test_a_stopped_job_keeps_its_finished_trials_and_its_run_reads_killed(ray_he
     )
     trials = out / "tiny-study" / "trials"
     deadline = time.monotonic() + 600
-    while not list(trials.glob("*/trial.json")):
+    while not finished_trials(trials):
         assert not client.get_job_status(job).is_terminal(), client.get_job_logs(job)[-5000:]
         assert time.monotonic() < deadline, "no trial finished in time"
         time.sleep(0.5)
@@ -159,12 +160,16 @@ def test_a_stopped_job_keeps_its_finished_trials_and_its_run_reads_killed(ray_he
     logs = client.get_job_logs(job)
     assert client.get_job_status(job) == JobStatus.STOPPED, logs[-5000:]
     assert "stopped by SIGTERM; finished work is kept, the same command resumes" in logs
-    finished = [p.parent.name for p in trials.glob("*/trial.json")]
+    finished = finished_trials(trials)
     assert len(finished) == 1, finished  # stopped mid-study
 
     # The running trial ended with the job; the study's run reads KILLED, not FINISHED.
     deadline = time.monotonic() + 60
-    while [a for a in list_actors(address=ray_head["address"], filters=[("state", "=", "ALIVE")]) if "ImplicitFunc" in a.class_name]:
+    while [
+        a
+        for a in list_actors(address=ray_head["address"], filters=[("state", "=", "ALIVE")])
+        if "ImplicitFunc" in a.class_name
+    ]:
         assert time.monotonic() < deadline, "a trial outlived its stopped job"
         time.sleep(1)
     runs = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs(

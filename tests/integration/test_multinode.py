@@ -67,7 +67,7 @@ ONE_NODE_LAYOUT = sorted(
         for t in TRIALS
         for f in (
             "eval/eval.json", "eval/metrics.json", "eval/tiny-scifact.per_query.tsv", "eval/tiny-scifact.run",
-            "history.json", "mlflow_run.json", "train_result.json", "trial.json", "model/config.json",
+            "history.json", "mlflow_run.json", "run.json", "model/config.json",
             "model/model.safetensors", "model/rerank_ray.json", "model/tokenizer.json", "model/tokenizer_config.json",
         )
     ]

@@ -17,7 +17,7 @@ import yaml
 from rerank_ray.config import ConfigError, ModelConfig
 from rerank_ray.models import build_model
 from rerank_ray.tune.study import load_study, run_study
-from tests.conftest import TINY_BERT
+from tests.conftest import TINY_BERT, finished_trials
 
 pytestmark = pytest.mark.slow
 
@@ -179,7 +179,7 @@ def test_killed_study_resumes_and_reuses_by_content(tmp_path):
     proc = rerank_ray_study(study_file)
     try:
         deadline = time.monotonic() + 600
-        while not ((contrastive / "trial.json").is_file() and (distillation / "trial.json").is_file()):
+        while not {contrastive.name, distillation.name} <= set(finished_trials(trials)):
             assert proc.poll() is None, proc.communicate()[0][-3000:]
             assert time.monotonic() < deadline, "the ok trials did not finish in time"
             time.sleep(0.5)

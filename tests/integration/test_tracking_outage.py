@@ -15,6 +15,7 @@ import time
 import mlflow
 import pytest
 
+from tests.conftest import finished_trials
 from tests.integration.test_study import finish, rerank_ray_study
 from tests.mlflow_server import MlflowServer
 
@@ -26,9 +27,13 @@ TINY_STUDY = "tests/integration/data/tiny_study.yaml"
 def _snapshot(client: mlflow.MlflowClient, experiment_id: str) -> dict:
     runs = client.search_runs([experiment_id])
     return {
-        "runs": sorted((r.info.run_name, r.info.status, r.data.tags.get("mlflow.parentRunId", "")) for r in runs),
+        "runs": sorted(
+            (r.info.run_name, r.info.status, r.data.tags.get("mlflow.parentRunId", "")) for r in runs
+        ),
         "loss points": sorted(
-            len(client.get_metric_history(r.info.run_id, "train/loss")) for r in runs if r.data.tags.get("role") == "trial"
+            len(client.get_metric_history(r.info.run_id, "train/loss"))
+            for r in runs
+            if r.data.tags.get("role") == "trial"
         ),
         "versions": sorted(v.run_id for v in client.search_model_versions("name = 'tiny-study'")),
     }
@@ -50,7 +55,7 @@ def test_a_study_outlives_its_tracking_server_and_sync_logs_what_waited(tmp_path
     try:
         proc = rerank_ray_study(TINY_STUDY, *args)
         deadline = time.monotonic() + 600
-        while not list(trials.glob("*/trial.json")):
+        while not finished_trials(trials):
             assert proc.poll() is None, proc.communicate()[0][-4000:]
             assert time.monotonic() < deadline, "no trial finished in time"
             time.sleep(0.5)
@@ -59,7 +64,7 @@ def test_a_study_outlives_its_tracking_server_and_sync_logs_what_waited(tmp_path
         output = finish(proc)
         print(f"\nstudy ended {time.monotonic() - down_at:.0f}s after the server stopped")
         assert proc.returncode == 0, output[-4000:]
-        assert len(list(trials.glob("*/trial.json"))) == 2  # both trials finished
+        assert len(finished_trials(trials)) == 2  # both trials finished
         assert (out / "tiny-study" / "report" / "report.md").is_file()
         assert "MLflow stopped answering" in output and "rerank-ray sync" in output
 

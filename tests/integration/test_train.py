@@ -11,7 +11,7 @@ import torch
 from rerank_ray.config import load_config
 from rerank_ray.data.groups import build_groups
 from rerank_ray.models import build_model, load_reranker
-from rerank_ray.train.driver import load_training_frame, train
+from rerank_ray.train.driver import train, training_inputs
 from rerank_ray.train.loop import FAIL_AT_STEP_ENV, _seed_everything
 from tests.conftest import shift_invariant
 
@@ -83,7 +83,7 @@ def test_zero3_trains_and_exports_consolidated_weights(ray_local, tiny_run_overr
     assert_every_parameter_changed(before, model)
 
 
-def test_distillation_needs_aligned_teacher_scores(tiny_run_overrides, tmp_path):
+def test_distillation_needs_aligned_teacher_scores(ray_local, tiny_run_overrides, tmp_path):
     from rerank_ray.data.shards import MissingTeacherScores
 
     cfg = load_config(overrides=[*tiny_run_overrides, "name=kd", "loss.name=distillation"])
@@ -115,8 +115,12 @@ def test_distillation_needs_aligned_teacher_scores(tiny_run_overrides, tmp_path)
     good = load_config(
         overrides=[*tiny_run_overrides, "name=kd", "loss.name=distillation", f"train.teacher_scores={full}"]
     )
-    shuffled = load_training_frame(good, groups.path)
-    assert sorted(shuffled["group_id"]) == sorted(frame["group_id"])
+    shuffled = training_inputs(good, groups.path).to_pandas()
+    # Read by Ray Data in the seeded order the driver's pandas shuffle gave before (so a run
+    # trains on the same sequence of groups as it did).
+    expected = frame.sample(frac=1.0, random_state=good.train.seed).reset_index(drop=True)
+    assert shuffled["group_id"].tolist() == expected["group_id"].tolist() != sorted(expected["group_id"])
+    pd.testing.assert_frame_equal(shuffled.drop(columns=["teacher_scores"]), expected)
     score = {(q, d): x for q, d, x in zip(pairs["query_id"], pairs["doc_id"], pairs["score"], strict=True)}
     rows = zip(shuffled["query_id"], shuffled["doc_ids"], shuffled["teacher_scores"], strict=True)
     for query_id, doc_ids, scores in rows:

@@ -186,12 +186,12 @@ class FakeCheckpoint:
 
 def test_a_training_export_onto_a_full_disk_keeps_the_finished_run_and_a_rerun_exports(small_disk, tmp_path):
     from rerank_ray.models import load_reranker
-    from rerank_ray.train.driver import RESULT_FILE, _export
+    from rerank_ray.train.driver import RECORD, _export
 
     run_dir = small_disk.path / "run"
     small_disk.resize("7m")
     tiny_model().save(run_dir / "model")  # a finished run: its model (~4.8 MB) and its record
-    (run_dir / RESULT_FILE).write_text('{"identity": "old"}')
+    (run_dir / RECORD).write_text('{"identity": "old"}')
     checkpoint = tmp_path / "checkpoint"
     tiny_model(bump=0.01).save(checkpoint / "hf")
     (checkpoint / "hf" / "extra.bin").write_bytes(os.urandom(3_000_000))  # ~7.8 MB: over 7 MB
@@ -199,14 +199,14 @@ def test_a_training_export_onto_a_full_disk_keeps_the_finished_run_and_a_rerun_e
 
     with pytest.raises(DiskFull, match=re.escape(f"writing {run_dir / 'model'} (needed ~7.8 MB, ")):
         _export(FakeCheckpoint(checkpoint), run_dir)
-    assert (run_dir / RESULT_FILE).read_text() == '{"identity": "old"}'  # still the old run's, whole
+    assert (run_dir / RECORD).read_text() == '{"identity": "old"}'  # still the old run's, whole
     assert load_reranker(run_dir / "model").score(QUERIES, DOCS) == tiny_model().score(QUERIES, DOCS)
     assert hidden(small_disk.path) == [] and not (run_dir / "history.json").exists()
 
     small_disk.resize("20m")
     model_dir, history = _export(FakeCheckpoint(checkpoint), run_dir)
     assert (model_dir / "extra.bin").read_bytes() == (checkpoint / "hf" / "extra.bin").read_bytes()
-    assert history == [{"step": 1}] and not (run_dir / RESULT_FILE).exists()  # train() writes it last
+    assert history == [{"step": 1}] and not (run_dir / RECORD).exists()  # train() writes it last
     assert load_reranker(model_dir).score(QUERIES, DOCS) == load_reranker(checkpoint / "hf").score(
         QUERIES, DOCS
     )

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from rerank_ray.config import RunConfig
-from rerank_ray.train.driver import RESULT_FILE, reusable_run
+from rerank_ray.train.driver import reusable_run
 from rerank_ray.train.identity import CACHE_MIN_BYTES, file_sha256, run_identity, source_fingerprint
+from rerank_ray.train.record import write_train_record
 from tests.conftest import TINY_BERT
 
 
@@ -29,8 +30,7 @@ def write_groups(path, query: str) -> None:
 
 def finished_run(run_dir, identity) -> None:
     (run_dir / "model").mkdir(parents=True)
-    record = {"identity": identity.to_json(), "metrics": {"loss": 0.5}, "wall_s": 1.0}
-    (run_dir / RESULT_FILE).write_text(json.dumps(record))
+    write_train_record(run_dir, identity.to_json(), {"loss": 0.5}, 1.0)
 
 
 def test_regenerated_groups_at_the_same_path_retrain_and_the_log_names_them(tmp_path, caplog):

@@ -119,7 +119,7 @@ def test_a_trial_record_reads_its_evaluation_cost_and_final_metrics_from_trial_j
         # What the trial logged at the end: finite metrics and its cost (NaN is not loggable).
         metrics={"dl19/nDCG_10": 0.5, "scifact/nDCG_10": 0.5, "cost/wall_s": 2.0},
     )  # fmt: skip
-    # Reported ok, but it left no trial.json: an error the report lists, with nothing to read.
-    missing = Path(lost.run.output_dir) / lost.name / "trial.json"
-    assert (records[1].status, records[1].error) == ("error", f"finished without {missing}")
+    # Reported ok, but it left no evaluation in its record: an error the report lists.
+    missing = Path(lost.run.output_dir) / lost.name / "run.json"
+    assert (records[1].status, records[1].error) == ("error", f"finished without an evaluation in {missing}")
     assert records[1].eval is None and records[1].metrics == {} and records[1].cost == Cost()
