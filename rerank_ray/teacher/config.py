@@ -48,8 +48,8 @@ class TeacherModel(Section):
       ``teacher_fingerprint`` hashes, and what ``provenance`` records (the reuse key);
     - ``rerank_ray/tune/config.py``: a spec class with ``kind: Literal[...]`` in ``TeacherSpec``
       (and its ``scorer()``), plus the module docstring's YAML example;
-    - ``rerank_ray/tune/study.py``: one function per kind that turns the spec into a ready
-      scorer and its evaluation (``_teacher`` picks it);
+    - ``rerank_ray/teacher/stage.py``: one function per kind that turns the spec into a ready
+      scorer and its evaluation (``teacher`` picks it), and its line in ``teacher_info``;
     - ``rerank_ray/evaluation/evaluate.py``: how ``evaluate`` reranks with a teacher of the
       kind (a bi-encoder: ``_bi_encoder_reranker``);
     - ``tests/unit/test_teacher.py``: scoring one batch without Ray.

@@ -8,7 +8,8 @@
    shared storage, ``$RERANK_RAY_STORAGE``), the MLflow experiment and the study's parent run;
 1. the training groups, built once from ``base`` and shared by every teacher and trial (so the
    only differences between trials are the grid's axes), and the first-stage evaluation;
-2. each teacher the plan uses, once: a study-trained cross-encoder is trained contrastively
+2. the teacher stage (``teacher/stage.py``): each teacher the plan uses, once: a study-trained
+   cross-encoder is trained contrastively
    (a child run, ``role=teacher``) and evaluated; a given checkpoint or a bi-encoder is only
    evaluated. A teacher trained earlier under the study folder with the same inputs (config,
    groups content, base weights: ``train/identity.py``) is reused; the log says which changed.
@@ -47,21 +48,18 @@ from rerank_ray.cluster import StorageToken, check_nodes, fault_tolerance_line
 from rerank_ray.config import resolve_tracking_uri
 from rerank_ray.io import write_json, write_yaml
 from rerank_ray.ray_runtime import run_need, scoring_need, start_ray
-from rerank_ray.teacher.config import TeacherModel
+from rerank_ray.teacher.stage import TeacherStage, run_teacher_stage
 from rerank_ray.train.identity import run_identity
 from rerank_ray.train.record import RECORD
 from rerank_ray.tune import logbook
 from rerank_ray.tune.config import (
-    BiEncoderTeacher,
-    CrossEncoderTeacher,
-    ScoresTeacher,
     StudyConfig,
     load_study,
 )
 from rerank_ray.tune.forecast import ForecastError, StudyForecast, ThroughputTable, forecast_study
-from rerank_ray.tune.plan import TrialPlan, longest_first, plan_study, teacher_scores_dir, teachers_used
-from rerank_ray.tune.records import Cost, EvalRecord, EvalSummary, TrialRecord, TrialSummary
-from rerank_ray.tune.report import Report, TeacherInfo, build_report, read_per_query
+from rerank_ray.tune.plan import TrialPlan, longest_first, plan_study
+from rerank_ray.tune.records import Cost, EvalRecord, TrialRecord, TrialSummary
+from rerank_ray.tune.report import Report, build_report
 from rerank_ray.tune.tracking import (
     check_tracking_server,
     child_tags,
@@ -77,10 +75,11 @@ from rerank_ray.tune.tracking import (
 from rerank_ray.tune.trial import (
     cost_metrics,
     evaluate_suites,
+    evaluation_record,
     finished_summary,
+    measure_keys,
     read_summary,
     run_trial,
-    train_and_evaluate,
 )
 
 if TYPE_CHECKING:
@@ -106,16 +105,6 @@ class StudyResult:
     registered: list[Registered] = field(default_factory=list)
 
 
-@dataclass
-class StudyTeachers:
-    """What the study's teachers hand the report, per teacher name: the evaluation (none for a
-    scores teacher, which has no model), the cost, and what the report says of it."""
-
-    records: dict[str, EvalRecord] = field(default_factory=dict)
-    costs: dict[str, Cost] = field(default_factory=dict)
-    info: dict[str, TeacherInfo] = field(default_factory=dict)
-
-
 def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
     """Run the study `cfg` (the module docstring's steps 0-5); `command` is quoted in the report."""
     import mlflow
@@ -139,7 +128,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
         # 1. The shared groups and the first stage; 2-3. the teachers and their scores.
         groups_path = _groups(cfg)
         first_stage = _first_stage(cfg)
-        teachers = _teachers(cfg, plans, groups_path, experiment_id, parent_id)
+        teachers = run_teacher_stage(cfg, plans, groups_path, experiment_id, parent_id)
         # 4. The trials: reused when finished with the same inputs, the rest on Ray Tune.
         walls = forecast.walls() if forecast else {}
         ctx = _study_context(cfg, groups_path, tracking_uri, experiment_id, parent_id, token)
@@ -218,30 +207,16 @@ def _first_stage(cfg: StudyConfig) -> EvalRecord:
     evaluation = evaluate_suites(
         None, cfg.eval, cfg.study_dir / "first_stage", root=cfg.base.data.root, data=cfg.base.data
     )
-    record = _evaluation_record(evaluation, cfg)
-    logbook.log_metrics({f"first_stage/{k}": v for k, v in _keys(record, cfg).items()})
+    record = evaluation_record(evaluation, cfg.eval)
+    logbook.log_metrics({f"first_stage/{k}": v for k, v in measure_keys(record, cfg.eval).items()})
     return record
-
-
-def _teachers(
-    cfg: StudyConfig, plans: list[TrialPlan], groups_path: Path, experiment_id: str, parent_id: str
-) -> StudyTeachers:
-    """Each teacher the plans use, once: trained or loaded, evaluated, scoring the groups."""
-    teachers = StudyTeachers()
-    for name in teachers_used(plans):
-        record, teachers.costs[name] = _teacher(cfg, name, groups_path, experiment_id, parent_id)
-        teachers.info[name] = _teacher_info(cfg, name, groups_path)
-        if record is not None:  # a scores teacher has no model to evaluate
-            teachers.records[name] = record
-            logbook.log_metrics({f"teacher/{name}/{k}": v for k, v in _keys(record, cfg).items()})
-    return teachers
 
 
 def _report(
     cfg: StudyConfig,
     records: list[TrialRecord],
     first_stage: EvalRecord,
-    teachers: StudyTeachers,
+    teachers: TeacherStage,
     command: str | None,
 ) -> Report:
     """Build the report under ``<study>/report/`` and log it to the parent run (its first
@@ -259,221 +234,6 @@ def _report(
     logbook.log_artifacts(str(cfg.study_dir / "report"), "report")
     logbook.set_tag("mlflow.note.content", run_note(report_first(report)))
     return report
-
-
-def _teacher(
-    cfg: StudyConfig, name: str, groups_path: Path, experiment_id: str, parent_id: str
-) -> tuple[EvalRecord | None, Cost]:
-    """Train (or load) teacher `name`, evaluate it and score the groups with it, in a child run.
-    A scores teacher has no model to evaluate: its record is None."""
-    spec = cfg.teachers[name]
-    if isinstance(spec, CrossEncoderTeacher) and spec.cross_fit is not None:
-        return _cross_fit_teacher(cfg, name, groups_path, experiment_id, parent_id)
-    tags = child_tags(cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind)
-    # experiment_id is explicit: a nested run does not inherit its parent's experiment.
-    with logbook.start_run(f"teacher-{name}", tags=tags):
-        if isinstance(spec, ScoresTeacher):
-            return None, given_scores(spec, groups_path, teacher_scores_dir(cfg, name))
-        if isinstance(spec, BiEncoderTeacher):
-            scorer, evaluation, cost = _bi_encoder_teacher(cfg, name, spec)
-        elif spec.trains:
-            scorer, evaluation, cost = _trained_teacher(cfg, name, groups_path)
-        else:
-            scorer, evaluation, cost = _given_cross_encoder(cfg, name, spec)
-        cost = _score_groups(cfg, name, scorer, groups_path, cost)
-    return _evaluation_record(evaluation, cfg), cost
-
-
-def _trained_teacher(
-    cfg: StudyConfig, name: str, groups_path: Path
-) -> tuple[TeacherModel, TrialSummary, Cost]:
-    """A study-trained cross-encoder: trained contrastively on the groups and evaluated
-    (``train_and_evaluate``), or reused when a finished run had the same inputs."""
-    run = cfg.teacher_run(name)
-    summary = finished_summary(run, groups_path, f"teacher {name}")
-    if summary is None:
-        summary = train_and_evaluate(
-            run, groups_path=groups_path, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
-        )
-    else:
-        logbook.set_tag("reused", "true")
-        logbook.log_metrics(summary.metrics)
-    return TeacherModel(kind="cross_encoder", path=str(summary.model_dir)), summary, summary.cost
-
-
-def _given_cross_encoder(
-    cfg: StudyConfig, name: str, spec: CrossEncoderTeacher
-) -> tuple[TeacherModel, EvalSummary, Cost]:
-    """A cross-encoder used as it is (a saved folder, or a published reranker imported into
-    ``teachers/<name>/``), evaluated; it costs nothing to train."""
-    from rerank_ray.teacher.given import import_reranker
-
-    path = spec.path or str(import_reranker(spec.pretrained(), cfg.study_dir / "teachers" / name))
-    if spec.source is not None:
-        logbook.log_params({"teacher.source": spec.source, "teacher.family": spec.pretrained().family})
-    scorer = TeacherModel(kind="cross_encoder", path=path)
-    return scorer, _evaluate_teacher(cfg, name, path), Cost()
-
-
-def _bi_encoder_teacher(
-    cfg: StudyConfig, name: str, spec: BiEncoderTeacher
-) -> tuple[TeacherModel, EvalSummary, Cost]:
-    """A zero-shot bi-encoder, evaluated as it is; it costs nothing to train."""
-    scorer = spec.scorer()
-    logbook.log_params(flatten_params(spec.model_dump(mode="json"), prefix="teacher."))
-    return scorer, _evaluate_teacher(cfg, name, scorer), Cost()
-
-
-def _evaluate_teacher(cfg: StudyConfig, name: str, model: str | TeacherModel) -> EvalSummary:
-    """A teacher that is not trained here, evaluated on every suite into ``teachers/<name>/eval``
-    and logged to its (active) run."""
-    teacher_dir = cfg.study_dir / "teachers" / name
-    evaluation = evaluate_suites(
-        model, cfg.eval, teacher_dir / "eval", root=cfg.base.data.root, tag=name, data=cfg.base.data
-    )
-    logbook.log_metrics(evaluation.metrics)
-    logbook.log_artifacts(str(evaluation.eval_dir), "eval")
-    return evaluation
-
-
-def _score_groups(cfg: StudyConfig, name: str, scorer: TeacherModel, groups_path: Path, cost: Cost) -> Cost:
-    """Score the groups with teacher `name` (``score_groups``: resumable, reused when up to
-    date); returns `cost` with the scoring job's, both logged to the active run."""
-    from rerank_ray.heartbeat import heartbeat
-    from rerank_ray.teacher.score import score_groups
-
-    with heartbeat(f"scoring with teacher {name}", waiting_on="the Ray Data scoring job"):
-        scores = score_groups(groups_path, scorer, teacher_scores_dir(cfg, name), scoring=cfg.scoring)
-    logbook.log_artifact(str(scores.path.parent / "manifest.json"), "teacher_scores")
-    cost = cost.with_scoring(scores.manifest["cost"])
-    logbook.log_metrics(cost_metrics(cost))
-    return cost
-
-
-def _teacher_info(cfg: StudyConfig, name: str, groups_path: Path) -> TeacherInfo:
-    """Teacher `name`'s target diagnostics on the groups (stored in its scores manifest, at each
-    teacher temperature of the study's teacher-needing strategies), its size, and what its
-    report row evaluates."""
-    from rerank_ray.teacher.diagnostics import add_diagnostics
-    from rerank_ray.teacher.score import SCORES_DIR
-
-    temperatures = [s.teacher_temperature for s in cfg.strategies.values() if s.needs_teacher]
-    scores_dir = teacher_scores_dir(cfg, name) / SCORES_DIR
-    diagnostics = add_diagnostics(
-        scores_dir, groups_path, temperatures or [cfg.base.loss.teacher_temperature]
-    )
-    for stats in diagnostics.values():
-        prefix = f"teacher/{name}/diagnostics/T{stats['temperature']:g}"
-        logbook.log_metrics({f"{prefix}/{k}": v for k, v in numeric(stats).items()})
-    spec = cfg.teachers[name]
-    if isinstance(spec, BiEncoderTeacher):
-        return TeacherInfo(None, f"zero-shot bi-encoder {spec.source}", diagnostics)
-    if isinstance(spec, ScoresTeacher):
-        return TeacherInfo(None, f"precomputed scores {spec.path} (no model to evaluate)", diagnostics)
-    if not spec.trains:
-        return TeacherInfo(None, f"the given reranker {spec.path or spec.source}", diagnostics)
-    if spec.cross_fit is not None:
-        evaluates = (
-            f"the mean of the {spec.cross_fit} cross-fit fold teachers (each trained on "
-            f"{spec.cross_fit - 1}/{spec.cross_fit} of the training queries; together they scored the groups)"
-        )
-    else:
-        evaluates = "the teacher trained on every training group (the groups it scored)"
-    return TeacherInfo(spec.model.layers(read_source=False), evaluates, diagnostics)
-
-
-def _cross_fit_teacher(
-    cfg: StudyConfig, name: str, groups_path: Path, experiment_id: str, parent_id: str
-) -> tuple[EvalRecord, Cost]:
-    """Teacher `name` cross-fitted (``teacher.cross_fit``, see ``teacher/crossfit.py``): k fold
-    teachers, each trained on k-1 folds of the training queries (a nested child run each) and
-    scoring the held-out fold; the scores are merged into the teacher's one scores folder.
-    The returned evaluation is the fold teachers' mean (per query and per suite, as seeds are
-    averaged), since no single teacher produced the targets."""
-    import pandas as pd
-
-    from rerank_ray.teacher import crossfit
-
-    spec = cfg.teachers[name]
-    assert isinstance(spec, CrossEncoderTeacher) and spec.cross_fit is not None
-
-    query_ids = pd.read_parquet(groups_path, columns=["query_id"])["query_id"].astype(str).tolist()
-    folds = crossfit.assign_folds(query_ids, spec.cross_fit, spec.cross_fit_seed)
-    tags = child_tags(
-        cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind, cross_fit=str(spec.cross_fit)
-    )
-    records, evaluations, cost = [], [], Cost()
-    with logbook.start_run(f"teacher-{name}", tags=tags) as run:
-        for fold in range(spec.cross_fit):
-            record, evaluation, fold_cost = _fold_teacher(
-                cfg, name, fold, folds, groups_path, experiment_id, run.ref
-            )
-            records.append(record)
-            evaluations.append(evaluation)
-            cost += fold_cost
-        out_dir = teacher_scores_dir(cfg, name)
-        crossfit.merge_fold_scores(records, out_dir, k=spec.cross_fit, seed=spec.cross_fit_seed)
-        logbook.log_artifact(str(out_dir / "manifest.json"), "teacher_scores")
-        logbook.log_metrics(cost_metrics(cost))
-    return _mean_record(evaluations), cost
-
-
-def _fold_teacher(
-    cfg: StudyConfig,
-    name: str,
-    fold: int,
-    folds: dict[str, int],
-    groups_path: Path,
-    experiment_id: str,
-    parent_id: str,
-) -> tuple[Any, EvalRecord, Cost]:
-    """Train (or reuse) fold teacher `fold` on the other folds' groups in a nested run, score
-    its own fold's groups; returns its ``crossfit.FoldRecord``, evaluation and summed cost."""
-    from rerank_ray.teacher import crossfit
-    from rerank_ray.teacher.score import score_groups
-    from rerank_ray.train.identity import run_identity
-
-    run = cfg.teacher_run(name, fold)
-    fold_dir = Path(run.output_dir) / run.name
-    train_groups, scored_groups = crossfit.split_groups(groups_path, folds, fold, fold_dir / "groups")
-    tags = child_tags(cfg.name, parent_id, "teacher_fold", teacher=name, fold=str(fold))
-    with logbook.start_run(run.name, tags=tags):
-        summary = finished_summary(run, train_groups, f"teacher {name} fold {fold}") or train_and_evaluate(
-            run, groups_path=train_groups, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
-        )
-        scorer = TeacherModel(kind="cross_encoder", path=str(summary.model_dir))
-        scores = score_groups(scored_groups, scorer, fold_dir / "scores", scoring=cfg.scoring)
-    record = crossfit.fold_record(
-        fold, train_groups, scored_groups,
-        run_fingerprint=run_identity(run, train_groups).fingerprint, score_manifest=scores.manifest,
-        model_dir=str(summary.model_dir), scores_dir=str(scores.path),
-    )  # fmt: skip
-    return record, _evaluation_record(summary, cfg), summary.cost.with_scoring(scores.manifest["cost"])
-
-
-def _mean_record(records: list[EvalRecord]) -> EvalRecord:
-    """Per suite, the mean of the records' scores and of their per-query values."""
-    suites = records[0].scores
-    return EvalRecord(
-        scores={s: float(sum(r.scores[s] for r in records) / len(records)) for s in suites},
-        per_query={
-            s: {q: sum(r.per_query[s][q] for r in records) / len(records) for q in records[0].per_query[s]}
-            for s in records[0].per_query
-        },
-    )
-
-
-def given_scores(spec: ScoresTeacher, groups_path: Path, out_dir: Path) -> Cost:
-    """Import a precomputed score file as the teacher's scores; log its provenance (path,
-    sha256, rows) to the active run. Returns the (zero) scoring cost."""
-    from rerank_ray.teacher.given import import_scores
-
-    scores = import_scores(spec.path, groups_path, out_dir)
-    logbook.log_params(
-        {f"teacher.{k}": v for k, v in scores.manifest["teacher"].items() if k != "fingerprint"}
-    )
-    logbook.log_artifact(str(out_dir / "manifest.json"), "teacher_scores")
-    return Cost(scoring_wall_s=0.0, scoring_cpu_hours=0.0, scoring_gpu_hours=0.0)
 
 
 def _forecast(cfg: StudyConfig, plans: list[TrialPlan], study_dir: Path) -> StudyForecast | None:
@@ -594,23 +354,6 @@ def _tune_trials(
     return by_name
 
 
-def _evaluation_record(evaluation: EvalSummary | TrialSummary, cfg: StudyConfig) -> EvalRecord:
-    """The report's record of an evaluation: its scores and each suite's per-query values."""
-    return EvalRecord(
-        scores=dict(evaluation.scores),
-        per_query={
-            s: read_per_query(evaluation.eval_dir / f"{s}.per_query.tsv", cfg.eval.measure)
-            for s in cfg.eval.suites
-        },
-    )
-
-
-def _keys(record: EvalRecord, cfg: StudyConfig) -> dict[str, float]:
-    from rerank_ray.evaluation.metrics import mlflow_key
-
-    return {mlflow_key(suite, cfg.eval.measure): value for suite, value in record.scores.items()}
-
-
 def _record(plan: TrialPlan, status: str, *, error: str | None = None, reused: bool = False) -> TrialRecord:
     """`plan`'s trial record with its status; :func:`_add_evaluation` adds what it produced."""
     return TrialRecord(
@@ -624,7 +367,7 @@ def _add_evaluation(cfg: StudyConfig, plan: TrialPlan, record: TrialRecord) -> N
     run_dir = Path(plan.run.output_dir) / plan.name
     summary = read_summary(run_dir) if record.status == "ok" else None
     if summary is not None:
-        record.eval = _evaluation_record(summary, cfg)
+        record.eval = evaluation_record(summary, cfg.eval)
         record.cost = summary.cost
         record.metrics = _final_metrics(summary)
     elif record.status == "ok":

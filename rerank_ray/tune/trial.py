@@ -33,7 +33,8 @@ from rerank_ray.train.record import extend_record, read_record, unfinish
 from rerank_ray.tune import logbook
 from rerank_ray.tune.config import StudyEvalConfig
 from rerank_ray.tune.plan import TrialPlan
-from rerank_ray.tune.records import Cost, EvalSummary, TrialSummary
+from rerank_ray.tune.records import Cost, EvalRecord, EvalSummary, TrialSummary
+from rerank_ray.tune.report import read_per_query
 from rerank_ray.tune.tracking import child_tags, flatten_params, numeric, redact_config
 
 log = logging.getLogger("rerank_ray.tune")
@@ -241,3 +242,21 @@ def _trial_mlflow_run(plan: TrialPlan, study: dict[str, Any]) -> logbook.RunLog:
         journal, study["tracking_uri"], experiment_id=study["experiment_id"], run_name=plan.name,
         tags=child_tags(study["name"], study["parent_run_id"], "trial", **plan.tags()),
     )  # fmt: skip
+
+
+def evaluation_record(evaluation: EvalSummary | TrialSummary, eval_cfg: StudyEvalConfig) -> EvalRecord:
+    """The report's record of an evaluation: its scores and each suite's per-query values."""
+    return EvalRecord(
+        scores=dict(evaluation.scores),
+        per_query={
+            s: read_per_query(evaluation.eval_dir / f"{s}.per_query.tsv", eval_cfg.measure)
+            for s in eval_cfg.suites
+        },
+    )
+
+
+def measure_keys(record: EvalRecord, eval_cfg: StudyEvalConfig) -> dict[str, float]:
+    """The record's scores under their MLflow keys (``<suite>/<measure>``)."""
+    from rerank_ray.evaluation.metrics import mlflow_key
+
+    return {mlflow_key(suite, eval_cfg.measure): value for suite, value in record.scores.items()}

@@ -8,9 +8,10 @@ import json
 import pandas as pd
 import pytest
 
+from rerank_ray.teacher.stage import teacher, teacher_info
 from rerank_ray.tune.config import load_study
 from rerank_ray.tune.plan import teacher_scores_dir
-from rerank_ray.tune.study import _groups, _teacher, _teacher_info
+from rerank_ray.tune.study import _groups
 from rerank_ray.tune.tracking import study_run
 from tests.conftest import TINY_BERT
 
@@ -44,8 +45,8 @@ def test_two_fold_teacher_scores_only_queries_it_did_not_train_on(ray_local, tmp
     # The study's own parent run (journaled through the logbook), as `rerank-ray study` opens it.
     with study_run(experiment, cfg.name, cfg.study_dir, cfg.base.mlflow.tracking_uri) as parent:
         groups_path = _groups(cfg)
-        record, cost = _teacher(cfg, "ce", groups_path, experiment, parent.run_id)
-        info = _teacher_info(cfg, "ce", groups_path)
+        record, cost = teacher(cfg, "ce", groups_path, experiment, parent.run_id)
+        info = teacher_info(cfg, "ce", groups_path)
 
     manifest = json.loads((teacher_scores_dir(cfg, "ce") / "manifest.json").read_text())
     folds = manifest["cross_fit"]["folds"]

@@ -394,7 +394,9 @@ def test_a_pair_judged_twice_with_different_labels_is_refused_with_both_lines(tm
     assert "keep one judgment per (query, document) pair" in message
 
 
-def test_a_pair_judged_twice_with_the_same_label_is_counted_and_changes_nothing(tmp_path, monkeypatch, caplog):
+def test_a_pair_judged_twice_with_the_same_label_is_counted_and_changes_nothing(
+    tmp_path, monkeypatch, caplog
+):
     qrels = _tiny_text("qrels/test.tsv")
     root, name = _copy_tiny(tmp_path, monkeypatch, qrels__test_tsv=qrels + "19335\t1729\t2\n19335\t1726\t0\n")
     with caplog.at_level(logging.WARNING, logger="rerank_ray.data"):
@@ -414,7 +416,10 @@ def test_a_document_id_repeated_with_another_text_is_refused_and_an_exact_repeat
     with pytest.raises(DataError) as e:
         _open(root, name).doc_text("1726")
     last = len(corpus.splitlines()) + 1
-    assert f"corpus.jsonl:{last}: document '1726' is repeated with another title or text than at line 1" in str(e.value)
+    assert (
+        f"corpus.jsonl:{last}: document '1726' is repeated with another title or text than at line 1"
+        in str(e.value)
+    )
 
     root, name = _copy_tiny(tmp_path, monkeypatch, corpus_jsonl=corpus + first + "\n")
     with caplog.at_level(logging.WARNING, logger="rerank_ray.data"):
@@ -441,5 +446,7 @@ def test_an_ir_datasets_id_with_contradicting_judgments_is_refused(caplog):
     assert "dropped 1 judgment(s) repeated with the same label" in caplog.text
     contradicting = Collection("msmarco", "msmarco-passage/trec-dl-2019/judged")
     contradicting.__dict__["dataset"] = Dataset([("1", "a", 1), ("1", "a", 3)])
-    with pytest.raises(DataError, match="msmarco-passage/trec-dl-2019/judged: query '1' document 'a' is judged 3 and 1"):
+    with pytest.raises(
+        DataError, match="msmarco-passage/trec-dl-2019/judged: query '1' document 'a' is judged 3 and 1"
+    ):
         _ = contradicting.qrels

@@ -419,7 +419,9 @@ def test_a_study_with_an_unreachable_tracking_server_stops_in_seconds_naming_it(
     code, _, err, _ = run("study", str(study))
     assert code == 1 and time.perf_counter() - t0 < 10
     error, fix = err.strip().splitlines()[:2]
-    assert error.startswith(f"rerank-ray study: error: the MLflow tracking server http://127.0.0.1:{port} is not reachable")
+    assert error.startswith(
+        f"rerank-ray study: error: the MLflow tracking server http://127.0.0.1:{port} is not reachable"
+    )
     assert "sqlite:///mlflow.db" in fix
     assert not (tmp_path / "outputs" / "tiny" / "study.yaml").exists()  # nothing started
 
@@ -433,10 +435,15 @@ def test_a_verb_stopped_by_sigterm_says_the_same_command_resumes(run, library, t
         signal.pause()
 
     library("rerank_ray.tune.study", run_study=stopped)
-    study = write(tmp_path / "s.yaml", "name: tiny\nstudents: {minilm-l1: {num_layers: 1}}\nstrategies: [contrastive]\n")
+    study = write(
+        tmp_path / "s.yaml", "name: tiny\nstudents: {minilm-l1: {num_layers: 1}}\nstrategies: [contrastive]\n"
+    )
     code, _, err, _ = run("study", str(study))
     assert code == 143
-    assert err.count("rerank-ray study: stopped by SIGTERM; finished work is kept, the same command resumes") == 1
+    assert (
+        err.count("rerank-ray study: stopped by SIGTERM; finished work is kept, the same command resumes")
+        == 1
+    )
 
 
 _SLOW_TO_UNWIND = """
@@ -463,10 +470,17 @@ def test_the_stop_line_is_out_before_a_slow_shutdown_is_killed(tmp_path):
     import signal
     import time
 
-    write(tmp_path / "s.yaml", "name: tiny\nstudents: {minilm-l1: {num_layers: 1}}\nstrategies: [contrastive]\n")
+    write(
+        tmp_path / "s.yaml", "name: tiny\nstudents: {minilm-l1: {num_layers: 1}}\nstrategies: [contrastive]\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_TO_UNWIND], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", _SLOW_TO_UNWIND],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()

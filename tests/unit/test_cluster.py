@@ -139,7 +139,9 @@ def test_a_train_worker_without_the_run_folder_fails_before_it_trains(tmp_path, 
     cfg.run_dir.mkdir(parents=True)
     check_run_folder(cfg)
     # Checkpoints in cloud storage need no shared folder.
-    cloud = RunConfig.from_dict({"name": "c", "output_dir": str(tmp_path / "x"), "train": {"storage_path": "s3://b/p"}})
+    cloud = RunConfig.from_dict(
+        {"name": "c", "output_dir": str(tmp_path / "x"), "train": {"storage_path": "s3://b/p"}}
+    )
     check_run_folder(cloud)
 
 

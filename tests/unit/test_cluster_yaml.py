@@ -125,7 +125,10 @@ def test_every_node_type_mounts_the_shared_storage_and_writes_under_it(raw):
     outputs under it ($RERANK_RAY_STORAGE, which the study resolves output_dir against)."""
     merged = prepare_config(raw)
     init = commands(merged, "initialization_commands")
-    assert f"fs-REPLACE-with-make-cluster-storage.efs.{raw['provider']['region']}.amazonaws.com:/ {MOUNT}" in init
+    assert (
+        f"fs-REPLACE-with-make-cluster-storage.efs.{raw['provider']['region']}.amazonaws.com:/ {MOUNT}"
+        in init
+    )
     assert "nfsvers=4.1" in init and "mountpoint -q" in init  # idempotent: `ray up` runs it again
     volume = f"-v {MOUNT}:{MOUNT}"
     assert volume in merged["docker"]["run_options"]

@@ -191,7 +191,14 @@ def test_the_repository_carries_its_data_as_the_default_root(monkeypatch, tmp_pa
     monkeypatch.chdir(tmp_path)
     root = default_data_root()
     assert root == PROJECT_ROOT / "data"
-    for folder in ("trec-dl-2019", "trec-dl-2020", "trec-dl-2021", "scifact", "cranfield", "fixtures/tiny-dl19"):
+    for folder in (
+        "trec-dl-2019",
+        "trec-dl-2020",
+        "trec-dl-2021",
+        "scifact",
+        "cranfield",
+        "fixtures/tiny-dl19",
+    ):
         assert (root / folder / "corpus.jsonl").is_file(), folder
     assert "Terms" in (root / "README.md").read_text()  # provenance and licences travel with it
     monkeypatch.setenv("RERANK_RAY_DATA_ROOT", str(tmp_path))

@@ -35,7 +35,9 @@ def test_calls_made_while_the_server_is_down_are_deferred_then_synced_once(serve
     experiment = client.create_experiment("e")
     with study_run(experiment, "s", study_dir, server.uri) as parent:
         logbook.log_params({"students": "a,b"})
-        with logbook.start_run("live", tags={"role": "trial"}, journal=study_dir / "a" / logbook.TRIAL_JOURNAL):
+        with logbook.start_run(
+            "live", tags={"role": "trial"}, journal=study_dir / "a" / logbook.TRIAL_JOURNAL
+        ):
             logbook.log_metrics({"loss": 1.0}, step=1)
         server.stop()
         t0 = time.perf_counter()
@@ -49,8 +51,19 @@ def test_calls_made_while_the_server_is_down_are_deferred_then_synced_once(serve
     assert deferred_s < 30  # bounded retries, then deferred: not MLflow's minutes per call
     assert down.run_id is None and "does not answer" in caplog.text and "rerank-ray sync" in caplog.text
     journal = json.loads(down.path.read_text())
-    assert [op["op"] for op in journal["pending"]] == ["tags", "params", "metrics", "metrics", "artifact", "end"]
-    assert logbook.RunLog.read(parent.path, server.uri).pending[-1] == {"op": "end", "status": "FINISHED", "ms": pytest.approx(time.time() * 1000, abs=60_000)}
+    assert [op["op"] for op in journal["pending"]] == [
+        "tags",
+        "params",
+        "metrics",
+        "metrics",
+        "artifact",
+        "end",
+    ]
+    assert logbook.RunLog.read(parent.path, server.uri).pending[-1] == {
+        "op": "end",
+        "status": "FINISHED",
+        "ms": pytest.approx(time.time() * 1000, abs=60_000),
+    }
 
     with pytest.raises(TrackingUnreachable):
         logbook.sync_study(study_dir, server.uri)
@@ -63,7 +76,10 @@ def test_calls_made_while_the_server_is_down_are_deferred_then_synced_once(serve
     synced = runs["down"]
     assert synced.data.tags["mlflow.parentRunId"] == parent.run_id and synced.info.status == "FINISHED"
     assert synced.data.params == {"lr": "0.1"}
-    assert [(m.step, m.value) for m in client.get_metric_history(synced.info.run_id, "loss")] == [(1, 0.5), (2, 0.25)]
+    assert [(m.step, m.value) for m in client.get_metric_history(synced.info.run_id, "loss")] == [
+        (1, 0.5),
+        (2, 0.25),
+    ]
     assert [a.path for a in client.list_artifacts(synced.info.run_id, "eval")] == ["eval/metrics.json"]
     assert runs["s"].data.tags["mlflow.note.content"] == "the report" and runs["s"].info.status == "FINISHED"
     assert all(not logbook.RunLog.read(p, server.uri).pending for p in logbook.journals(study_dir))
@@ -88,7 +104,13 @@ def test_a_replayed_call_duplicates_nothing(server, tmp_path):
 
 def test_a_journal_with_unlogged_calls_is_never_overwritten(tmp_path):
     path = tmp_path / logbook.TRIAL_JOURNAL
-    run = logbook.RunLog(path, "http://127.0.0.1:1", "id", {"experiment_id": "1", "tags": {}}, pending=[{"op": "tags", "tags": {}}])
+    run = logbook.RunLog(
+        path,
+        "http://127.0.0.1:1",
+        "id",
+        {"experiment_id": "1", "tags": {}},
+        pending=[{"op": "tags", "tags": {}}],
+    )
     run.save()
     with pytest.raises(RuntimeError, match="rerank-ray sync"):
         logbook.new_run(path, "http://127.0.0.1:1", experiment_id="1", run_name="t", tags={})

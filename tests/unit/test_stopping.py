@@ -75,6 +75,8 @@ def test_an_error_raised_while_stopping_counts_as_the_stop():
             os.kill(os.getpid(), signal.SIGTERM)
             signal.pause()
         assert stop_reason(SystemError("returned a result with an exception set")) == "SIGTERM"
-    assert stop_reason(KeyboardInterrupt()) == "KeyboardInterrupt" and stop_reason(Stopped("SIGINT")) == "SIGINT"
+    assert (
+        stop_reason(KeyboardInterrupt()) == "KeyboardInterrupt" and stop_reason(Stopped("SIGINT")) == "SIGINT"
+    )
     with stop_on_sigterm():  # a new verb starts clean
         assert stop_reason(ValueError()) is None

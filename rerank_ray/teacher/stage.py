@@ -1,0 +1,281 @@
+"""The study's teacher stage: each teacher the plan uses, once, behind one typed result.
+
+:func:`run_teacher_stage` trains or loads every teacher the trials use, evaluates it on the
+study's suites, scores the shared groups with it (``teacher/score.py``: resumable, reused when
+up to date) and measures its targets (``teacher/diagnostics.py``), each teacher in its own MLflow
+child run; it returns a :class:`TeacherStage` (per teacher: its evaluation, cost and what the
+report says of it). The kinds (specs in ``tune/config.py``):
+
+- ``cross_encoder`` trained by the study (contrastively, on the groups; reused when a finished
+  run had the same inputs), or cross-fitted (``cross_fit: k``: k fold teachers, each scoring
+  the fold it did not train on, ``teacher/crossfit.py``), or given (a saved folder or a
+  published reranker), evaluated as it is;
+- ``bi_encoder``: a zero-shot bi-encoder, evaluated as it is;
+- ``scores``: a precomputed score file, imported (no model to evaluate).
+
+A new teacher kind's study logic is here (its branch in :func:`teacher`, its line in
+:func:`teacher_info`); the other files it touches are listed in ``TeacherModel``'s docstring
+(``teacher/config.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rerank_ray.teacher.config import TeacherModel
+from rerank_ray.tune import logbook
+from rerank_ray.tune.config import BiEncoderTeacher, CrossEncoderTeacher, ScoresTeacher, StudyConfig
+from rerank_ray.tune.plan import TrialPlan, teacher_scores_dir, teachers_used
+from rerank_ray.tune.records import Cost, EvalRecord, EvalSummary, TrialSummary
+from rerank_ray.tune.report import TeacherInfo
+from rerank_ray.tune.tracking import child_tags, flatten_params, numeric
+from rerank_ray.tune.trial import (
+    cost_metrics,
+    evaluate_suites,
+    evaluation_record,
+    finished_summary,
+    measure_keys,
+    train_and_evaluate,
+)
+
+
+@dataclass
+class TeacherStage:
+    """What the study's teachers hand the report, per teacher name: the evaluation (none for a
+    scores teacher, which has no model), the cost, and what the report says of it."""
+
+    records: dict[str, EvalRecord] = field(default_factory=dict)
+    costs: dict[str, Cost] = field(default_factory=dict)
+    info: dict[str, TeacherInfo] = field(default_factory=dict)
+
+
+def run_teacher_stage(
+    cfg: StudyConfig, plans: list[TrialPlan], groups_path: Path, experiment_id: str, parent_id: str
+) -> TeacherStage:
+    """Each teacher the plans use, once: trained or loaded, evaluated, scoring the groups,
+    its targets measured."""
+    teachers = TeacherStage()
+    for name in teachers_used(plans):
+        record, teachers.costs[name] = teacher(cfg, name, groups_path, experiment_id, parent_id)
+        teachers.info[name] = teacher_info(cfg, name, groups_path)
+        if record is not None:  # a scores teacher has no model to evaluate
+            teachers.records[name] = record
+            logbook.log_metrics({f"teacher/{name}/{k}": v for k, v in measure_keys(record, cfg.eval).items()})
+    return teachers
+
+
+def teacher(
+    cfg: StudyConfig, name: str, groups_path: Path, experiment_id: str, parent_id: str
+) -> tuple[EvalRecord | None, Cost]:
+    """Train (or load) teacher `name`, evaluate it and score the groups with it, in a child run.
+    A scores teacher has no model to evaluate: its record is None."""
+    spec = cfg.teachers[name]
+    if isinstance(spec, CrossEncoderTeacher) and spec.cross_fit is not None:
+        return _cross_fit_teacher(cfg, name, groups_path, experiment_id, parent_id)
+    tags = child_tags(cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind)
+    # experiment_id is explicit: a nested run does not inherit its parent's experiment.
+    with logbook.start_run(f"teacher-{name}", tags=tags):
+        if isinstance(spec, ScoresTeacher):
+            return None, given_scores(spec, groups_path, teacher_scores_dir(cfg, name))
+        if isinstance(spec, BiEncoderTeacher):
+            scorer, evaluation, cost = _bi_encoder_teacher(cfg, name, spec)
+        elif spec.trains:
+            scorer, evaluation, cost = _trained_teacher(cfg, name, groups_path)
+        else:
+            scorer, evaluation, cost = _given_cross_encoder(cfg, name, spec)
+        cost = _score_groups(cfg, name, scorer, groups_path, cost)
+    return evaluation_record(evaluation, cfg.eval), cost
+
+
+def _trained_teacher(
+    cfg: StudyConfig, name: str, groups_path: Path
+) -> tuple[TeacherModel, TrialSummary, Cost]:
+    """A study-trained cross-encoder: trained contrastively on the groups and evaluated
+    (``train_and_evaluate``), or reused when a finished run had the same inputs."""
+    run = cfg.teacher_run(name)
+    summary = finished_summary(run, groups_path, f"teacher {name}")
+    if summary is None:
+        summary = train_and_evaluate(
+            run, groups_path=groups_path, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
+        )
+    else:
+        logbook.set_tag("reused", "true")
+        logbook.log_metrics(summary.metrics)
+    return TeacherModel(kind="cross_encoder", path=str(summary.model_dir)), summary, summary.cost
+
+
+def _given_cross_encoder(
+    cfg: StudyConfig, name: str, spec: CrossEncoderTeacher
+) -> tuple[TeacherModel, EvalSummary, Cost]:
+    """A cross-encoder used as it is (a saved folder, or a published reranker imported into
+    ``teachers/<name>/``), evaluated; it costs nothing to train."""
+    from rerank_ray.teacher.given import import_reranker
+
+    path = spec.path or str(import_reranker(spec.pretrained(), cfg.study_dir / "teachers" / name))
+    if spec.source is not None:
+        logbook.log_params({"teacher.source": spec.source, "teacher.family": spec.pretrained().family})
+    scorer = TeacherModel(kind="cross_encoder", path=path)
+    return scorer, _evaluate_teacher(cfg, name, path), Cost()
+
+
+def _bi_encoder_teacher(
+    cfg: StudyConfig, name: str, spec: BiEncoderTeacher
+) -> tuple[TeacherModel, EvalSummary, Cost]:
+    """A zero-shot bi-encoder, evaluated as it is; it costs nothing to train."""
+    scorer = spec.scorer()
+    logbook.log_params(flatten_params(spec.model_dump(mode="json"), prefix="teacher."))
+    return scorer, _evaluate_teacher(cfg, name, scorer), Cost()
+
+
+def _evaluate_teacher(cfg: StudyConfig, name: str, model: str | TeacherModel) -> EvalSummary:
+    """A teacher that is not trained here, evaluated on every suite into ``teachers/<name>/eval``
+    and logged to its (active) run."""
+    teacher_dir = cfg.study_dir / "teachers" / name
+    evaluation = evaluate_suites(
+        model, cfg.eval, teacher_dir / "eval", root=cfg.base.data.root, tag=name, data=cfg.base.data
+    )
+    logbook.log_metrics(evaluation.metrics)
+    logbook.log_artifacts(str(evaluation.eval_dir), "eval")
+    return evaluation
+
+
+def _score_groups(cfg: StudyConfig, name: str, scorer: TeacherModel, groups_path: Path, cost: Cost) -> Cost:
+    """Score the groups with teacher `name` (``score_groups``: resumable, reused when up to
+    date); returns `cost` with the scoring job's, both logged to the active run."""
+    from rerank_ray.heartbeat import heartbeat
+    from rerank_ray.teacher.score import score_groups
+
+    with heartbeat(f"scoring with teacher {name}", waiting_on="the Ray Data scoring job"):
+        scores = score_groups(groups_path, scorer, teacher_scores_dir(cfg, name), scoring=cfg.scoring)
+    logbook.log_artifact(str(scores.path.parent / "manifest.json"), "teacher_scores")
+    cost = cost.with_scoring(scores.manifest["cost"])
+    logbook.log_metrics(cost_metrics(cost))
+    return cost
+
+
+def teacher_info(cfg: StudyConfig, name: str, groups_path: Path) -> TeacherInfo:
+    """Teacher `name`'s target diagnostics on the groups (stored in its scores manifest, at each
+    teacher temperature of the study's teacher-needing strategies), its size, and what its
+    report row evaluates."""
+    from rerank_ray.teacher.diagnostics import add_diagnostics
+    from rerank_ray.teacher.score import SCORES_DIR
+
+    temperatures = [s.teacher_temperature for s in cfg.strategies.values() if s.needs_teacher]
+    scores_dir = teacher_scores_dir(cfg, name) / SCORES_DIR
+    diagnostics = add_diagnostics(
+        scores_dir, groups_path, temperatures or [cfg.base.loss.teacher_temperature]
+    )
+    for stats in diagnostics.values():
+        prefix = f"teacher/{name}/diagnostics/T{stats['temperature']:g}"
+        logbook.log_metrics({f"{prefix}/{k}": v for k, v in numeric(stats).items()})
+    spec = cfg.teachers[name]
+    if isinstance(spec, BiEncoderTeacher):
+        return TeacherInfo(None, f"zero-shot bi-encoder {spec.source}", diagnostics)
+    if isinstance(spec, ScoresTeacher):
+        return TeacherInfo(None, f"precomputed scores {spec.path} (no model to evaluate)", diagnostics)
+    if not spec.trains:
+        return TeacherInfo(None, f"the given reranker {spec.path or spec.source}", diagnostics)
+    if spec.cross_fit is not None:
+        evaluates = (
+            f"the mean of the {spec.cross_fit} cross-fit fold teachers (each trained on "
+            f"{spec.cross_fit - 1}/{spec.cross_fit} of the training queries; together they scored the groups)"
+        )
+    else:
+        evaluates = "the teacher trained on every training group (the groups it scored)"
+    return TeacherInfo(spec.model.layers(read_source=False), evaluates, diagnostics)
+
+
+def _cross_fit_teacher(
+    cfg: StudyConfig, name: str, groups_path: Path, experiment_id: str, parent_id: str
+) -> tuple[EvalRecord, Cost]:
+    """Teacher `name` cross-fitted (``teacher.cross_fit``, see ``teacher/crossfit.py``): k fold
+    teachers, each trained on k-1 folds of the training queries (a nested child run each) and
+    scoring the held-out fold; the scores are merged into the teacher's one scores folder.
+    The returned evaluation is the fold teachers' mean (per query and per suite, as seeds are
+    averaged), since no single teacher produced the targets."""
+    import pandas as pd
+
+    from rerank_ray.teacher import crossfit
+
+    spec = cfg.teachers[name]
+    assert isinstance(spec, CrossEncoderTeacher) and spec.cross_fit is not None
+
+    query_ids = pd.read_parquet(groups_path, columns=["query_id"])["query_id"].astype(str).tolist()
+    folds = crossfit.assign_folds(query_ids, spec.cross_fit, spec.cross_fit_seed)
+    tags = child_tags(
+        cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind, cross_fit=str(spec.cross_fit)
+    )
+    records, evaluations, cost = [], [], Cost()
+    with logbook.start_run(f"teacher-{name}", tags=tags) as run:
+        for fold in range(spec.cross_fit):
+            record, evaluation, fold_cost = _fold_teacher(
+                cfg, name, fold, folds, groups_path, experiment_id, run.ref
+            )
+            records.append(record)
+            evaluations.append(evaluation)
+            cost += fold_cost
+        out_dir = teacher_scores_dir(cfg, name)
+        crossfit.merge_fold_scores(records, out_dir, k=spec.cross_fit, seed=spec.cross_fit_seed)
+        logbook.log_artifact(str(out_dir / "manifest.json"), "teacher_scores")
+        logbook.log_metrics(cost_metrics(cost))
+    return _mean_record(evaluations), cost
+
+
+def _fold_teacher(
+    cfg: StudyConfig,
+    name: str,
+    fold: int,
+    folds: dict[str, int],
+    groups_path: Path,
+    experiment_id: str,
+    parent_id: str,
+) -> tuple[Any, EvalRecord, Cost]:
+    """Train (or reuse) fold teacher `fold` on the other folds' groups in a nested run, score
+    its own fold's groups; returns its ``crossfit.FoldRecord``, evaluation and summed cost."""
+    from rerank_ray.teacher import crossfit
+    from rerank_ray.teacher.score import score_groups
+    from rerank_ray.train.identity import run_identity
+
+    run = cfg.teacher_run(name, fold)
+    fold_dir = Path(run.output_dir) / run.name
+    train_groups, scored_groups = crossfit.split_groups(groups_path, folds, fold, fold_dir / "groups")
+    tags = child_tags(cfg.name, parent_id, "teacher_fold", teacher=name, fold=str(fold))
+    with logbook.start_run(run.name, tags=tags):
+        summary = finished_summary(run, train_groups, f"teacher {name} fold {fold}") or train_and_evaluate(
+            run, groups_path=train_groups, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
+        )
+        scorer = TeacherModel(kind="cross_encoder", path=str(summary.model_dir))
+        scores = score_groups(scored_groups, scorer, fold_dir / "scores", scoring=cfg.scoring)
+    record = crossfit.fold_record(
+        fold, train_groups, scored_groups,
+        run_fingerprint=run_identity(run, train_groups).fingerprint, score_manifest=scores.manifest,
+        model_dir=str(summary.model_dir), scores_dir=str(scores.path),
+    )  # fmt: skip
+    return record, evaluation_record(summary, cfg.eval), summary.cost.with_scoring(scores.manifest["cost"])
+
+
+def _mean_record(records: list[EvalRecord]) -> EvalRecord:
+    """Per suite, the mean of the records' scores and of their per-query values."""
+    suites = records[0].scores
+    return EvalRecord(
+        scores={s: float(sum(r.scores[s] for r in records) / len(records)) for s in suites},
+        per_query={
+            s: {q: sum(r.per_query[s][q] for r in records) / len(records) for q in records[0].per_query[s]}
+            for s in records[0].per_query
+        },
+    )
+
+
+def given_scores(spec: ScoresTeacher, groups_path: Path, out_dir: Path) -> Cost:
+    """Import a precomputed score file as the teacher's scores; log its provenance (path,
+    sha256, rows) to the active run. Returns the (zero) scoring cost."""
+    from rerank_ray.teacher.given import import_scores
+
+    scores = import_scores(spec.path, groups_path, out_dir)
+    logbook.log_params(
+        {f"teacher.{k}": v for k, v in scores.manifest["teacher"].items() if k != "fingerprint"}
+    )
+    logbook.log_artifact(str(out_dir / "manifest.json"), "teacher_scores")
+    return Cost(scoring_wall_s=0.0, scoring_cpu_hours=0.0, scoring_gpu_hours=0.0)
