@@ -244,7 +244,8 @@ def _rerank_on_pool(
     rank them as :func:`rerank` would."""
     import pandas as pd
 
-    from rerank_ray.teacher.score import PAIR_COLUMNS, score_pairs
+    from rerank_ray.teacher.provenance import PAIR_COLUMNS
+    from rerank_ray.teacher.score import score_pairs
 
     frame = _pair_frame(collection, pairs)
     teacher = TeacherModel(kind="cross_encoder", path=str(model_path.resolve()))

@@ -44,8 +44,9 @@ class TeacherModel(Section):
     study's teacher specs cover exactly these). Adding a kind touches:
 
     - this class: the name in ``kind`` and any field the kind needs;
-    - ``rerank_ray/teacher/score.py``: loading and scoring in ``TeacherScorer``, what
-      ``teacher_fingerprint`` hashes, and what ``provenance`` records (the reuse key);
+    - ``rerank_ray/teacher/score.py``: loading and scoring in ``TeacherScorer``;
+    - ``rerank_ray/teacher/provenance.py``: what ``teacher_fingerprint`` hashes, and what
+      ``provenance`` records (the reuse key);
     - ``rerank_ray/tune/config.py``: a spec class with ``kind: Literal[...]`` in ``TeacherSpec``
       (and its ``scorer()``), plus the module docstring's YAML example;
     - ``rerank_ray/teacher/stage.py``: one function per kind that turns the spec into a ready

@@ -32,15 +32,13 @@ from rerank_ray.config import ModelConfig
 from rerank_ray.data.datasets import DataError
 from rerank_ray.data.shards import MissingTeacherScores, read_teacher_scores
 from rerank_ray.io import write_json, write_parquet
+from rerank_ray.teacher.provenance import data_fingerprint, pairs_from_groups, verify_coverage
 from rerank_ray.teacher.score import (
     MANIFEST,
     SCORE_COLUMNS,
     SCORES_DIR,
     ScoreResult,
-    data_fingerprint,
-    pairs_from_groups,
     shard_path,
-    verify_coverage,
 )
 
 log = logging.getLogger("rerank_ray.teacher")

@@ -20,7 +20,8 @@ Output, under ``out_dir``:
   models trained on these scores: ``train/identity.py``), the
   pair count, coverage, cost (wall time, pairs/s, CPU/GPU-hours) and ``created``.
 
-Resumption: a rerun with the same provenance scores only the shards whose file is missing
+The provenance, fingerprints and coverage check are ``teacher/provenance.py``'s; this module is
+the job. Resumption: a rerun with the same provenance scores only the shards whose file is missing
 (a shard is written to a hidden temporary name and renamed, so a file on disk is complete). A
 finished job with the same provenance is reused as it is. Shards of a different provenance are
 deleted before scoring starts, so a folder never mixes two teachers or two pair lists.
@@ -40,28 +41,32 @@ more than it saves; the manifest's ``cost.where`` says which ran.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from rerank_ray.data.shards import MissingTeacherScores
 from rerank_ray.io import write_json, write_parquet
 from rerank_ray.teacher import MANIFEST, SCORE_COLUMNS
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
+from rerank_ray.teacher.provenance import (
+    PAIR_COLUMNS,
+    pairs_from_groups,
+    provenance,
+    same_provenance,
+    verify_coverage,
+)
 
 log = logging.getLogger("rerank_ray.teacher")
 
-PAIR_COLUMNS = ["query_id", "doc_id", "query", "doc"]
 JOB = "job.json"
 SCORES_DIR = "scores"
 
@@ -178,10 +183,6 @@ class TeacherScorer:
         return ((q_rows * d_rows).sum(-1) * self.teacher.scale).tolist()
 
 
-# How pairs are assigned to shards (recorded in the provenance): by length_order.
-SHARD_ORDER = "length"
-
-
 def length_order(queries: list[str], docs: list[str], query_ids: Any, doc_ids: Any) -> list[int]:
     """Positions of the pairs, longest (query + document characters) first, ties by (query_id,
     doc_id): a total order, so shards and forward passes are the same on every run, and the
@@ -199,92 +200,6 @@ def torch_threads(cpus: float | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pairs, fingerprints, coverage.
-
-
-def pairs_from_groups(groups: pd.DataFrame) -> pd.DataFrame:
-    """The unique (query_id, doc_id) pairs of a groups table with their texts, sorted."""
-    flat = groups[["query_id", "query", "doc_ids", "docs"]].explode(["doc_ids", "docs"], ignore_index=True)
-    flat = flat.rename(columns={"doc_ids": "doc_id", "docs": "doc"})
-    flat["query_id"] = flat["query_id"].astype(str)
-    flat["doc_id"] = flat["doc_id"].astype(str)
-    flat = flat.drop_duplicates(["query_id", "doc_id"])
-    return flat[PAIR_COLUMNS].sort_values(["query_id", "doc_id"], ignore_index=True)
-
-
-def data_fingerprint(pairs: pd.DataFrame) -> str:
-    """sha256 of the pairs, ids and texts, in their (sorted) order."""
-    h = hashlib.sha256()
-    for row in pairs[PAIR_COLUMNS].itertuples(index=False):
-        h.update("\t".join(row).encode())
-        h.update(b"\n")
-    return h.hexdigest()
-
-
-def teacher_fingerprint(teacher: TeacherModel) -> str:
-    """sha256 of every file of the teacher's folder (relative path + bytes), in sorted order."""
-    if teacher.kind == "cross_encoder":
-        folder = Path(teacher.path)
-    else:
-        from rerank_ray.models.sources import resolve_source
-
-        folder = Path(resolve_source(teacher.path))
-    if not folder.is_dir():
-        raise FileNotFoundError(f"teacher {teacher.kind} folder {folder} does not exist")
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(folder)).encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class Coverage:
-    """How many of the wanted pairs have a finite teacher score. `missing`: pairs with no score
-    row; `nonfinite`: pairs whose score is NaN or +-inf (a teacher that overflowed, or bad
-    input), named apart because the fix differs (rescore vs. score at all)."""
-
-    pairs_expected: int
-    pairs_scored: int
-    missing: list[tuple[str, str]]
-    nonfinite: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing and not self.nonfinite
-
-    def summary(self) -> str:
-        if self.complete:
-            return f"all {self.pairs_expected} pairs scored"
-        problems = []
-        if self.nonfinite:
-            problems.append(
-                f"{len(self.nonfinite)} of {self.pairs_expected} pairs have non-finite teacher scores "
-                f"(NaN/inf), e.g. {self.nonfinite[:3]}"
-            )
-        if self.missing:
-            problems.append(
-                f"{len(self.missing)} of {self.pairs_expected} pairs have no teacher score, "
-                f"e.g. {self.missing[:3]}"
-            )
-        return "; ".join(problems)
-
-
-def verify_coverage(pairs: pd.DataFrame, scores: pd.DataFrame) -> Coverage:
-    """Which of `pairs` (query_id, doc_id) have no score row in `scores`, and which have a
-    non-finite (NaN/inf) one."""
-    keys = zip(scores["query_id"].astype(str), scores["doc_id"].astype(str), strict=True)
-    finite = dict(zip(keys, np.isfinite(scores["score"].to_numpy(dtype="float64")), strict=True))
-    wanted = list(zip(pairs["query_id"], pairs["doc_id"], strict=True))
-    missing = [p for p in wanted if p not in finite]
-    nonfinite = [p for p in wanted if p in finite and not finite[p]]
-    scored = len(wanted) - len(missing) - len(nonfinite)
-    return Coverage(pairs_expected=len(wanted), pairs_scored=scored, missing=missing, nonfinite=nonfinite)
-
-
-# ---------------------------------------------------------------------------------------------
 # The job.
 
 
@@ -299,50 +214,6 @@ class ScoreResult:
 
 def shard_path(out_dir: Path, index: int) -> Path:
     return Path(out_dir) / SCORES_DIR / f"part-{index:05d}.parquet"
-
-
-def provenance(teacher: TeacherModel, pairs: pd.DataFrame, scoring: ScoringConfig) -> dict[str, Any]:
-    """What decides the scores on disk; two jobs with equal provenance give the same shards."""
-    if teacher.kind == "cross_encoder":
-        meta = json.loads((Path(teacher.path) / "rerank_ray.json").read_text())
-        lengths = {"max_length": meta["model"]["max_length"]}
-    else:
-        lengths = {"max_length": teacher.max_length, "query_max_length": teacher.query_max_length}
-        lengths["scale"] = teacher.scale
-        lengths["autocast"] = teacher.autocast  # a cross-encoder's is in its fingerprinted folder
-    prov = {
-        "teacher": {
-            "kind": teacher.kind,
-            "path": str(teacher.path),
-            "fingerprint": teacher_fingerprint(teacher),
-        },
-        "data_fingerprint": data_fingerprint(pairs),
-        **lengths,
-        "dtype": scoring.dtype,
-        "count": len(pairs),
-        "shard_size": scoring.shard_size,
-        "shards": -(-len(pairs) // scoring.shard_size),
-        "shard_order": SHARD_ORDER,
-    }
-    # Content only (no paths, no sharding): what a model trained on these scores depends on.
-    content = {k: v for k, v in prov.items() if k not in ("shard_size", "shards")}
-    content["teacher"] = {k: v for k, v in prov["teacher"].items() if k != "path"}
-    return {**prov, "fingerprint": hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()}
-
-
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = (
-        "teacher",
-        "data_fingerprint",
-        "max_length",
-        "query_max_length",
-        "scale",
-        "dtype",
-        "count",
-        "shard_size",
-        "shard_order",
-    )
-    return all(a.get(k) == b.get(k) for k in keys)
 
 
 def score_groups(
@@ -368,7 +239,9 @@ def score_pairs(
     manifest_path = out_dir / MANIFEST
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if _same(manifest, prov) and all(shard_path(out_dir, i).is_file() for i in range(prov["shards"])):
+        if same_provenance(manifest, prov) and all(
+            shard_path(out_dir, i).is_file() for i in range(prov["shards"])
+        ):
             log.info("teacher scores in %s are up to date (%d pairs); reusing them", out_dir, prov["count"])
             return ScoreResult(path=out_dir / SCORES_DIR, manifest=manifest, reused=True)
         manifest_path.unlink()
@@ -425,7 +298,7 @@ def _claim(out_dir: Path, prov: dict[str, Any]) -> None:
     """Make `out_dir` hold only shards of this provenance: keep them when job.json matches,
     delete them (ours only: part-*.parquet) when it does not."""
     job = out_dir / JOB
-    if job.is_file() and not _same(json.loads(job.read_text()), prov):
+    if job.is_file() and not same_provenance(json.loads(job.read_text()), prov):
         stale = sorted((out_dir / SCORES_DIR).glob("part-*.parquet"))
         log.warning("teacher scores in %s come from another teacher or pair list; deleting %d shard(s)", out_dir, len(stale))  # fmt: skip
         for path in stale:

@@ -10,7 +10,8 @@ import pytest
 from rerank_ray.config import ModelConfig
 from rerank_ray.models import build_model
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
-from rerank_ray.teacher.score import pairs_from_groups, score_groups, shard_path
+from rerank_ray.teacher.provenance import pairs_from_groups
+from rerank_ray.teacher.score import score_groups, shard_path
 from tests.conftest import TINY_BERT
 
 pytestmark = pytest.mark.slow

@@ -100,7 +100,7 @@ def test_groups_count_matches_build_groups(tmp_path, data_root, validation):
     groups, unique = count_groups(run)
     import pandas as pd
 
-    from rerank_ray.teacher.score import pairs_from_groups
+    from rerank_ray.teacher.provenance import pairs_from_groups
 
     built = pd.read_parquet(build_groups(run, tmp_path).path)
     assert groups == len(built) and unique == len(pairs_from_groups(built))
@@ -137,7 +137,7 @@ def test_the_dry_run_refuses_a_repeated_run_entry_as_the_real_build_does(tmp_pat
 
     from rerank_ray.data.datasets import DataError
     from rerank_ray.data.groups import build_groups
-    from rerank_ray.teacher.score import pairs_from_groups
+    from rerank_ray.teacher.provenance import pairs_from_groups
 
     overrides = _tiny_dl19_with_a_repeated_run_entry(tmp_path, monkeypatch, data_root)
     strict = load_config(overrides=[*overrides, "data.duplicate_run_entries=error"])

@@ -10,7 +10,8 @@ import torch
 from rerank_ray.config import ModelConfig
 from rerank_ray.models import build_model, load_reranker
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
-from rerank_ray.teacher.score import TeacherScorer, pairs_from_groups, provenance
+from rerank_ray.teacher.provenance import pairs_from_groups, provenance
+from rerank_ray.teacher.score import TeacherScorer
 from tests.conftest import TINY_BERT, linear_output_dtypes
 
 QUERIES = ["what is a cell", "protein folding", "what is a cell"]

@@ -8,12 +8,8 @@ import pandas as pd
 import pytest
 
 from rerank_ray.teacher.config import TeacherModel
-from rerank_ray.teacher.score import (
-    TeacherScorer,
-    data_fingerprint,
-    pairs_from_groups,
-    verify_coverage,
-)
+from rerank_ray.teacher.provenance import data_fingerprint, pairs_from_groups, verify_coverage
+from rerank_ray.teacher.score import TeacherScorer
 
 
 def groups_frame() -> pd.DataFrame:
