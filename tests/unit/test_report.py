@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import re
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +171,44 @@ def test_teacher_diagnostics_section_says_when_distillation_cannot_help(tmp_path
     # ce (2 layers) is compared with the 2-layer contrastive student and loses; its targets are one-hot.
     assert "cannot add anything" in ce_line and "close to one-hot at T=1" in ce_line
     assert "no better than the contrastive student" in ce_line and "`l2`" in ce_line
+
+
+GOLDEN = Path(__file__).parent / "data" / "report_golden.md"
+
+
+def golden_report(out_dir) -> str:
+    """Every section of the report on constructed records (a gain on l1, none on l2, a failed
+    trial, two teachers with diagnostics, costs), with the generation time masked."""
+    one_hot = {"temperature": 1.0, "groups": 10, "group_size": 8, "uniform_entropy": 2.0794,
+               "mean_entropy": 0.05, "mean_p_positive": 0.99, "positive_first": 1.0}  # fmt: skip
+    soft = {**one_hot, "mean_entropy": 0.9, "mean_p_positive": 0.55, "positive_first": 0.7}
+    trials = trials_with_gain(0.05, jitter=0.02)
+    trials[0] = dataclasses.replace(trials[0], cost=Cost(wall_s=12.0, cpu_hours=0.01, forecast_wall_s=10.0))
+    trials.append(
+        TrialRecord("d-l2-9", "distillation", "l2", "bi", 9, "error", error="boom\nValueError: bad")
+    )
+    report = build_report(
+        study(),
+        trials,
+        first_stage=record(0.2),
+        teachers={"bi": record(0.6), "ce": record(0.25)},
+        teacher_costs={"bi": Cost(scoring_wall_s=3.0, scoring_pairs_per_s=100.0), "ce": Cost(wall_s=30.0)},
+        teacher_info={
+            "bi": TeacherInfo(None, "zero-shot bi-encoder", {"T=1": soft}),
+            "ce": TeacherInfo(2.0, "the teacher trained on every training group", {"T=1": one_hot}),
+        },
+        out_dir=out_dir,
+        command="rerank-ray study demo.yaml",
+    )
+    return re.sub(r"^Generated \S+", "Generated <time>", report.markdown_path.read_text(), flags=re.M)
+
+
+def test_the_report_is_byte_for_byte_the_recorded_one(tmp_path):
+    """A restructuring of the report keeps its every byte (the golden file was written by the
+    report before its comparisons became typed records); a deliberate change rewrites it with
+    RERANK_RAY_WRITE_GOLDEN=1."""
+    text = golden_report(tmp_path)
+    if os.environ.get("RERANK_RAY_WRITE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
