@@ -28,8 +28,7 @@ from rerank_ray.teacher.config import TeacherModel
 from rerank_ray.tune import logbook
 from rerank_ray.tune.config import BiEncoderTeacher, CrossEncoderTeacher, ScoresTeacher, StudyConfig
 from rerank_ray.tune.plan import TrialPlan, teacher_scores_dir, teachers_used
-from rerank_ray.tune.records import Cost, EvalRecord, EvalSummary, TrialSummary
-from rerank_ray.tune.report import TeacherInfo
+from rerank_ray.tune.records import Cost, EvalRecord, EvalSummary, TeacherInfo, TrialSummary
 from rerank_ray.tune.tracking import child_tags, flatten_params, numeric
 from rerank_ray.tune.trial import (
     cost_metrics,

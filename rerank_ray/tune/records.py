@@ -186,3 +186,17 @@ class TrialRecord:
     error: str | None = None
     reused: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TeacherInfo:
+    """What the report knows of a teacher besides its evaluation.
+
+    ``size``: layers when it is a study-trained cross-encoder (compared with the contrastive
+    student of the same size), else None; ``evaluates``: which model its row evaluates (one
+    teacher, or the cross-fit fold teachers' mean); ``diagnostics``: ``{"T=<t>": stats}`` of
+    ``teacher.diagnostics.target_statistics`` on the training groups."""
+
+    size: float | None
+    evaluates: str
+    diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)

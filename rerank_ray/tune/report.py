@@ -1,8 +1,10 @@
 """The study report: one table, one plot, paired significance tests, and the cost of each run.
 
-Inputs are typed records (``tune/records.py``: ``TrialRecord``, ``EvalRecord``, ``Cost``; built
-by ``tune/study.py`` from each trial's ``trial.json`` and evaluation folder), so the report can
-be rebuilt or unit-tested without Ray or MLflow.
+Inputs are typed records (``tune/records.py``: ``TrialRecord``, ``EvalRecord``, ``Cost``,
+``TeacherInfo``; built by ``tune/study.py`` from each trial's ``run.json`` and evaluation folder),
+so the report can be rebuilt or unit-tested without Ray or MLflow. Every comparison (tests,
+intervals, Holm, answers, teacher conclusions) is computed once, as typed records, by
+``tune/comparisons.py``; this module renders them as markdown and the plot.
 
 - **Table**: rows = students (in the study's order), then one row per teacher and the
   first-stage (BM25) row; columns = benchmark x variant, where a variant is a strategy, or a
@@ -42,70 +44,21 @@ import numpy as np
 
 from rerank_ray.io import atomic_path, write_text
 from rerank_ray.teacher.diagnostics import ONE_HOT_ENTROPY_FRACTION, ONE_HOT_P_POSITIVE, near_one_hot
+from rerank_ray.tune.comparisons import (
+    SELECTION_SUITES,
+    SignificanceRow,
+    TeacherVerdict,
+    VerdictRow,
+    cells,
+    compare,
+    contrastive_mean,
+    variant_label,
+)
 from rerank_ray.tune.config import StudyConfig
-from rerank_ray.tune.records import Cost, EvalRecord, TrialRecord
-from rerank_ray.tune.stats import bootstrap_interval, holm, paired_randomization_test, paired_t_test
-
-# Suites left out of the verdict: the validation split chooses schedules, it does not judge them.
-SELECTION_SUITES = ("validation",)
-
+from rerank_ray.tune.records import Cost, EvalRecord, TeacherInfo, TrialRecord
 
 # ---------------------------------------------------------------------------------------------
 # Records.
-
-
-@dataclass
-class SignificanceRow:
-    student: str
-    suite: str
-    variant: str
-    baseline: str
-    delta: float
-    p_randomization: float
-    p_ttest: float
-    queries: int
-    test: str = "randomization"
-
-    @property
-    def p(self) -> float:
-        """The p-value of the study's chosen test (``report.test``)."""
-        return self.p_randomization if self.test == "randomization" else self.p_ttest
-
-
-@dataclass
-class TeacherInfo:
-    """What the report knows of a teacher besides its evaluation.
-
-    ``size``: layers when it is a study-trained cross-encoder (compared with the contrastive
-    student of the same size), else None; ``evaluates``: which model its row evaluates (one
-    teacher, or the cross-fit fold teachers' mean); ``diagnostics``: ``{"T=<t>": stats}`` of
-    ``teacher.diagnostics.target_statistics`` on the training groups."""
-
-    size: float | None
-    evaluates: str
-    diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-@dataclass
-class VerdictRow:
-    """One "what to do" answer: a teacher-needing variant against the baseline, pooled over the
-    domain's suites (per-query values averaged over seeds; queries keyed by suite)."""
-
-    student: str
-    domain: str
-    variant: str
-    baseline: str
-    delta: float
-    low: float
-    high: float
-    p: float
-    p_holm: float
-    queries: int
-
-    def answer(self, alpha: float) -> str:
-        if self.p_holm >= alpha:
-            return "no detectable difference"
-        return f"distil ({self.variant})" if self.delta > 0 else f"contrast ({self.baseline})"
 
 
 @dataclass
@@ -124,10 +77,6 @@ def read_per_query(path: Path, measure: str) -> dict[str, float]:
     frame = pd.read_csv(path, sep="\t", dtype={"query_id": str})
     frame = frame[frame["measure"] == measure]
     return dict(zip(frame["query_id"], frame["value"].astype(float), strict=True))
-
-
-def variant_label(strategy: str, teacher: str | None) -> str:
-    return strategy if teacher is None else f"{strategy} ({teacher})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,12 +98,11 @@ def build_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ok = [t for t in trials if t.status == "ok" and t.eval is not None]
-    variants = _variants(cfg, ok)
-    significance = _significance(cfg, ok, variants)
+    found = compare(cfg, ok, teachers, teacher_info or {})
+    variants, significance, verdict = found.variants, found.significance, found.verdict
     marked = {(r.student, r.suite, r.variant) for r in significance if r.p < cfg.report.alpha}
     table = _table(cfg, ok, variants, marked, first_stage, teachers)
     plot_path = _plot(cfg, ok, variants, first_stage, teachers, out_dir / "report.png")
-    verdict = _verdict(cfg, ok, variants)
     lines = [
         *_results_section(cfg, trials, ok, table, plot_path, command, teacher_info or {}),
         "## What to do",
@@ -163,7 +111,7 @@ def build_report(
         "",
         "## Teacher diagnostics",
         "",
-        *_diagnostics_section(cfg, ok, teachers, teacher_info or {}),
+        *_diagnostics_section(cfg, ok, teachers, teacher_info or {}, found.teachers),
         "",
         "## Significance",
         "",
@@ -223,120 +171,12 @@ def _results_section(
     ]
 
 
-def _variants(cfg: StudyConfig, ok: list[TrialRecord]) -> list[tuple[str, str | None]]:
-    present = {(t.strategy, t.teacher) for t in ok}
-    order = [(s, None) for s in cfg.strategies] + [(s, t) for s in cfg.strategies for t in cfg.teachers]
-    return [v for v in order if v in present]
-
-
-def _cells(ok: list[TrialRecord], student: str, variant: tuple[str, str | None]) -> list[TrialRecord]:
-    return [t for t in ok if t.student == student and (t.strategy, t.teacher) == variant]
-
-
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "–"
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
-
-
-def _seed_averaged(runs: list[TrialRecord], suite: str) -> dict[str, float]:
-    per_query: dict[str, list[float]] = {}
-    for run in runs:
-        assert run.eval is not None
-        for qid, value in run.eval.per_query.get(suite, {}).items():
-            per_query.setdefault(qid, []).append(value)
-    return {qid: float(np.mean(v)) for qid, v in per_query.items() if len(v) == len(runs)}
-
-
-def _significance(
-    cfg: StudyConfig, ok: list[TrialRecord], variants: list[tuple[str, str | None]]
-) -> list[SignificanceRow]:
-    rows = []
-    baseline = (cfg.report.baseline, None)
-    for student in cfg.students:
-        base_runs = _cells(ok, student, baseline)
-        if not base_runs:
-            continue
-        for variant in variants:
-            runs = _cells(ok, student, variant)
-            if variant == baseline or not runs:
-                continue
-            for suite in cfg.eval.suites:
-                a, b = _seed_averaged(runs, suite), _seed_averaged(base_runs, suite)
-                common = sorted(set(a) & set(b))
-                if not common:
-                    continue
-                xa, xb = [a[q] for q in common], [b[q] for q in common]
-                p_rand = paired_randomization_test(
-                    xa, xb, permutations=cfg.report.permutations, seed=cfg.report.seed
-                )
-                p_t = paired_t_test(xa, xb)
-                rows.append(
-                    SignificanceRow(
-                        student=student,
-                        suite=suite,
-                        variant=variant_label(*variant),
-                        baseline=variant_label(*baseline),
-                        delta=float(np.mean(xa) - np.mean(xb)),
-                        p_randomization=p_rand,
-                        p_ttest=p_t,
-                        queries=len(common),
-                        test=cfg.report.test,
-                    )
-                )
-    return rows
-
-
-def _domains(cfg: StudyConfig) -> list[tuple[str, list[str]]]:
-    """(domain, its suites without the selection suites), for the domains that have suites."""
-    domains = [("in-domain", cfg.eval.in_domain), ("out-of-domain", cfg.eval.out_of_domain)]
-    domains = [(name, [s for s in suites if s not in SELECTION_SUITES]) for name, suites in domains]
-    return [(name, suites) for name, suites in domains if suites]
-
-
-def _pooled(runs: list[TrialRecord], suites: list[str]) -> dict[str, float]:
-    """Seed-averaged per-query values of every suite, keyed ``<suite>/<query_id>``."""
-    out: dict[str, float] = {}
-    for suite in suites:
-        out.update({f"{suite}/{q}": v for q, v in _seed_averaged(runs, suite).items()})
-    return out
-
-
-def _verdict(
-    cfg: StudyConfig, ok: list[TrialRecord], variants: list[tuple[str, str | None]]
-) -> list[VerdictRow]:
-    """Every teacher-needing variant against the baseline, per student and domain, with
-    Holm-adjusted p-values over all of these comparisons."""
-    baseline = (cfg.report.baseline, None)
-    rows: list[VerdictRow] = []
-    for student in cfg.students:
-        base_runs = _cells(ok, student, baseline)
-        for domain, suites in _domains(cfg):
-            b = _pooled(base_runs, suites)
-            for variant in [v for v in variants if v[1] is not None]:
-                a = _pooled(_cells(ok, student, variant), suites)
-                common = sorted(set(a) & set(b))
-                if not common:
-                    continue
-                xa, xb = [a[q] for q in common], [b[q] for q in common]
-                if cfg.report.test == "randomization":
-                    p = paired_randomization_test(
-                        xa, xb, permutations=cfg.report.permutations, seed=cfg.report.seed
-                    )
-                else:
-                    p = paired_t_test(xa, xb)
-                low, high = bootstrap_interval(
-                    xa, xb, resamples=cfg.report.bootstrap_resamples, seed=cfg.report.seed
-                )
-                delta = float(np.mean(xa) - np.mean(xb))
-                rows.append(
-                    VerdictRow(student, domain, variant_label(*variant), variant_label(*baseline), delta, low, high, p, p, len(common))
-                )  # fmt: skip
-    for row, adjusted in zip(rows, holm([r.p for r in rows]), strict=True):
-        row.p_holm = adjusted
-    return rows
 
 
 def _verdict_section(cfg: StudyConfig, rows: list[VerdictRow]) -> list[str]:
@@ -382,37 +222,12 @@ def _layers(cfg: StudyConfig, student: str) -> str:
     return f"{size:g}" if size is not None else ""
 
 
-def _contrastive_mean(
-    cfg: StudyConfig, ok: list[TrialRecord], student: str, suites: list[str]
-) -> float | None:
-    runs = _cells(ok, student, (cfg.report.baseline, None))
-    per_seed = [
-        np.mean([t.eval.scores[s] for s in suites])
-        for t in runs
-        if t.eval and all(s in t.eval.scores for s in suites)
-    ]
-    return float(np.mean(per_seed)) if per_seed else None
-
-
-def _rival(
-    cfg: StudyConfig, ok: list[TrialRecord], info: TeacherInfo, suites: list[str]
-) -> tuple[str, float] | None:
-    """The contrastive student a teacher is compared with: the one of the teacher's size, else
-    the best one, with its in-domain mean."""
-    means = {s: _contrastive_mean(cfg, ok, s, suites) for s in cfg.students}
-    means = {s: m for s, m in means.items() if m is not None}
-    layers = {s: cfg.students[s].model.layers(read_source=False) for s in means}
-    same = [s for s in means if info.size is not None and layers[s] == info.size]
-    if same:
-        return same[0], means[same[0]]
-    if not means:
-        return None
-    best = max(means, key=lambda s: means[s])
-    return best, means[best]
-
-
 def _diagnostics_section(
-    cfg: StudyConfig, ok: list[TrialRecord], teachers: dict[str, EvalRecord], infos: dict[str, TeacherInfo]
+    cfg: StudyConfig,
+    ok: list[TrialRecord],
+    teachers: dict[str, EvalRecord],
+    infos: dict[str, TeacherInfo],
+    verdicts: list[TeacherVerdict],
 ) -> list[str]:
     if not teachers:
         return ["No teacher in this study."]
@@ -428,7 +243,7 @@ def _diagnostics_section(
     measure_rows = [[f"teacher: {n}"] + [_fmt(r.scores.get(s)) for s in suites] for n, r in teachers.items()]
     for student in cfg.students:
         row = [f"{cfg.report.baseline}: {student}"] + [
-            _fmt(_contrastive_mean(cfg, ok, student, [s])) for s in suites
+            _fmt(contrastive_mean(cfg, ok, student, [s])) for s in suites
         ]
         measure_rows.append(row)
     lines = [
@@ -456,36 +271,26 @@ def _diagnostics_section(
         _markdown(["model", *suites], measure_rows),
         "",
     ]
-    return lines + [
-        f"- {_teacher_conclusion(cfg, ok, name, teachers[name], infos.get(name))}" for name in teachers
-    ]
+    return lines + [f"- {_teacher_conclusion(cfg, v)}" for v in verdicts]
 
 
-def _teacher_conclusion(
-    cfg: StudyConfig, ok: list[TrialRecord], name: str, record: EvalRecord, info: TeacherInfo | None
-) -> str:
-    if info is None:
-        return f"`{name}`: no diagnostics."
-    in_domain = [s for s in cfg.eval.in_domain if s not in SELECTION_SUITES] or list(cfg.eval.in_domain)
+def _teacher_conclusion(cfg: StudyConfig, v: TeacherVerdict) -> str:
+    """One teacher's line: whether distillation from it can add anything, and why not."""
+    if v.info is None:
+        return f"`{v.name}`: no diagnostics."
     reasons = []
-    one_hot = [k for k, stats in info.diagnostics.items() if near_one_hot(stats)]
-    if one_hot:
+    if v.one_hot_at:
         reasons.append(
-            f"its targets are close to one-hot at {', '.join(one_hot)}, almost the contrastive label"
+            f"its targets are close to one-hot at {', '.join(v.one_hot_at)}, almost the contrastive label"
         )
-    rival = _rival(cfg, ok, info, in_domain) if in_domain else None
-    teacher_level = (
-        np.mean([record.scores[s] for s in in_domain]) if all(s in record.scores for s in in_domain) else None
-    )
     comparison = ""
-    if rival is not None and teacher_level is not None:
-        same = info.size is not None and cfg.students[rival[0]].model.layers(read_source=False) == info.size
-        which = "contrastive student of its size" if same else "best contrastive student"
-        comparison = f"in-domain {cfg.eval.measure} {teacher_level:.3f} against {rival[1]:.3f} for the {which} `{rival[0]}`"
-        if teacher_level <= rival[1]:
+    if v.rival is not None and v.level is not None and v.rival_level is not None:
+        which = "contrastive student of its size" if v.same_size else "best contrastive student"
+        comparison = f"in-domain {cfg.eval.measure} {v.level:.3f} against {v.rival_level:.3f} for the {which} `{v.rival}`"
+        if v.no_better:
             reasons.append(f"it is no better than the contrastive student ({comparison})")
-    head = f"`{name}` (its row evaluates {info.evaluates})"
-    if reasons:
+    head = f"`{v.name}` (its row evaluates {v.info.evaluates})"
+    if v.cannot_add:
         return f"{head}: **distillation from it cannot add anything**: " + "; ".join(reasons) + "."
     return (
         f"{head}: soft targets"
@@ -514,7 +319,7 @@ def _table(
         row = [student, f"{size:g}" if size is not None else ""]
         for suite in suites:
             for v in variants:
-                runs = _cells(ok, student, v)
+                runs = cells(ok, student, v)
                 values = [t.eval.scores[suite] for t in runs if t.eval and suite in t.eval.scores]
                 dagger = "†" if (student, suite, variant_label(*v)) in marked else ""
                 row.append(_mean_std(values) + dagger)
@@ -631,7 +436,7 @@ def _plot(
             for student, x in zip(students, xs, strict=True):
                 per_seed = [
                     np.mean([t.eval.scores[s] for s in suites])
-                    for t in _cells(ok, student, v)
+                    for t in cells(ok, student, v)
                     if t.eval and all(s in t.eval.scores for s in suites)
                 ]
                 if per_seed:
