@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from rerank_ray.config import ModelConfig, validate
+from rerank_ray.config import ModelConfig
+from rerank_ray.config_loading import validate
 from rerank_ray.models.base import META_FILE, Reranker
 from rerank_ray.models.decoder import DecoderReranker
 from rerank_ray.models.encoder import EncoderReranker

@@ -60,13 +60,10 @@ from rerank_ray.config import (
     Section,
     SuiteDefinition,
     check_suite_names,
-    deep_merge,
     defined_suites,
-    parse_override,
-    read_yaml,
     under,
-    validate,
 )
+from rerank_ray.config_loading import deep_merge, parse_override, read_yaml, validate
 from rerank_ray.evaluation.suites import Suite
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
 from rerank_ray.tune.study_yaml import merge_base, read_files

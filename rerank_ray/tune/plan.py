@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rerank_ray.config import NAME_JOIN, ConfigError, RunConfig, deep_merge, validate
+from rerank_ray.config import NAME_JOIN, ConfigError, RunConfig
+from rerank_ray.config_loading import deep_merge, validate
 from rerank_ray.teacher.score import SCORES_DIR
 from rerank_ray.tune.config import StudyConfig
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rerank_ray.config import ConfigError, LossName, RunConfig, Section, deep_merge, read_yaml
+from rerank_ray.config import ConfigError, LossName, RunConfig, Section
+from rerank_ray.config_loading import deep_merge, read_yaml
 
 LOSS_NAMES: tuple[str, ...] = LossName.__args__  # type: ignore[attr-defined]
 

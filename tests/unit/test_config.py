@@ -5,12 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from rerank_ray.config import (
-    ConfigError,
-    RunConfig,
-    load_config,
-    parse_override,
-)
+from rerank_ray.config import ConfigError, RunConfig, load_config
+from rerank_ray.config_loading import parse_override
 from rerank_ray.train.deepspeed import deepspeed_config
 
 

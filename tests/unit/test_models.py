@@ -181,7 +181,7 @@ def test_inference_dtype(family, dtype, cuda, expected):
 
 
 def test_load_for_inference_casts_to_model_dtype(tmp_path):
-    from rerank_ray.config import validate
+    from rerank_ray.config_loading import validate
 
     with pytest.raises(ConfigError, match="dtype: Input should be 'auto', 'float32' or 'bfloat16'"):
         validate(ModelConfig, {"dtype": "float16"})
