@@ -1,8 +1,10 @@
 """What a `rerank-ray` user sees on the terminal: the run log, one-line errors, end-of-verb summaries.
 
-- :func:`setup_logging` sends INFO records of every library (rerank_ray, Ray, transformers) to
-  stderr, so their progress shows, and everything at DEBUG plus any traceback to a log file,
-  ``<log_dir>/rerank-ray-<timestamp>-<pid>.log``.
+- :func:`setup_logging` sends the project's INFO records (and any library's errors) to stderr,
+  and everything at DEBUG (Ray's and the libraries' records, Python warnings, tracebacks) to a
+  log file, ``<log_dir>/rerank-ray-<timestamp>-<pid>.log``; ``-v`` brings it all, and Ray's
+  workers' output, back to stderr. A study adds one line per trial state change
+  (``tune/progress.py``).
 - :func:`explain` turns an exception into one line saying what went wrong plus one line saying
   how to fix it. Exceptions that come back through Ray (a failed task, a failed training worker,
   a failed Train controller) are unwrapped to the project error that caused them, so a
@@ -24,6 +26,34 @@ from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 HANDLER_NAME = "rerank-ray"
+# Set by setup_logging (the CLI): Ray's output on the console only with -v, and Ray's loggers
+# routed through ours. A library call outside the CLI (a test, a notebook) keeps Ray's defaults.
+_VERBOSE = {"ray_to_console": True, "route_ray": False}
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
+
+
+def ray_to_console() -> bool:
+    """Whether Ray's and the libraries' own output reaches the console (``-v``)."""
+    return _VERBOSE["ray_to_console"]
+
+
+def route_ray_logs() -> None:
+    """Send Ray's logger records through the CLI's handlers (the log file; the console with
+    ``-v`` or at ERROR) instead of Ray's own console handlers; Ray's session log files stay.
+    Ray sets its handlers up on import and again when Ray Data loads, so this runs after both."""
+    if not _VERBOSE["route_ray"]:
+        return
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if "File" not in type(handler).__name__:  # Ray's console handlers, not its session files
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def _ours(record: logging.LogRecord) -> bool:
+    """The console's records without ``-v``: the project's own, and any library's errors."""
+    return record.name.startswith("rerank_ray") or record.levelno >= logging.ERROR
 
 
 def default_log_dir() -> Path:
@@ -32,10 +62,12 @@ def default_log_dir() -> Path:
 
 
 def setup_logging(log_dir: Path, *, verbose: bool = False) -> Path:
-    """Log INFO (DEBUG with `verbose`) to stderr and DEBUG to a fresh file; return its path.
+    """Log the project's INFO records (and any library's errors) to stderr, everything at DEBUG
+    (Ray's, the libraries', Python warnings) to a fresh file; return its path. With `verbose`,
+    stderr gets every record at DEBUG, and Ray's workers' output comes back to the console
+    (:func:`ray_to_console`).
 
     The file is opened on the first record, so a verb that logs nothing leaves no empty file.
-    Library progress bars (tqdm, Ray Data/Train) write to stderr themselves and are left alone.
     """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = (Path(log_dir) / f"rerank-ray-{stamp}-{os.getpid()}.log").resolve()
@@ -46,6 +78,11 @@ def setup_logging(log_dir: Path, *, verbose: bool = False) -> Path:
     to_stderr = logging.StreamHandler(sys.stderr)
     to_stderr.setLevel(logging.DEBUG if verbose else logging.INFO)
     to_stderr.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    if not verbose:
+        to_stderr.addFilter(_ours)
+    _VERBOSE["ray_to_console"], _VERBOSE["route_ray"] = verbose, True
+    route_ray_logs()
+    logging.captureWarnings(True)  # deprecation warnings to the log file, not the console
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
     # A second `main()` in one process (tests, notebooks) replaces the first one's handlers.

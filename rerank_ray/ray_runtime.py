@@ -118,17 +118,27 @@ def start_ray(
 
     if ray.is_initialized():
         return
+    from rerank_ray.console import ray_to_console, route_ray_logs
+
     address = os.environ.get("RAY_ADDRESS")
+    # Workers' output (Train's per-step records, Tune's trial logs) stays in Ray's session logs
+    # unless `-v`: the console shows the study's own lines (docs/CLI.md).
+    quiet = {} if ray_to_console() else {"log_to_driver": False}
     if address:
-        ray.init()
+        ray.init(**quiet)
         log.info("connected to the Ray cluster at RAY_ADDRESS=%s", address)
     else:
         prebuild_comm_op()
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus)
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **quiet)
         log.info(
             "started a private local Ray (%s); set RAY_ADDRESS to use a running cluster instead",
             _fmt(ray.cluster_resources()),
         )
+    if not ray_to_console():
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    route_ray_logs()
     reclaim_sigterm()  # ray.init made SIGTERM a plain sys.exit; a stopped study must unwind as one
     node_types = autoscaler_node_types() if address else []
     capacity = cluster_capacity(node_types)

@@ -58,6 +58,7 @@ from rerank_ray.tune.config import (
 )
 from rerank_ray.tune.forecast import ForecastError, StudyForecast, ThroughputTable, forecast_study
 from rerank_ray.tune.plan import TrialPlan, longest_first, plan_study
+from rerank_ray.tune.progress import Progress, tune_callback
 from rerank_ray.tune.records import Cost, EvalRecord, TrialRecord, TrialSummary
 from rerank_ray.tune.report import Report, build_report
 from rerank_ray.tune.tracking import (
@@ -306,7 +307,7 @@ def _run_trials(
         log.info("study %s: %d trial(s) reused, %d to run", cfg.name, len(by_name), len(todo))
     if todo:
         order = longest_first(todo, walls)
-        by_name.update(_tune_trials(cfg, order, {**ctx, "identities": identities}))
+        by_name.update(_tune_trials(cfg, order, {**ctx, "identities": identities}, walls))
     return [by_name.get(p.name) or _record(p, "error", error="no result from Tune") for p in plans]
 
 
@@ -322,11 +323,13 @@ def _reused_trial(
 
 
 def _tune_trials(
-    cfg: StudyConfig, plans: list[TrialPlan], study_ctx: dict[str, Any]
+    cfg: StudyConfig, plans: list[TrialPlan], study_ctx: dict[str, Any], walls: dict[str, float]
 ) -> dict[str, TrialRecord]:
-    """The plans run as a Ray Tune grid; each one's record by name (status and error only)."""
+    """The plans run as a Ray Tune grid; each one's record by name (status and error only).
+    The console gets a line per trial state change (``tune/progress.py``), not Tune's table."""
     from ray import tune
 
+    from rerank_ray.console import ray_to_console
     from rerank_ray.heartbeat import heartbeat
 
     tuner = tune.Tuner(
@@ -341,6 +344,8 @@ def _tune_trials(
             name=cfg.name,
             storage_path=str(cfg.study_dir / "tune"),
             failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
+            callbacks=[tune_callback(_progress(cfg, plans, walls))],
+            verbose=None if ray_to_console() else 0,
         ),
     )
     with heartbeat(f"study {cfg.name}", waiting_on=f"Tune trials (`ray status`; {cfg.study_dir / 'tune'})"):
@@ -377,3 +382,15 @@ def _add_evaluation(cfg: StudyConfig, plan: TrialPlan, record: TrialRecord) -> N
 def _final_metrics(summary: TrialSummary) -> dict[str, float]:
     """What a finished trial reports (``run_trial``) and logs to its MLflow run at the end."""
     return numeric({**summary.metrics, **cost_metrics(summary.cost)})
+
+
+def _progress(cfg: StudyConfig, plans: list[TrialPlan], walls: dict[str, float]) -> Progress:
+    """The console's trial lines: a done trial shows the study's measure on its first
+    in-domain suite (else its first suite)."""
+    from rerank_ray.evaluation.metrics import mlflow_key
+
+    suite = (cfg.eval.in_domain or cfg.eval.suites)[0]
+    return Progress(
+        names=[p.name for p in plans], walls=walls, concurrency=cfg.tune.max_concurrent_trials,
+        headline=mlflow_key(suite, cfg.eval.measure), label=f"{suite} {cfg.eval.measure}",
+    )  # fmt: skip

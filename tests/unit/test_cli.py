@@ -491,3 +491,35 @@ def test_the_stop_line_is_out_before_a_slow_shutdown_is_killed(tmp_path):
     finally:
         proc.kill()
     assert "rerank-ray study: stopped by SIGTERM; finished work is kept, the same command resumes" in err
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_the_console_shows_the_projects_lines_and_the_log_file_everything(tmp_path, capsys, verbose):
+    import logging
+    import warnings
+
+    import ray.data  # noqa: F401  (Ray's and Ray Data's loggers set up, as in a run)
+
+    from rerank_ray import console
+
+    try:
+        with warnings.catch_warnings():  # pytest records warnings itself; let logging take them here
+            warnings.simplefilter("always")
+            logging.captureWarnings(False)  # an earlier setup in this process captured them already
+            path = console.setup_logging(tmp_path, verbose=verbose)
+            warnings.warn("a deprecated Ray argument", UserWarning, stacklevel=1)
+        logging.getLogger("rerank_ray.tune").info("trial a done")
+        logging.getLogger("ray.data").info("Execution plan: ReadParquet -> MapBatches")
+        logging.getLogger("ray.train").error("a worker died")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        err = capsys.readouterr().err
+        logged = path.read_text()
+    finally:
+        console.setup_logging(tmp_path / "reset", verbose=True)  # the next test's default
+        console._VERBOSE["route_ray"] = False
+    assert "trial a done" in err and "a worker died" in err  # ours, and any library's errors
+    assert ("Execution plan" in err) == verbose and ("a deprecated Ray argument" in err) == verbose
+    assert console.ray_to_console() is True  # reset by the last call
+    for line in ("trial a done", "Execution plan", "a deprecated Ray argument", "a worker died"):
+        assert line in logged

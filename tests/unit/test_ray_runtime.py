@@ -12,7 +12,7 @@ import pytest
 import ray
 import yaml
 
-from rerank_ray import ray_runtime
+from rerank_ray import console, ray_runtime
 from rerank_ray.config import RunConfig
 from rerank_ray.heartbeat import heartbeat
 from rerank_ray.ray_runtime import Capacity, Need, ResourceError, check_fits, run_need, start_ray
@@ -50,6 +50,8 @@ def fake_ray(monkeypatch):
     monkeypatch.setattr(ray_runtime, "prebuild_comm_op", lambda: None)
     monkeypatch.setattr(ray_runtime, "BOOTSTRAP_CONFIG", ray_runtime.Path("/nonexistent/bootstrap.yaml"))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # Ray's output as a library call gets it (the CLI without -v turns it off: below).
+    monkeypatch.setitem(console._VERBOSE, "ray_to_console", True)
     return state
 
 
@@ -59,6 +61,17 @@ def test_without_ray_address_a_private_local_ray_is_started_and_logged(fake_ray,
     # address="local" never joins a `ray start --head` already running on the machine
     assert fake_ray["init"] == [{"address": "local", "num_cpus": 4, "num_gpus": None}]
     assert "started a private local Ray (CPU 4); set RAY_ADDRESS" in caplog.text
+
+
+def test_the_cli_without_v_keeps_the_workers_output_and_progress_bars_off_the_console(fake_ray, monkeypatch):
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    monkeypatch.setattr(context, "enable_progress_bars", True)
+    monkeypatch.setitem(console._VERBOSE, "ray_to_console", False)  # as setup_logging(verbose=False) sets it
+    start_ray(num_cpus=4)
+    assert fake_ray["init"] == [{"address": "local", "num_cpus": 4, "num_gpus": None, "log_to_driver": False}]
+    assert context.enable_progress_bars is False
 
 
 def test_with_ray_address_it_connects_and_never_passes_num_cpus(fake_ray, monkeypatch, caplog):
