@@ -36,14 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from rerank_ray.console import Summary, default_log_dir, report_error, setup_logging
 from rerank_ray.stopping import stop_on_sigterm, stop_reason
+from rerank_ray.tune.tracking import MLFLOW_UI_PORT, mlflow_lines, mlflow_server_command, pending_runs
 
 if TYPE_CHECKING:
     from rerank_ray.config import RunConfig
 
 log = logging.getLogger("rerank_ray.cli")
-
-MLFLOW_UI_PORT = 5000
-
 
 # ---------------------------------------------------------------------------------------------
 # Config arguments shared by the config verbs.
@@ -251,7 +249,7 @@ def _where(manifest: dict, actors: int) -> str:
 def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
     from rerank_ray.cluster import fault_tolerance_line
     from rerank_ray.tune.config import load_study
-    from rerank_ray.tune.plan import plan_study
+    from rerank_ray.tune.plan import format_plan, plan_study
 
     paths, overrides = split_config_args(args)
     study = load_study(paths, overrides)
@@ -314,40 +312,6 @@ def dry_run_forecast(study: Any, plans: list[Any], hardware: str | None, price: 
     return format_forecast(forecast)
 
 
-def format_plan(plans: list[Any]) -> str:
-    """One row per planned trial: its grid coordinates and the Ray resources it reserves."""
-
-    def resources(r: dict[str, float]) -> str:
-        return ", ".join(f"{k} {v:g}" for k, v in r.items())
-
-    def memory(p: Any) -> str:
-        run = p.run
-        lora = f", LoRA r={run.model.lora.r}" if run.model.lora else ""
-        return (
-            f"{run.scaling.num_workers}w ZeRO-{run.deepspeed.zero_stage} "
-            f"micro {run.train.micro_batch_groups}x{run.train.grad_accum}{lora}"
-        )
-
-    rows = [("trial", "strategy", "student", "teacher", "seed", "trial process", "train workers", "training")]
-    rows += [
-        (
-            p.name,
-            p.strategy,
-            p.student,
-            p.teacher or "-",
-            str(p.seed),
-            resources(p.resources),
-            resources(p.train_resources),
-            memory(p),
-        )
-        for p in plans
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(f"{v:<{w}}" for v, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
-
-
 def cmd_sync(args: argparse.Namespace, summary: Summary) -> None:
     from rerank_ray.config import resolve_tracking_uri
     from rerank_ray.tune.config import load_study
@@ -359,41 +323,6 @@ def cmd_sync(args: argparse.Namespace, summary: Summary) -> None:
     runs, calls = sync_study(study.study_dir, uri)
     summary.ran.append(f"synced {runs} deferred MLflow run(s) of study {study.name} ({calls} call(s))")
     summary.mlflow += mlflow_lines(uri, study.base.mlflow.experiment, None)
-
-
-def pending_runs(study_dir: Path) -> int:
-    """How many of a study's MLflow runs hold calls not logged yet (``tune/logbook.py``)."""
-    import json
-
-    from rerank_ray.tune.logbook import journals
-
-    return sum(bool(json.loads(p.read_text())["pending"]) for p in journals(study_dir))
-
-
-def mlflow_lines(
-    tracking_uri: str, experiment: str, run_id: str | None, experiment_id: str | None = None
-) -> list[str]:
-    """Where a run is in MLflow, and the UI link that opens the study's runs table."""
-    from rerank_ray.tune.tracking import experiment_url, redact_uri
-
-    lines = [f"experiment {experiment!r}" + (f", parent run {run_id}" if run_id else "")]
-    lines.append(f"store {redact_uri(tracking_uri)}")
-    remote = tracking_uri.startswith(("http://", "https://"))
-    server = redact_uri(tracking_uri) if remote else f"http://127.0.0.1:{MLFLOW_UI_PORT}"
-    link = experiment_url(server, experiment_id) if experiment_id else f"{server.rstrip('/')}/#/experiments"
-    lines.append(f"browse {link}" if remote else f"browse `rerank-ray ui`, then {link}")
-    return lines
-
-
-def mlflow_server_command(backend_store_uri: str, host: str, port: int) -> list[str]:
-    """`mlflow server` over `backend_store_uri`, one worker (the UI is read by one person)."""
-    return [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", backend_store_uri,
-        "--host", host,
-        "--port", str(port),
-        "--workers", "1",
-    ]  # fmt: skip
 
 
 def cmd_ui(args: argparse.Namespace, summary: Summary) -> None:

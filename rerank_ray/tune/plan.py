@@ -31,7 +31,7 @@ NO_TEACHER = "none"
 #  5. tune/report.py: how the axis groups cells (_variants, _cells), the table columns and the
 #     plot;
 #  6. tune/tracking.py: the list of child tags in the module docstring;
-#  7. cli.py: the columns of the --dry-run plan table (format_plan);
+#  7. plan.py: the columns of the --dry-run plan table (format_plan);
 #  8. tests/unit/test_study_config.py (grid, names, plan) and tests/unit/test_report.py.
 
 
@@ -185,3 +185,37 @@ def trial_run(
 
 def teachers_used(plans: list[TrialPlan]) -> list[str]:
     return list(dict.fromkeys(p.teacher for p in plans if p.teacher))
+
+
+def format_plan(plans: list[Any]) -> str:
+    """One row per planned trial: its grid coordinates and the Ray resources it reserves."""
+
+    def resources(r: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:g}" for k, v in r.items())
+
+    def memory(p: Any) -> str:
+        run = p.run
+        lora = f", LoRA r={run.model.lora.r}" if run.model.lora else ""
+        return (
+            f"{run.scaling.num_workers}w ZeRO-{run.deepspeed.zero_stage} "
+            f"micro {run.train.micro_batch_groups}x{run.train.grad_accum}{lora}"
+        )
+
+    rows = [("trial", "strategy", "student", "teacher", "seed", "trial process", "train workers", "training")]
+    rows += [
+        (
+            p.name,
+            p.strategy,
+            p.student,
+            p.teacher or "-",
+            str(p.seed),
+            resources(p.resources),
+            resources(p.train_resources),
+            memory(p),
+        )
+        for p in plans
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(f"{v:<{w}}" for v, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )

@@ -37,6 +37,7 @@ import functools
 import logging
 import re
 import secrets
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -235,3 +236,39 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
         for k, v in metrics.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
     }
+
+
+def pending_runs(study_dir: Path) -> int:
+    """How many of a study's MLflow runs hold calls not logged yet (``tune/logbook.py``)."""
+    import json
+
+    from rerank_ray.tune.logbook import journals
+
+    return sum(bool(json.loads(p.read_text())["pending"]) for p in journals(study_dir))
+
+
+MLFLOW_UI_PORT = 5000  # `rerank-ray ui`'s default port
+
+
+def mlflow_lines(
+    tracking_uri: str, experiment: str, run_id: str | None, experiment_id: str | None = None
+) -> list[str]:
+    """Where a run is in MLflow, and the UI link that opens the study's runs table."""
+    lines = [f"experiment {experiment!r}" + (f", parent run {run_id}" if run_id else "")]
+    lines.append(f"store {redact_uri(tracking_uri)}")
+    remote = tracking_uri.startswith(("http://", "https://"))
+    server = redact_uri(tracking_uri) if remote else f"http://127.0.0.1:{MLFLOW_UI_PORT}"
+    link = experiment_url(server, experiment_id) if experiment_id else f"{server.rstrip('/')}/#/experiments"
+    lines.append(f"browse {link}" if remote else f"browse `rerank-ray ui`, then {link}")
+    return lines
+
+
+def mlflow_server_command(backend_store_uri: str, host: str, port: int) -> list[str]:
+    """`mlflow server` over `backend_store_uri`, one worker (the UI is read by one person)."""
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend_store_uri,
+        "--host", host,
+        "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rerank_ray.cli import mlflow_lines
 from rerank_ray.config import RunConfig
-from rerank_ray.tune.tracking import flatten_params, redact_config, redact_uri
+from rerank_ray.tune.tracking import flatten_params, mlflow_lines, redact_config, redact_uri
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from rerank_ray.cli import mlflow_lines
-from rerank_ray.tune.tracking import NOTE_LIMIT, experiment_url, run_note, run_url
+from rerank_ray.tune.tracking import NOTE_LIMIT, experiment_url, mlflow_lines, run_note, run_url
 
 
 def test_experiment_url_opens_the_runs_table_in_model_training_mode():
