@@ -1,4 +1,5 @@
-"""No function in rerank_ray/ grows past 60 lines (``def`` line to last line, docstring included).
+"""No function in rerank_ray/ grows past 60 lines (``def`` line to last line, docstring included),
+and no module past 500.
 
 A long function is split into named phases with docstrings (STYLE.md, "a loop reads as its
 phases"); declarative tables are the exception and are listed in ``ALLOWED`` by name.
@@ -51,3 +52,16 @@ def test_no_function_is_longer_than_60_lines():
     long = {f"{path}::{name} ({n} lines)" for (path, name), n in lengths.items() if n > MAX_LINES}
     long -= {f"{path}::{name} ({lengths[(path, name)]} lines)" for path, name in ALLOWED}
     assert not long, f"split these into named phases (at most {MAX_LINES} lines each): {sorted(long)}"
+
+
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_is_longer_than_500_lines():
+    """A module past 500 lines holds more than one job: split it by job (docs/ARCHITECTURE.md)."""
+    long = {
+        f"{path.relative_to(PACKAGE)} ({n} lines)"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"split these by job (at most {MAX_MODULE_LINES} lines each): {sorted(long)}"
