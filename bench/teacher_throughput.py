@@ -1,6 +1,6 @@
 """The bi-encoder teacher's scoring rate: the ``score`` line of bench/throughput.yaml for
 ``family: bi_encoder``, which `rerank-ray study --dry-run` forecasts a bi-encoder teacher's
-scoring time from (``tune/forecast.py``; without it the forecast prints ``?``).
+scoring time from (``study/forecast.py``; without it the forecast prints ``?``).
 
 What is timed: ``teacher.score.TeacherScorer`` (the callable every actor of the ``rerank-ray
 score`` job maps over its blocks) on kind ``bi_encoder``, in this process with torch on

@@ -8,7 +8,7 @@ train      ``train.driver.train`` (groups if needed, DeepSpeed training, HF expo
            ``evaluation.evaluate.evaluate`` on ``eval.suites`` unless ``--no-eval``
 evaluate   ``evaluation.evaluate.evaluate``: a saved model, or ``--first-stage`` (BM25)
 score      ``teacher.score.score_groups``: teacher scores for a groups file
-study      ``tune.study.run_study`` (``--dry-run``: ``tune.plan.plan_study`` + ``tune.forecast``)
+study      ``study.run.run_study`` (``--dry-run``: ``study.plan.plan_study`` + ``tune.forecast``)
 ui         ``mlflow server`` on 127.0.0.1 over the project's tracking store
 =========  ==========================================================================
 
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from rerank_ray.console import Summary, default_log_dir, report_error, setup_logging
 from rerank_ray.stopping import stop_on_sigterm, stop_reason
-from rerank_ray.tune.tracking import MLFLOW_UI_PORT, mlflow_lines, mlflow_server_command, pending_runs
+from rerank_ray.study.tracking import MLFLOW_UI_PORT, mlflow_lines, mlflow_server_command, pending_runs
 
 if TYPE_CHECKING:
     from rerank_ray.config import RunConfig
@@ -248,8 +248,8 @@ def _where(manifest: dict, actors: int) -> str:
 
 def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
     from rerank_ray.cluster import fault_tolerance_line
-    from rerank_ray.tune.config import load_study
-    from rerank_ray.tune.plan import format_plan, plan_study
+    from rerank_ray.study.config import load_study
+    from rerank_ray.study.plan import format_plan, plan_study
 
     paths, overrides = split_config_args(args)
     study = load_study(paths, overrides)
@@ -264,7 +264,7 @@ def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
         )
         return 0
     from rerank_ray.outputs import FINISHED, claim_outputs, study_identity
-    from rerank_ray.tune.study import run_study
+    from rerank_ray.study.run import run_study
 
     with claim_outputs(study.study_dir, study_identity(study.name), force=args.force, finished=FINISHED):
         result = run_study(study, command=" ".join(["rerank-ray", *sys.argv[1:]]))
@@ -300,7 +300,7 @@ def dry_run_forecast(study: Any, plans: list[Any], hardware: str | None, price: 
     """The cost forecast table (``tune.forecast``), or one line saying why there is none."""
     from rerank_ray.data.datasets import DataError
     from rerank_ray.models.sources import SourceError
-    from rerank_ray.tune.forecast import ForecastError, ThroughputTable, forecast_study, format_forecast
+    from rerank_ray.study.forecast import ForecastError, ThroughputTable, forecast_study, format_forecast
 
     try:
         forecast = forecast_study(
@@ -314,8 +314,8 @@ def dry_run_forecast(study: Any, plans: list[Any], hardware: str | None, price: 
 
 def cmd_sync(args: argparse.Namespace, summary: Summary) -> None:
     from rerank_ray.config import resolve_tracking_uri
-    from rerank_ray.tune.config import load_study
-    from rerank_ray.tune.logbook import bound_retries, sync_study
+    from rerank_ray.study.config import load_study
+    from rerank_ray.study.logbook import bound_retries, sync_study
 
     study = load_study(*split_config_args(args))
     uri = resolve_tracking_uri(study.base.mlflow)
@@ -327,7 +327,7 @@ def cmd_sync(args: argparse.Namespace, summary: Summary) -> None:
 
 def cmd_ui(args: argparse.Namespace, summary: Summary) -> None:
     from rerank_ray.config import resolve_tracking_uri
-    from rerank_ray.tune.tracking import redact_uri
+    from rerank_ray.study.tracking import redact_uri
 
     cfg = load_run_config(args)
     uri = resolve_tracking_uri(cfg.mlflow)

@@ -47,7 +47,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # A name becomes a folder and an MLflow/Tune run name: letters, digits, '-', '_' and '.', not
 # starting with '.' (so never '..', a hidden folder or a path).
 NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
-# '+' joins the parts of a study trial's run name (tune/plan.py); no name contains it, so two
+# '+' joins the parts of a study trial's run name (study/plan.py); no name contains it, so two
 # different (strategy, student, teacher, seed) never share a trial name.
 NAME_JOIN = "+"
 

@@ -1,5 +1,5 @@
 """Loading a config: stacked YAML files and ``dotted.key=value`` overrides, merged key by key,
-then validated once by a pydantic model (``config.py``'s ``RunConfig``, ``tune/config.py``'s
+then validated once by a pydantic model (``config.py``'s ``RunConfig``, ``study/config.py``'s
 ``StudyConfig``), with errors that name the dotted key, what was found and the keys allowed
 there. Nothing here knows a field: it works for any model.
 """

@@ -4,7 +4,7 @@
   and everything at DEBUG (Ray's and the libraries' records, Python warnings, tracebacks) to a
   log file, ``<log_dir>/rerank-ray-<timestamp>-<pid>.log``; ``-v`` brings it all, and Ray's
   workers' output, back to stderr. A study adds one line per trial state change
-  (``tune/progress.py``).
+  (``study/progress.py``).
 - :func:`explain` turns an exception into one line saying what went wrong plus one line saying
   how to fix it. Exceptions that come back through Ray (a failed task, a failed training worker,
   a failed Train controller) are unwrapped to the project error that caused them, so a
@@ -147,7 +147,7 @@ HINTS: tuple[tuple[str, str, str], ...] = (
         "the line above names the node and the path; docs/CLUSTER.md, 'Shared storage', sets it up",
     ),
     (
-        "rerank_ray.tune.tracking",
+        "rerank_ray.study.tracking",
         "TrackingUnreachable",
         "start the server (or `rerank-ray ui`), or correct base.mlflow.tracking_uri / $MLFLOW_TRACKING_URI; "
         "to run without a server: base.mlflow.tracking_uri=sqlite:///mlflow.db",

@@ -6,7 +6,7 @@ later), a scheduler's SIGTERM, or Ctrl-C.
 Exception`` (Ray Tune's included) instead of dying mid-write. Because SIGKILL follows within
 seconds, what must happen before the process ends is registered with :func:`on_stop` and runs
 in the signal handler itself, first: a study marks its MLflow run KILLED there
-(``tune/tracking.study_run``). ``ray.init`` installs its own SIGTERM handler (``sys.exit``), so
+(``study/tracking.study_run``). ``ray.init`` installs its own SIGTERM handler (``sys.exit``), so
 ``ray_runtime.start_ray`` calls :func:`reclaim_sigterm` after it. What finished is on disk already (every write is atomic,
 ``io.py``), and the same command resumes.
 """

@@ -139,6 +139,6 @@ def linear_output_dtypes(module: torch.nn.Module) -> set[torch.dtype]:
 def finished_trials(trials_dir) -> list[str]:
     """The trials under `trials_dir` whose run record holds an evaluation (``train/record.py``):
     finished, not merely trained."""
-    from rerank_ray.tune.trial import read_summary
+    from rerank_ray.study.trial import read_summary
 
     return sorted(p.name for p in trials_dir.glob("*") if p.is_dir() and read_summary(p) is not None)

@@ -173,7 +173,7 @@ def sample_groups(
 ) -> Iterator[tuple[Collection, str, str, list[list[str]]]]:
     """(collection, query_id, query text, groups of doc ids) for each query of ``cfg.data.train``
     that gives groups, in file order, counting every query (and skip) in `stats`. The one walk
-    over the data that ``build_groups`` and the dry run's count (``tune.forecast.count_groups``)
+    over the data that ``build_groups`` and the dry run's count (``study.forecast.count_groups``)
     both take: same collections (``data.duplicate_run_entries`` included), same held-out
     queries, same ``max_queries`` budget, and the same error when no query gives a group.
     Reads no document text."""

@@ -20,7 +20,7 @@ Adding a loss touches:
 - ``tests/unit/test_losses.py``: a test against hand-computed values (the tests parametrized
   over ``LOSSES`` then cover it too).
 
-A study names it in ``strategies`` with no further change (``tune/config.py`` reads
+A study names it in ``strategies`` with no further change (``study/config.py`` reads
 ``LossName``; the grid's teacher axis follows ``needs_teacher``).
 """
 

@@ -47,7 +47,7 @@ class TeacherModel(Section):
     - ``rerank_ray/teacher/score.py``: loading and scoring in ``TeacherScorer``;
     - ``rerank_ray/teacher/provenance.py``: what ``teacher_fingerprint`` hashes, and what
       ``provenance`` records (the reuse key);
-    - ``rerank_ray/tune/config.py``: a spec class with ``kind: Literal[...]`` in ``TeacherSpec``
+    - ``rerank_ray/study/config.py``: a spec class with ``kind: Literal[...]`` in ``TeacherSpec``
       (and its ``scorer()``), plus the module docstring's YAML example;
     - ``rerank_ray/teacher/stage.py``: one function per kind that turns the spec into a ready
       scorer and its evaluation (``teacher`` picks it), and its line in ``teacher_info``;

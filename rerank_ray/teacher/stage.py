@@ -4,7 +4,7 @@
 study's suites, scores the shared groups with it (``teacher/score.py``: resumable, reused when
 up to date) and measures its targets (``teacher/diagnostics.py``), each teacher in its own MLflow
 child run; it returns a :class:`TeacherStage` (per teacher: its evaluation, cost and what the
-report says of it). The kinds (specs in ``tune/config.py``):
+report says of it). The kinds (specs in ``study/config.py``):
 
 - ``cross_encoder`` trained by the study (contrastively, on the groups; reused when a finished
   run had the same inputs), or cross-fitted (``cross_fit: k``: k fold teachers, each scoring
@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rerank_ray.teacher.config import TeacherModel
-from rerank_ray.tune import logbook
-from rerank_ray.tune.config import BiEncoderTeacher, CrossEncoderTeacher, ScoresTeacher, StudyConfig
-from rerank_ray.tune.plan import TrialPlan, teacher_scores_dir, teachers_used
-from rerank_ray.tune.records import Cost, EvalRecord, EvalSummary, TeacherInfo, TrialSummary
-from rerank_ray.tune.tracking import child_tags, flatten_params, numeric
-from rerank_ray.tune.trial import (
+from rerank_ray.study import logbook
+from rerank_ray.study.config import BiEncoderTeacher, CrossEncoderTeacher, ScoresTeacher, StudyConfig
+from rerank_ray.study.plan import TrialPlan, teacher_scores_dir, teachers_used
+from rerank_ray.study.records import Cost, EvalRecord, EvalSummary, TeacherInfo, TrialSummary
+from rerank_ray.study.tracking import child_tags, flatten_params, numeric
+from rerank_ray.study.trial import (
     cost_metrics,
     evaluate_suites,
     evaluation_record,
@@ -38,6 +37,7 @@ from rerank_ray.tune.trial import (
     measure_keys,
     train_and_evaluate,
 )
+from rerank_ray.teacher.config import TeacherModel
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``train()`` writes it when a model is exported: ``{"identity", "train": {"metrics", "wall_s"}}``
 (the run's content identity, ``train/identity.py``, and what training reported). A study trial
-or teacher (``tune/trial.py``) then *extends* the same record with its evaluation: the keys of
+or teacher (``study/trial.py``) then *extends* the same record with its evaluation: the keys of
 ``TrialSummary.to_json()`` (``name``, ``metrics``, ``scores``, ``cost``, ``model_dir``,
 ``eval_dir``, ``run_config``; ``identity`` is the one already there). So a folder holds one
 record, a run is reusable for training when it has ``train``, and a trial is finished when the

@@ -47,7 +47,7 @@ def precomputed_scores(folder: Path, path: Path, first_stage: str = "bm25-top10"
 def byo_study(ray_local, data_root, tmp_path_factory):
     """A study on a collection defined in YAML (a BEIR-style folder built here), distilling
     from a precomputed score file: (StudyConfig, StudyResult, the score file)."""
-    from rerank_ray.tune.study import load_study, run_study
+    from rerank_ray.study.run import load_study, run_study
 
     tmp = tmp_path_factory.mktemp("byo")
     folder = build_collection(data_root, tmp / "mycorpus")

@@ -8,11 +8,11 @@ import json
 import pandas as pd
 import pytest
 
+from rerank_ray.study.config import load_study
+from rerank_ray.study.plan import teacher_scores_dir
+from rerank_ray.study.run import _groups
+from rerank_ray.study.tracking import study_run
 from rerank_ray.teacher.stage import teacher, teacher_info
-from rerank_ray.tune.config import load_study
-from rerank_ray.tune.plan import teacher_scores_dir
-from rerank_ray.tune.study import _groups
-from rerank_ray.tune.tracking import study_run
 from tests.conftest import TINY_BERT
 
 pytestmark = pytest.mark.slow

@@ -136,9 +136,9 @@ def test_a_stopped_job_keeps_its_finished_trials_and_its_run_reads_killed(ray_he
     from ray.util.state import list_actors
 
     from rerank_ray.config import PROJECT_ROOT
-    from rerank_ray.tune.config import load_study
-    from rerank_ray.tune.plan import plan_study
-    from rerank_ray.tune.trial import finished_summary
+    from rerank_ray.study.config import load_study
+    from rerank_ray.study.plan import plan_study
+    from rerank_ray.study.trial import finished_summary
     from tests.integration.ray_cluster import EXCLUDES
 
     env, out = job_env(tmp_path, data_root), tmp_path / "outputs"

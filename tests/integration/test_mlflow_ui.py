@@ -6,7 +6,7 @@ distillation from a precomputed-scores teacher, 2 steps each, on a collection de
 into a fresh sqlite store, so the runs, tags, metrics
 and the parent's description are exactly what the study runner writes. `rerank-ray ui` serves
 the store on a free port; Debian's chromium (headless, driven by Selenium through Debian's
-chromedriver) opens the printed link (``tune.tracking.experiment_url``: the runs table in
+chromedriver) opens the printed link (``study.tracking.experiment_url``: the runs table in
 model-training mode, which MLflow 3.17 takes from the URL, not from the experiment's tag),
 checks the study's parent run is listed at first load, expands it, adds the in-domain metric
 and the strategy and student tag columns from the Columns menu, and reads the grid against the
@@ -191,7 +191,7 @@ def screenshot_on_exit(browser, name: str):
 def test_printed_link_opens_the_study_runs_table(browser, mlflow_ui, study):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from rerank_ray.tune.tracking import experiment_url
+    from rerank_ray.study.tracking import experiment_url
 
     result, metrics = study
     wait = WebDriverWait(browser, 90)
@@ -223,7 +223,7 @@ def test_parent_run_description_is_the_report(browser, mlflow_ui, study):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from rerank_ray.tune.tracking import run_url
+    from rerank_ray.study.tracking import run_url
 
     result, _ = study
     wait = WebDriverWait(browser, 90)

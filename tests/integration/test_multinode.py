@@ -59,7 +59,7 @@ ONE_NODE_LAYOUT = sorted(
     [".lock", ".storage-token", "forecast.json", "identity.json", "study.yaml"]
     + [f"first_stage/{f}" for f in ("eval.json", "metrics.json", "tiny-scifact.per_query.tsv", "tiny-scifact.run")]
     + ["groups/groups.parquet", "groups/groups.stats.json", "report/report.md", "report/report.png"]
-    # The MLflow journals of the driver's runs (tune/logbook.py), their ids masked by `written`.
+    # The MLflow journals of the driver's runs (study/logbook.py), their ids masked by `written`.
     + ["mlflow/study.<id>.json", "mlflow/teacher-given.<id>.json"]
     + ["teachers/given/scores/manifest.json", "teachers/given/scores/scores/part-00000.parquet"]
     + [
@@ -320,8 +320,8 @@ def written(study_dir: Path) -> list[str]:
 def same_groups_as_on_one_node(study: Path, study_dir: Path, data_root: Path) -> None:
     """The groups the cluster study trained on are the bytes one machine builds from the file."""
     from rerank_ray.data.groups import build_groups
+    from rerank_ray.study.config import load_study
     from rerank_ray.train.identity import file_sha256
-    from rerank_ray.tune.config import load_study
 
     cfg = load_study(
         [study], [f"base.output_dir={study_dir.parent / 'one-node'}", f"base.data.root={data_root}"]

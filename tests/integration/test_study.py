@@ -16,7 +16,7 @@ import yaml
 
 from rerank_ray.config import ConfigError, ModelConfig
 from rerank_ray.models import build_model
-from rerank_ray.tune.study import load_study, run_study
+from rerank_ray.study.run import load_study, run_study
 from tests.conftest import TINY_BERT, finished_trials
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ import pytest
 from rerank_ray import cli
 from rerank_ray.config import ConfigError
 from rerank_ray.console import Summary, explain, format_duration, one_line
-from rerank_ray.tune.records import TrialRecord
+from rerank_ray.study.records import TrialRecord
 
 
 @pytest.fixture
@@ -282,7 +282,7 @@ def test_evaluate_first_stage(run, library):
 
 
 def test_study_dry_run_plans_and_starts_nothing(run, library, tmp_path):
-    library("rerank_ray.tune.study", run_study=lambda cfg: pytest.fail("--dry-run must not run the study"))
+    library("rerank_ray.study.run", run_study=lambda cfg: pytest.fail("--dry-run must not run the study"))
     study = write(
         tmp_path / "s.yaml",
         "name: tiny\n"
@@ -373,9 +373,9 @@ def test_study_summary_names_report_and_mlflow_run(run, library, tmp_path):
         ],
     )
     study = SimpleNamespace(name="quickstart", study_dir=tmp_path / "outputs" / "quickstart")
-    library("rerank_ray.tune.config", load_study=lambda p, o: study)
-    library("rerank_ray.tune.plan", plan_study=lambda cfg: [])
-    library("rerank_ray.tune.study", run_study=lambda cfg, command: result)
+    library("rerank_ray.study.config", load_study=lambda p, o: study)
+    library("rerank_ray.study.plan", plan_study=lambda cfg: [])
+    library("rerank_ray.study.run", run_study=lambda cfg, command: result)
     code, out, _, _ = run("study")
     assert code == 1  # a failed trial fails the command (and so the Ray job), after the summary
     assert "| contrastive | 0.51 |" in out
@@ -434,7 +434,7 @@ def test_a_verb_stopped_by_sigterm_says_the_same_command_resumes(run, library, t
         os.kill(os.getpid(), signal.SIGTERM)
         signal.pause()
 
-    library("rerank_ray.tune.study", run_study=stopped)
+    library("rerank_ray.study.run", run_study=stopped)
     study = write(
         tmp_path / "s.yaml", "name: tiny\nstudents: {minilm-l1: {num_layers: 1}}\nstrategies: [contrastive]\n"
     )
@@ -448,7 +448,7 @@ def test_a_verb_stopped_by_sigterm_says_the_same_command_resumes(run, library, t
 
 _SLOW_TO_UNWIND = """
 import sys, time
-import rerank_ray.tune.study as study
+import rerank_ray.study.run as study
 
 def run_study(cfg, command=None):
     try:
@@ -508,7 +508,7 @@ def test_the_console_shows_the_projects_lines_and_the_log_file_everything(tmp_pa
             logging.captureWarnings(False)  # an earlier setup in this process captured them already
             path = console.setup_logging(tmp_path, verbose=verbose)
             warnings.warn("a deprecated Ray argument", UserWarning, stacklevel=1)
-        logging.getLogger("rerank_ray.tune").info("trial a done")
+        logging.getLogger("rerank_ray.study").info("trial a done")
         logging.getLogger("ray.data").info("Execution plan: ReadParquet -> MapBatches")
         logging.getLogger("ray.train").error("a worker died")
         for handler in logging.getLogger().handlers:

@@ -21,8 +21,8 @@ from rerank_ray.cluster import (
 )
 from rerank_ray.config import RunConfig, training_config
 from rerank_ray.outputs import run_identity as outputs_identity
+from rerank_ray.study.config import StudyConfig
 from rerank_ray.train.identity import run_identity
-from rerank_ray.tune.config import StudyConfig
 from tests.conftest import TINY_BERT
 
 
@@ -121,7 +121,7 @@ def test_a_token_is_read_back_and_a_node_without_it_gets_one_line_with_the_path_
 
 
 def test_a_trial_that_cannot_see_the_study_storage_fails_before_it_trains(tmp_path, monkeypatch):
-    from rerank_ray.tune import trial
+    from rerank_ray.study import trial
 
     monkeypatch.setattr(trial, "train_and_evaluate", lambda *a, **k: pytest.fail("must not train"))
     monkeypatch.setattr(trial, "_trial_mlflow_run", lambda *a, **k: pytest.fail("must not log"))
@@ -148,8 +148,8 @@ def test_a_train_worker_without_the_run_folder_fails_before_it_trains(tmp_path, 
 def test_a_retried_trial_resumes_its_mlflow_run_and_a_new_study_run_starts_another(tmp_path, monkeypatch):
     import mlflow
 
-    from rerank_ray.tune import logbook, trial
-    from rerank_ray.tune.plan import TrialPlan
+    from rerank_ray.study import logbook, trial
+    from rerank_ray.study.plan import TrialPlan
 
     class Plan:
         name = "t"
@@ -179,8 +179,8 @@ def test_a_retried_trial_resumes_its_mlflow_run_and_a_new_study_run_starts_anoth
 
 
 def test_the_report_says_what_a_trials_checkpoints_cost():
-    from rerank_ray.tune.records import Cost
-    from rerank_ray.tune.report import _checkpoint_note
+    from rerank_ray.study.records import Cost
+    from rerank_ray.study.report import _checkpoint_note
 
     assert _checkpoint_note(Cost(checkpoints=4.0, checkpoint_s=2.0)) == "4 checkpoints, 2.0 s (0.50 s each)"
     assert _checkpoint_note(Cost()) == ""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rerank_ray.tune.comparisons import Answer, TeacherVerdict, VerdictRow, _paired, compare
-from rerank_ray.tune.config import StudyConfig
-from rerank_ray.tune.records import EvalRecord, TeacherInfo, TrialRecord
+from rerank_ray.study.comparisons import Answer, TeacherVerdict, VerdictRow, _paired, compare
+from rerank_ray.study.config import StudyConfig
+from rerank_ray.study.records import EvalRecord, TeacherInfo, TrialRecord
 
 
 def cfg() -> StudyConfig:
@@ -60,7 +60,7 @@ def test_a_four_query_comparison_by_hand():
 
 def test_holm_over_the_verdict_rows_and_the_answers_sign():
     rows = [VerdictRow("s", "in-domain", "v", "b", d, 0, 0, p, p, 10) for d, p in ((0.1, 0.01), (-0.1, 0.04))]
-    from rerank_ray.tune.stats import holm
+    from rerank_ray.study.stats import holm
 
     adjusted = holm([r.p for r in rows])
     assert adjusted == pytest.approx([0.02, 0.04])  # sorted: 2 x 0.01, then max(0.02, 1 x 0.04)

@@ -118,8 +118,8 @@ def test_deepspeed_config_rendering():
 def test_a_models_layers_have_one_home_read_by_the_forecast_and_the_report():
     """``ModelConfig.layers``: num_layers, else config_overrides.num_hidden_layers, else the
     source's own config, or None when the caller (the report) reads no source."""
-    import rerank_ray.tune.forecast as forecast
-    import rerank_ray.tune.report as report
+    import rerank_ray.study.forecast as forecast
+    import rerank_ray.study.report as report
     from rerank_ray.config import ModelConfig
 
     assert ModelConfig(num_layers=2).layers() == 2

@@ -38,8 +38,8 @@ def test_the_readme_reads_in_five_minutes():
 
 
 def test_the_readme_study_loads_and_plans(tmp_path):
-    from rerank_ray.tune.config import load_study
-    from rerank_ray.tune.plan import plan_study
+    from rerank_ray.study.config import load_study
+    from rerank_ray.study.plan import plan_study
 
     readme = (PROJECT_ROOT / "README.md").read_text()
     block = readme[readme.index("## Your own study") :]
@@ -60,7 +60,7 @@ def test_the_readme_study_loads_and_plans(tmp_path):
 # Code whose comments used to carry dated measurements: the measurements live in
 # docs/BENCHMARKS.md, the comments say what the constant is and point there.
 MEASURED_IN_COMMENTS = (
-    "rerank_ray/tune/forecast.py",
+    "rerank_ray/study/forecast.py",
     "rerank_ray/teacher/config.py",
     "rerank_ray/teacher/score.py",
 )

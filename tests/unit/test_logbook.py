@@ -1,4 +1,4 @@
-"""MLflow logging through a tracking server that goes down and comes back (``tune/logbook.py``):
+"""MLflow logging through a tracking server that goes down and comes back (``study/logbook.py``):
 calls are retried (bounded), then deferred to the run's journal; sync logs them once, and a
 sync run again (or interrupted and replayed) duplicates nothing. A real `mlflow server`."""
 
@@ -10,8 +10,8 @@ import time
 import mlflow
 import pytest
 
-from rerank_ray.tune import logbook
-from rerank_ray.tune.tracking import TrackingUnreachable, study_run
+from rerank_ray.study import logbook
+from rerank_ray.study.tracking import TrackingUnreachable, study_run
 from tests.mlflow_server import MlflowServer
 
 

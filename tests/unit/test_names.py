@@ -9,9 +9,9 @@ import yaml
 
 from rerank_ray import cli
 from rerank_ray.config import ConfigError, RunConfig, check_name, load_config, under
-from rerank_ray.tune import plan
-from rerank_ray.tune.config import load_study
-from rerank_ray.tune.plan import plan_study
+from rerank_ray.study import plan
+from rerank_ray.study.config import load_study
+from rerank_ray.study.plan import plan_study
 
 STUDY = {
     "name": "s",

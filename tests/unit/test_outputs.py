@@ -145,7 +145,7 @@ def test_cli_train_refuses_to_replace_another_configs_model_without_force(
 
 
 def test_cli_study_refuses_a_folder_holding_a_run(tmp_path, monkeypatch, capsys, fake_train):
-    import rerank_ray.tune.study as study_module
+    import rerank_ray.study.run as study_module
 
     monkeypatch.setattr(study_module, "run_study", lambda *a, **k: pytest.fail("the study ran"))
     monkeypatch.chdir(tmp_path)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rerank_ray.config import PROJECT_ROOT, load_config
-from rerank_ray.tune.config import load_study
-from rerank_ray.tune.plan import plan_study
+from rerank_ray.study.config import load_study
+from rerank_ray.study.plan import plan_study
 
 PAPER = PROJECT_ROOT / "experiments" / "paper"
 STUDENTS = sorted((PAPER / "students").glob("*.yaml"))
@@ -47,7 +47,7 @@ STUDY = PAPER / "study.yaml"
 def test_paper_study_dry_run_plans_the_grid_with_per_student_settings(tmp_path, capsys, monkeypatch):
     """`rerank-ray study experiments/paper/study.yaml --dry-run`: every trial, nothing started."""
     from rerank_ray import cli
-    from rerank_ray.tune import study as study_module
+    from rerank_ray.study import run as study_module
 
     monkeypatch.setattr(study_module, "run_study", lambda *a, **k: pytest.fail("--dry-run ran the study"))
     assert cli.main(["--log-dir", str(tmp_path), "study", str(STUDY), "--dry-run"]) == 0

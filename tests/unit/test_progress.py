@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rerank_ray.tune.progress import Progress
+from rerank_ray.study.progress import Progress
 
 
 class Clock:

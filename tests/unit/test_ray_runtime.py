@@ -16,8 +16,8 @@ from rerank_ray import console, ray_runtime
 from rerank_ray.config import RunConfig
 from rerank_ray.heartbeat import heartbeat
 from rerank_ray.ray_runtime import Capacity, Need, ResourceError, check_fits, run_need, start_ray
-from rerank_ray.tune.config import StudyConfig
-from rerank_ray.tune.plan import plan_study
+from rerank_ray.study.config import StudyConfig
+from rerank_ray.study.plan import plan_study
 
 NODE_8CPU = {"CPU": 8.0, "memory": 1e10}
 

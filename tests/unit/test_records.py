@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from rerank_ray.tune.config import load_study
-from rerank_ray.tune.plan import plan_study
-from rerank_ray.tune.records import Cost, EvalRecord, EvalSummary, TrialRecord, TrialSummary
-from rerank_ray.tune.study import _add_evaluation, _record
-from rerank_ray.tune.trial import read_summary
+from rerank_ray.study.config import load_study
+from rerank_ray.study.plan import plan_study
+from rerank_ray.study.records import Cost, EvalRecord, EvalSummary, TrialRecord, TrialSummary
+from rerank_ray.study.run import _add_evaluation, _record
+from rerank_ray.study.trial import read_summary
 
 # A trial.json as the trial wrote it when the summary was a plain dict (identity left out:
 # a record without one is read, and never reused).

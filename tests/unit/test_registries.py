@@ -16,13 +16,13 @@ import pytest
 from pydantic import BaseModel
 
 import rerank_ray.config
+import rerank_ray.study.config
 import rerank_ray.teacher.config
-import rerank_ray.tune.config
 from rerank_ray.losses import LOSSES, TEACHER_LOSSES
 from rerank_ray.models import MODELS
 from rerank_ray.teacher.config import TeacherModel
 
-CONFIG_MODULES = (rerank_ray.config, rerank_ray.tune.config, rerank_ray.teacher.config)
+CONFIG_MODULES = (rerank_ray.config, rerank_ray.study.config, rerank_ray.teacher.config)
 
 # Literals that select no registry entry: closed choices, documented where the field is.
 CHOICES = (
@@ -100,7 +100,7 @@ def test_every_literal_equals_its_registry_or_is_a_closed_choice(where, values):
 
 
 def test_study_teacher_specs_cover_every_teacher_kind():
-    union = typing.get_args(typing.get_args(rerank_ray.tune.config.TeacherSpec)[0])
+    union = typing.get_args(typing.get_args(rerank_ray.study.config.TeacherSpec)[0])
     kinds = set().union(*(typing.get_args(spec.model_fields["kind"].annotation) for spec in union))
     # Every scorer kind, plus precomputed scores, which are imported rather than scored.
     assert kinds == teacher_kinds() | {"scores"}

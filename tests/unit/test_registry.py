@@ -12,12 +12,12 @@ import torch
 
 from rerank_ray.config import ModelConfig
 from rerank_ray.models import build_model, load_reranker
-from rerank_ray.tune import logbook
-from rerank_ray.tune.config import load_study
-from rerank_ray.tune.plan import plan_study
-from rerank_ray.tune.records import Cost, EvalRecord, TrialRecord, TrialSummary
-from rerank_ray.tune.registry import best_per_strategy, register_best
-from rerank_ray.tune.tracking import child_tags, study_run
+from rerank_ray.study import logbook
+from rerank_ray.study.config import load_study
+from rerank_ray.study.plan import plan_study
+from rerank_ray.study.records import Cost, EvalRecord, TrialRecord, TrialSummary
+from rerank_ray.study.registry import best_per_strategy, register_best
+from rerank_ray.study.tracking import child_tags, study_run
 from tests.conftest import TINY_BERT
 
 PAIRS = pd.DataFrame(

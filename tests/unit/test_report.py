@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rerank_ray.tune.config import StudyConfig
-from rerank_ray.tune.records import Cost, EvalRecord, TrialRecord
-from rerank_ray.tune.report import TeacherInfo, build_report
+from rerank_ray.study.config import StudyConfig
+from rerank_ray.study.records import Cost, EvalRecord, TrialRecord
+from rerank_ray.study.report import TeacherInfo, build_report
 
 
 def study() -> StudyConfig:

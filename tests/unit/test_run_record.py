@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from rerank_ray.study.records import Cost, TrialSummary
+from rerank_ray.study.trial import read_summary
 from rerank_ray.train.record import RECORD, extend_record, forget, read_record, unfinish, write_train_record
-from rerank_ray.tune.records import Cost, TrialSummary
-from rerank_ray.tune.trial import read_summary
 
 IDENTITY = {"config": "c", "groups": "g", "teacher_scores": None, "base_weights": "w", "recipe": "r"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rerank_ray.tune.stats import bootstrap_interval, holm, paired_randomization_test, paired_t_test
+from rerank_ray.study.stats import bootstrap_interval, holm, paired_randomization_test, paired_t_test
 
 
 def test_randomization_exact_when_every_query_improves():

@@ -27,7 +27,7 @@ def test_sigterm_runs_the_stop_callbacks_then_unwinds_as_stopped():
 def test_a_stopped_study_run_ends_killed_with_its_running_children(tmp_path):
     import mlflow
 
-    from rerank_ray.tune.tracking import study_run
+    from rerank_ray.study.tracking import study_run
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from rerank_ray.config import ConfigError
-from rerank_ray.tune.config import StudentSpec, StudyConfig, load_study
-from rerank_ray.tune.plan import plan_study
+from rerank_ray.study.config import StudentSpec, StudyConfig, load_study
+from rerank_ray.study.plan import plan_study
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 

@@ -6,7 +6,7 @@ import pytest
 
 from rerank_ray.config import ConfigError, load_config
 from rerank_ray.evaluation.suites import SUITES, get_suite, known_suites, with_relevance
-from rerank_ray.tune.config import load_study
+from rerank_ray.study.config import load_study
 
 MINE = "{mycorpus: {dataset: /data/mine, split: dev, first_stage: bm25, depth: 30, relevance: 2}}"
 

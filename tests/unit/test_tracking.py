@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rerank_ray.config import RunConfig
-from rerank_ray.tune.tracking import flatten_params, mlflow_lines, redact_config, redact_uri
+from rerank_ray.study.tracking import flatten_params, mlflow_lines, redact_config, redact_uri
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def _closed_port() -> int:
 def test_an_unreachable_tracking_server_is_named_in_seconds_with_its_password_redacted():
     import time
 
-    from rerank_ray.tune.tracking import TrackingUnreachable, check_tracking_server
+    from rerank_ray.study.tracking import TrackingUnreachable, check_tracking_server
 
     uri = f"http://alice:s3cret@127.0.0.1:{_closed_port()}"
     t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def test_an_unreachable_tracking_server_is_named_in_seconds_with_its_password_re
 def test_a_server_that_accepts_but_never_answers_times_out():
     import socket
 
-    from rerank_ray.tune.tracking import TrackingUnreachable, check_tracking_server
+    from rerank_ray.study.tracking import TrackingUnreachable, check_tracking_server
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -87,7 +87,7 @@ def test_any_http_answer_proves_the_server_is_up_and_local_stores_need_none():
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from rerank_ray.tune.tracking import check_tracking_server
+    from rerank_ray.study.tracking import check_tracking_server
 
     seen = []
 

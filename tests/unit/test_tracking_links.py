@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rerank_ray.tune.tracking import NOTE_LIMIT, experiment_url, mlflow_lines, run_note, run_url
+from rerank_ray.study.tracking import NOTE_LIMIT, experiment_url, mlflow_lines, run_note, run_url
 
 
 def test_experiment_url_opens_the_runs_table_in_model_training_mode():
@@ -34,7 +34,7 @@ def test_run_note_is_the_report_cut_at_a_line_to_the_tag_limit():
 def test_report_first_puts_the_table_at_the_top_once(tmp_path):
     from types import SimpleNamespace
 
-    from rerank_ray.tune.tracking import report_first
+    from rerank_ray.study.tracking import report_first
 
     table = "| student | dl19 |\n|---|---|\n| l1 | 0.3 |"
     path = tmp_path / "report.md"

@@ -232,8 +232,8 @@ def steps_the_loop_takes(cfg: RunConfig, n_groups: int) -> list[int]:
 def test_the_forecast_counts_the_steps_the_training_loop_takes(
     groups, batch, workers, accum, epochs, max_steps
 ):
+    from rerank_ray.study.forecast import train_pairs
     from rerank_ray.train.driver import plan_steps
-    from rerank_ray.tune.forecast import train_pairs
 
     cfg = RunConfig.from_dict(
         {

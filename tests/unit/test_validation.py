@@ -10,7 +10,7 @@ from rerank_ray.config import ConfigError, DataConfig, RunConfig
 from rerank_ray.data.datasets import open_collection
 from rerank_ray.data.groups import build_groups
 from rerank_ray.evaluation.evaluate import evaluate_scorer
-from rerank_ray.tune.config import load_study
+from rerank_ray.study.config import load_study
 
 TINY_TRAIN = {"train": ["fixtures/tiny-scifact"], "train_split": "train", "first_stage": "bm25-top10"}
 TINY_GROUPS = {"depth": 10, "group_size": 4, "groups_per_query": 2, "positive_min_label": 1}

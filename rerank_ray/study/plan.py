@@ -13,24 +13,24 @@ from typing import Any
 
 from rerank_ray.config import NAME_JOIN, ConfigError, RunConfig
 from rerank_ray.config_loading import deep_merge, validate
+from rerank_ray.study.config import StudyConfig
 from rerank_ray.teacher.score import SCORES_DIR
-from rerank_ray.tune.config import StudyConfig
 
 NO_TEACHER = "none"
 
 # Adding a study axis (today: strategy, student, teacher, seed) touches these places; the
 # words are the same in the YAML, the trial name, the MLflow tags and the report:
-#  1. tune/config.py: the StudyConfig field (name -> spec), the GridBlock field, the unknown-name
+#  1. study/config.py: the StudyConfig field (name -> spec), the GridBlock field, the unknown-name
 #     check in StudyConfig._check, and the module docstring's YAML example (plus
-#     tune/study_yaml.merge_base when the axis's entries merge over `base`);
+#     study/study_yaml.merge_base when the axis's entries merge over `base`);
 #  2. this file: a TrialPlan field, TrialPlan.tags / to_dict / describe, the loop and the
 #     de-duplication key in plan_study, trial_name, and what the axis changes in trial_run;
-#  3. tune/trial.py: the MLflow tags run_trial sets on the trial's run;
-#  4. tune/records.py: the TrialRecord field, and tune/study.py: the record built from the
+#  3. study/trial.py: the MLflow tags run_trial sets on the trial's run;
+#  4. study/records.py: the TrialRecord field, and study/run.py: the record built from the
 #     plan (_record);
-#  5. tune/report.py: how the axis groups cells (_variants, _cells), the table columns and the
+#  5. study/report.py: how the axis groups cells (_variants, _cells), the table columns and the
 #     plot;
-#  6. tune/tracking.py: the list of child tags in the module docstring;
+#  6. study/tracking.py: the list of child tags in the module docstring;
 #  7. plan.py: the columns of the --dry-run plan table (format_plan);
 #  8. tests/unit/test_study_config.py (grid, names, plan) and tests/unit/test_report.py.
 

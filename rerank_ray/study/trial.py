@@ -9,7 +9,7 @@ Files, under ``<study>/trials/<trial>/`` (the ``train()`` run folder): ``model/`
 ``history.json``, ``mlflow_run.json`` (its MLflow child run), ``eval/`` (``<suite>.run``, ``<suite>.per_query.tsv``, ``metrics.json`` per
 depth group, ``eval.json`` for all suites: an ``EvalSummary``) and ``run.json``, the run's one
 finished record (``train/record.py``): ``train()`` writes its training part, and the trial
-extends it with the ``TrialSummary`` the study and the report read (``tune/records.py``). Its
+extends it with the ``TrialSummary`` the study and the report read (``study/records.py``). Its
 ``identity`` is the run's content identity (``train/identity.py``), computed once per trial by
 the study and handed to the trial; :func:`finished_summary`
 reuses a trial (or a study teacher) only when it matches the identity of the run as configured
@@ -27,17 +27,17 @@ import yaml
 
 from rerank_ray.config import DataConfig, RunConfig
 from rerank_ray.io import write_json
+from rerank_ray.study import logbook
+from rerank_ray.study.config import StudyEvalConfig
+from rerank_ray.study.plan import TrialPlan
+from rerank_ray.study.records import Cost, EvalRecord, EvalSummary, TrialSummary
+from rerank_ray.study.report import read_per_query
+from rerank_ray.study.tracking import child_tags, flatten_params, numeric, redact_config
 from rerank_ray.teacher.config import TeacherModel
 from rerank_ray.train.identity import RunIdentity, run_identity
 from rerank_ray.train.record import extend_record, read_record, unfinish
-from rerank_ray.tune import logbook
-from rerank_ray.tune.config import StudyEvalConfig
-from rerank_ray.tune.plan import TrialPlan
-from rerank_ray.tune.records import Cost, EvalRecord, EvalSummary, TrialSummary
-from rerank_ray.tune.report import read_per_query
-from rerank_ray.tune.tracking import child_tags, flatten_params, numeric, redact_config
 
-log = logging.getLogger("rerank_ray.tune")
+log = logging.getLogger("rerank_ray.study")
 
 
 def evaluate_suites(
@@ -225,7 +225,7 @@ def run_trial(config: dict[str, Any]) -> None:
 
 
 def _trial_mlflow_run(plan: TrialPlan, study: dict[str, Any]) -> logbook.RunLog:
-    """The trial's MLflow child run (``<trial>/mlflow_run.json``, ``tune/logbook.py``), or the
+    """The trial's MLflow child run (``<trial>/mlflow_run.json``, ``study/logbook.py``), or the
     same run when this is a retry of the trial under the same study run: one child run per
     trial, however many attempts it took."""
     import mlflow

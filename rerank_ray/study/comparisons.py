@@ -13,8 +13,8 @@
   one-hot, its in-domain level against its rival contrastive student (the one of its size, else
   the best), and so whether distillation from it cannot add anything.
 
-Pairing (the queries both sides have) and the test (``report.test``: ``tune/stats.py``) are
-each done in one place, :func:`_paired` and :func:`_tests`. ``tune/report.py`` only renders
+Pairing (the queries both sides have) and the test (``report.test``: ``study/stats.py``) are
+each done in one place, :func:`_paired` and :func:`_tests`. ``study/report.py`` only renders
 these records.
 """
 
@@ -25,10 +25,10 @@ from enum import Enum
 
 import numpy as np
 
+from rerank_ray.study.config import StudyConfig
+from rerank_ray.study.records import EvalRecord, TeacherInfo, TrialRecord
+from rerank_ray.study.stats import bootstrap_interval, holm, paired_randomization_test, paired_t_test
 from rerank_ray.teacher.diagnostics import near_one_hot
-from rerank_ray.tune.config import StudyConfig
-from rerank_ray.tune.records import EvalRecord, TeacherInfo, TrialRecord
-from rerank_ray.tune.stats import bootstrap_interval, holm, paired_randomization_test, paired_t_test
 
 # Suites left out of the verdict: the validation split chooses schedules, it does not judge them.
 SELECTION_SUITES = ("validation",)

@@ -1,7 +1,7 @@
 """Study YAML normalisation: from the dicts a study file holds to the dict StudyConfig validates.
 
 The study file's format (short and long student forms, strategy lists, ``files`` keys) is
-described in rerank_ray.tune.config's module docstring; the fields and their checks live there.
+described in rerank_ray.study.config's module docstring; the fields and their checks live there.
 This module only rewrites raw dicts:
 
 - :func:`read_files` replaces the ``files`` keys of one study file by the RunConfig files they
@@ -26,7 +26,7 @@ STUDENT_LONG_FORM = {"model", "overrides"}
 
 def merge_base(data: Any) -> Any:
     """Students over base.model, strategies over base.loss, study-trained teachers' models over
-    base.model (see rerank_ray.tune.config's module docstring): StudyConfig's before-validator."""
+    base.model (see rerank_ray.study.config's module docstring): StudyConfig's before-validator."""
     if not isinstance(data, dict):
         return data
     data = dict(data)

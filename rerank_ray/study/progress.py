@@ -3,7 +3,7 @@
 :class:`Progress` is pure bookkeeping (trial started, done with its headline metric, failed
 with its one-line error -> the line to print), so it is unit-tested without Ray;
 :func:`tune_callback` wraps it in a Ray Tune ``Callback`` the study's Tuner calls on the
-driver. The time left is the dry run's forecast (``tune/forecast.py``) of what has not finished
+driver. The time left is the dry run's forecast (``study/forecast.py``) of what has not finished
 (a running trial's forecast less its elapsed time), spread over the trials that run at once.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from rerank_ray.console import format_duration, one_line
 
-log = logging.getLogger("rerank_ray.tune")
+log = logging.getLogger("rerank_ray.study")
 
 
 @dataclass

@@ -37,7 +37,7 @@ Files (``load_study`` only): ``base: {files: [run.yaml]}`` stacks RunConfig YAML
 files whose ``model`` becomes its model and whose other sections become its ``overrides``
 (their ``name`` is dropped: the study names its runs), under its own ``model``/``overrides``.
 Paths are relative to the study file, so a grid can reuse the per-run files it was built from.
-Both rewrites of the raw YAML (merging and ``files``) live in rerank_ray.tune.study_yaml.
+Both rewrites of the raw YAML (merging and ``files``) live in rerank_ray.study.study_yaml.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ from rerank_ray.config import (
 )
 from rerank_ray.config_loading import deep_merge, parse_override, read_yaml, validate
 from rerank_ray.evaluation.suites import Suite
+from rerank_ray.study.study_yaml import merge_base, read_files
 from rerank_ray.teacher.config import ScoringConfig, TeacherModel
-from rerank_ray.tune.study_yaml import merge_base, read_files
 
 
 class CrossEncoderTeacher(Section):

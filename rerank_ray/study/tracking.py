@@ -46,7 +46,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from rerank_ray.stopping import on_stop, stop_reason
 
-log = logging.getLogger("rerank_ray.tune")
+log = logging.getLogger("rerank_ray.study")
 
 REDACTED = "***"
 HEALTH_TIMEOUT_S = 5.0
@@ -144,7 +144,7 @@ def study_run(experiment_id: str, name: str, study_dir: Path, tracking_uri: str)
     active for the block. A study that is stopped (Ctrl-C, or SIGTERM from `ray job stop`:
     ``stopping.py``) ends KILLED, with its running child runs, and tagged ``interrupted``, so it
     never reads as FINISHED; a rerun resumes it as a new parent run."""
-    from rerank_ray.tune import logbook
+    from rerank_ray.study import logbook
 
     log_id = secrets.token_hex(8)
     parent = logbook.new_run(
@@ -210,7 +210,7 @@ def run_url(server: str, experiment_id: str, run_id: str) -> str:
 
 
 def report_first(report: Any) -> str:
-    """A study report (``tune.report.Report``) with its table first: MLflow shows the top of a
+    """A study report (``study.report.Report``) with its table first: MLflow shows the top of a
     run's description and folds the rest under "Show more"."""
     text = report.markdown_path.read_text()
     return report.table_markdown.strip() + "\n\n" + text.replace(report.table_markdown.strip(), "", 1)
@@ -239,10 +239,10 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def pending_runs(study_dir: Path) -> int:
-    """How many of a study's MLflow runs hold calls not logged yet (``tune/logbook.py``)."""
+    """How many of a study's MLflow runs hold calls not logged yet (``study/logbook.py``)."""
     import json
 
-    from rerank_ray.tune.logbook import journals
+    from rerank_ray.study.logbook import journals
 
     return sum(bool(json.loads(p.read_text())["pending"]) for p in journals(study_dir))
 

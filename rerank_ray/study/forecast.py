@@ -30,7 +30,7 @@ docs/BENCHMARKS.md, "Measurements behind code constants"). On GPU hardware each 
 own devices, so k trials run side by side at the measured rates.
 
 Resources: CPU-hours = wall x (the trial process's CPUs + the train workers' CPUs) while
-training, like the actual cost in ``tune/trial.py``; GPU-hours likewise with GPUs. The study's
+training, like the actual cost in ``study/trial.py``; GPU-hours likewise with GPUs. The study's
 wall time is the teachers' (they run one after another) plus the trials' spread over
 ``tune.max_concurrent_trials``.
 """
@@ -44,7 +44,7 @@ from typing import Any
 import yaml
 
 from rerank_ray.config import PROJECT_ROOT, ModelConfig, RunConfig
-from rerank_ray.tune.config import BiEncoderTeacher, CrossEncoderTeacher, ScoresTeacher, StudyConfig
+from rerank_ray.study.config import BiEncoderTeacher, CrossEncoderTeacher, ScoresTeacher, StudyConfig
 
 # Looked up in the working directory first (a `ray job submit --working-dir .` upload), then in
 # the project checkout this package was imported from; an installed wheel ships no bench/.
@@ -286,8 +286,8 @@ def forecast_study(
     hardware: str | None = None,
     price_per_hour: float | None = None,
 ) -> StudyForecast:
-    """The forecast of every teacher the plans use and every trial (``tune.plan.TrialPlan``)."""
-    from rerank_ray.tune.plan import teachers_used
+    """The forecast of every teacher the plans use and every trial (``study.plan.TrialPlan``)."""
+    from rerank_ray.study.plan import teachers_used
 
     hardware = hardware or table.default_hardware(cfg.base.scaling.use_gpu)
     if hardware is not None and hardware not in table.hardware:

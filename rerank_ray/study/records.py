@@ -6,12 +6,12 @@
 - :class:`TrialSummary`: one finished training run, a trial's or a study teacher's
   (``train_and_evaluate``); written into the run's one record ``<run_dir>/run.json``
   (``train/record.py``), read back to reuse the run
-  (``finished_summary``), to find a trial's model (``tune/registry.py``) and to build its
-  :class:`TrialRecord` (``tune/study.py``).
+  (``finished_summary``), to find a trial's model (``study/registry.py``) and to build its
+  :class:`TrialRecord` (``study/run.py``).
 - :class:`EvalRecord`: what the report needs of one evaluated scorer (a trial, a teacher, the
   first stage): the measure per suite and its per-query values; in memory only.
-- :class:`TrialRecord`: one planned trial's outcome, built by the study (``tune/study.py``),
-  read by the report (``tune/report.py``) and the registry (``tune/registry.py``), and returned
+- :class:`TrialRecord`: one planned trial's outcome, built by the study (``study/run.py``),
+  read by the report (``study/report.py``) and the registry (``study/registry.py``), and returned
   to the caller in ``StudyResult.trials``; in memory only (its files are the trial's
   ``run.json`` and ``eval/``).
 
@@ -68,7 +68,7 @@ class Cost:
     for the training time plus the trial process for the whole run).
     Scoring a teacher's groups (from its scores manifest): ``scoring_*``. ``checkpoints`` and
     ``checkpoint_s``: the training's checkpoints and the time spent saving them. ``forecast_wall_s``:
-    the dry run's forecast of ``wall_s`` (``tune/forecast.py``), set by the study for the
+    the dry run's forecast of ``wall_s`` (``study/forecast.py``), set by the study for the
     report's cost table."""
 
     wall_s: float | None = None

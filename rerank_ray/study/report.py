@@ -1,10 +1,10 @@
 """The study report: one table, one plot, paired significance tests, and the cost of each run.
 
-Inputs are typed records (``tune/records.py``: ``TrialRecord``, ``EvalRecord``, ``Cost``,
-``TeacherInfo``; built by ``tune/study.py`` from each trial's ``run.json`` and evaluation folder),
+Inputs are typed records (``study/records.py``: ``TrialRecord``, ``EvalRecord``, ``Cost``,
+``TeacherInfo``; built by ``study/run.py`` from each trial's ``run.json`` and evaluation folder),
 so the report can be rebuilt or unit-tested without Ray or MLflow. Every comparison (tests,
 intervals, Holm, answers, teacher conclusions) is computed once, as typed records, by
-``tune/comparisons.py``; this module renders them as markdown and the plot.
+``study/comparisons.py``; this module renders them as markdown and the plot.
 
 - **Table**: rows = students (in the study's order), then one row per teacher and the
   first-stage (BM25) row; columns = benchmark x variant, where a variant is a strategy, or a
@@ -12,7 +12,7 @@ intervals, Holm, answers, teacher conclusions) is computed once, as typed record
   seeds of the suite's measure (default nDCG@10). A dagger (†) marks a variant that differs from
   the baseline strategy (contrastive) at p < alpha in a paired per-query test, on the same
   student and benchmark; per-query values are averaged over seeds before pairing.
-- **Tests** (``tune/stats.py``): the paired randomization (sign-flip) test, exact for n <= 16
+- **Tests** (``study/stats.py``): the paired randomization (sign-flip) test, exact for n <= 16
   queries, else Monte Carlo with ``permutations`` draws; the paired t-test (scipy). Two-sided.
 - **What to do**: per student and domain (in-domain / out-of-domain, the ``validation`` suite
   left out: it chooses schedules), each teacher-needing variant against the baseline with the
@@ -43,8 +43,7 @@ from typing import Any
 import numpy as np
 
 from rerank_ray.io import atomic_path, write_text
-from rerank_ray.teacher.diagnostics import ONE_HOT_ENTROPY_FRACTION, ONE_HOT_P_POSITIVE, near_one_hot
-from rerank_ray.tune.comparisons import (
+from rerank_ray.study.comparisons import (
     SELECTION_SUITES,
     SignificanceRow,
     TeacherVerdict,
@@ -54,8 +53,9 @@ from rerank_ray.tune.comparisons import (
     contrastive_mean,
     variant_label,
 )
-from rerank_ray.tune.config import StudyConfig
-from rerank_ray.tune.records import Cost, EvalRecord, TeacherInfo, TrialRecord
+from rerank_ray.study.config import StudyConfig
+from rerank_ray.study.records import Cost, EvalRecord, TeacherInfo, TrialRecord
+from rerank_ray.teacher.diagnostics import ONE_HOT_ENTROPY_FRACTION, ONE_HOT_P_POSITIVE, near_one_hot
 
 # ---------------------------------------------------------------------------------------------
 # Records.
@@ -392,7 +392,7 @@ def _cost_table(trials: list[TrialRecord], teacher_costs: dict[str, Cost]) -> st
                 _checkpoint_note(c),
             ]
         )
-    # forecast: `rerank-ray study --dry-run`'s wall time (tune/forecast.py), for comparison.
+    # forecast: `rerank-ray study --dry-run`'s wall time (study/forecast.py), for comparison.
     header = ["run", "status", "wall (s)", "forecast (s)", "train pairs/s", "CPU-h", "GPU-h", "notes"]
     return _markdown(header, rows)
 

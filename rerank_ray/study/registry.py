@@ -26,13 +26,13 @@ import pandas as pd
 
 from rerank_ray.config import RunConfig
 from rerank_ray.evaluation.metrics import mlflow_key
-from rerank_ray.tune import logbook
-from rerank_ray.tune.config import StudyConfig
-from rerank_ray.tune.plan import TrialPlan
-from rerank_ray.tune.records import TrialRecord
-from rerank_ray.tune.trial import read_summary
+from rerank_ray.study import logbook
+from rerank_ray.study.config import StudyConfig
+from rerank_ray.study.plan import TrialPlan
+from rerank_ray.study.records import TrialRecord
+from rerank_ray.study.trial import read_summary
 
-log = logging.getLogger("rerank_ray.tune")
+log = logging.getLogger("rerank_ray.study")
 
 MODEL_NAME = "reranker"  # the logged model's name inside the trial run
 REQUIREMENTS = ("torch", "transformers", "pandas", "pydantic", "pyyaml")
@@ -90,7 +90,7 @@ def register_best(
     """Log and register the best student of each strategy (see the module docstring), in the
     trial's MLflow run of this study (its journal, ``<trial>/mlflow_run.json``). When the
     tracking server is down, or the trial's run is itself deferred, the registration waits in
-    that journal for ``rerank-ray sync`` (``tune/logbook.py``); its version reads "deferred"."""
+    that journal for ``rerank-ray sync`` (``study/logbook.py``); its version reads "deferred"."""
     runs_of = {plan.name: plan.run for plan in plans}
     registered = []
     for strategy, (record, score) in best_per_strategy(cfg, records).items():

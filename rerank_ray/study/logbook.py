@@ -17,7 +17,7 @@ goes. A replay is idempotent, so an interrupted sync is simply run again: a run 
 only when no run carries its journal id (tag ``rerank_ray.log_id``), metrics keep their
 original timestamps (MLflow stores an identical point once), params and tags are set to the
 same values, artifacts overwrite themselves, and a model version is registered only when none
-carries the trial's ``log_id`` (:mod:`rerank_ray.tune.registry`).
+carries the trial's ``log_id`` (:mod:`rerank_ray.study.registry`).
 
 The module-level functions (:func:`start_run`, :func:`log_metrics`, ...) act on the innermost
 run started in this process, as MLflow's fluent API does.
@@ -38,7 +38,7 @@ from typing import Any
 
 from rerank_ray.io import write_json
 
-log = logging.getLogger("rerank_ray.tune")
+log = logging.getLogger("rerank_ray.study")
 
 LOG_ID_TAG = "rerank_ray.log_id"
 PARENT_TAG = "mlflow.parentRunId"
@@ -190,7 +190,7 @@ def journal_call(
 
 def server_answers(uri: str) -> bool:
     """Whether the tracking store answers now (a local store always does)."""
-    from rerank_ray.tune.tracking import TrackingUnreachable, check_tracking_server
+    from rerank_ray.study.tracking import TrackingUnreachable, check_tracking_server
 
     try:
         check_tracking_server(uri, timeout_s=3.0)
@@ -308,7 +308,7 @@ def sync_study(study_dir: Path, tracking_uri: str) -> tuple[int, int]:
     """Replay every pending call of the study's journals (module docstring), parents first and
     named calls (model registrations) last; returns (runs synced, calls replayed). Raises
     TrackingUnreachable when the server is still down."""
-    from rerank_ray.tune.tracking import check_tracking_server
+    from rerank_ray.study.tracking import check_tracking_server
 
     runs = [RunLog.read(p, tracking_uri) for p in journals(study_dir)]
     runs = [r for r in runs if r.pending or r.run_id is None]
@@ -317,7 +317,7 @@ def sync_study(study_dir: Path, tracking_uri: str) -> tuple[int, int]:
     check_tracking_server(tracking_uri)
     import mlflow
 
-    import rerank_ray.tune.registry  # noqa: F401  (its model registration is a named call)
+    import rerank_ray.study.registry  # noqa: F401  (its model registration is a named call)
 
     mlflow.set_tracking_uri(tracking_uri)  # a named call (registering a model) uses the fluent API
     ids = {r.log_id: r for r in (RunLog.read(p, tracking_uri) for p in journals(study_dir))}
@@ -370,6 +370,6 @@ def _short(e: Exception) -> str:
 
 
 def _redact(uri: str) -> str:
-    from rerank_ray.tune.tracking import redact_uri
+    from rerank_ray.study.tracking import redact_uri
 
     return redact_uri(uri)

@@ -23,11 +23,11 @@
    config, groups content, teacher scores, base weights) is reused as it is, with a child run
    tagged ``reused=true`` that repeats its metrics; so a rerun of an interrupted study trains
    only what is unfinished or changed. The rest run as a Ray Tune grid over their plans
-   (``tune/trial.py``), at most ``tune.max_concurrent_trials`` at a time; a failed trial is
+   (``study/trial.py``), at most ``tune.max_concurrent_trials`` at a time; a failed trial is
    recorded and the others go on. Reuse is decided here, in the driver, rather than inside the
    trainable: the driver already has every input hashed, and a reused trial then costs no
    trial process, no Ray resources, and no wait behind ``max_concurrent_trials``;
-5. the report (``tune/report.py``), written to ``<study>/report/`` and logged to the parent run.
+5. the report (``study/report.py``), written to ``<study>/report/`` and logged to the parent run.
 
 Layout under ``<base.output_dir>/<name>/``: ``groups/``, ``first_stage/``,
 ``teachers/<teacher>/`` (``teacher-<name>/`` training run, ``eval/``, ``scores/``;
@@ -48,20 +48,17 @@ from rerank_ray.cluster import StorageToken, check_nodes, fault_tolerance_line
 from rerank_ray.config import resolve_tracking_uri
 from rerank_ray.io import write_json, write_yaml
 from rerank_ray.ray_runtime import run_need, scoring_need, start_ray
-from rerank_ray.teacher.stage import TeacherStage, run_teacher_stage
-from rerank_ray.train.identity import run_identity
-from rerank_ray.train.record import RECORD
-from rerank_ray.tune import logbook
-from rerank_ray.tune.config import (
+from rerank_ray.study import logbook
+from rerank_ray.study.config import (
     StudyConfig,
     load_study,
 )
-from rerank_ray.tune.forecast import ForecastError, StudyForecast, ThroughputTable, forecast_study
-from rerank_ray.tune.plan import TrialPlan, longest_first, plan_study
-from rerank_ray.tune.progress import Progress, tune_callback
-from rerank_ray.tune.records import Cost, EvalRecord, TrialRecord, TrialSummary
-from rerank_ray.tune.report import Report, build_report
-from rerank_ray.tune.tracking import (
+from rerank_ray.study.forecast import ForecastError, StudyForecast, ThroughputTable, forecast_study
+from rerank_ray.study.plan import TrialPlan, longest_first, plan_study
+from rerank_ray.study.progress import Progress, tune_callback
+from rerank_ray.study.records import Cost, EvalRecord, TrialRecord, TrialSummary
+from rerank_ray.study.report import Report, build_report
+from rerank_ray.study.tracking import (
     check_tracking_server,
     child_tags,
     ensure_experiment,
@@ -73,7 +70,7 @@ from rerank_ray.tune.tracking import (
     run_note,
     study_run,
 )
-from rerank_ray.tune.trial import (
+from rerank_ray.study.trial import (
     cost_metrics,
     evaluate_suites,
     evaluation_record,
@@ -82,13 +79,16 @@ from rerank_ray.tune.trial import (
     read_summary,
     run_trial,
 )
+from rerank_ray.teacher.stage import TeacherStage, run_teacher_stage
+from rerank_ray.train.identity import run_identity
+from rerank_ray.train.record import RECORD
 
 if TYPE_CHECKING:
-    from rerank_ray.tune.registry import Registered
+    from rerank_ray.study.registry import Registered
 
 __all__ = ["StudyResult", "TrialRecord", "load_study", "plan_study", "run_study"]
 
-log = logging.getLogger("rerank_ray.tune")
+log = logging.getLogger("rerank_ray.study")
 
 
 @dataclass
@@ -102,7 +102,7 @@ class StudyResult:
     experiment_id: str
     # Every planned trial, in plan order.
     trials: list[TrialRecord]
-    # The best student of each strategy, registered under the study's name (tune/registry.py).
+    # The best student of each strategy, registered under the study's name (study/registry.py).
     registered: list[Registered] = field(default_factory=list)
 
 
@@ -139,7 +139,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
         _add_forecast(walls, records, teachers.costs)
         # 5. The report, and the best student of each strategy registered.
         report = _report(cfg, records, first_stage, teachers, command)
-        from rerank_ray.tune.registry import register_best
+        from rerank_ray.study.registry import register_best
 
         registered = register_best(cfg, plans, records, parent_id)
         failed = [r.name for r in records if r.status != "ok"]
@@ -326,7 +326,7 @@ def _tune_trials(
     cfg: StudyConfig, plans: list[TrialPlan], study_ctx: dict[str, Any], walls: dict[str, float]
 ) -> dict[str, TrialRecord]:
     """The plans run as a Ray Tune grid; each one's record by name (status and error only).
-    The console gets a line per trial state change (``tune/progress.py``), not Tune's table."""
+    The console gets a line per trial state change (``study/progress.py``), not Tune's table."""
     from ray import tune
 
     from rerank_ray.console import ray_to_console
