@@ -104,6 +104,7 @@ def _build_mpnet(dists: tuple[str, ...], out: Path) -> None:
     if top != out:
         for child in top.iterdir():
             child.rename(out / child.name)
+        top.rmdir()
 
 
 BUILT_PACKAGES: dict[str, Built] = {
