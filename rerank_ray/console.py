@@ -15,11 +15,13 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,8 @@ HANDLER_NAME = "rerank-ray"
 # Set by setup_logging (the CLI): Ray's output on the console only with -v, and Ray's loggers
 # routed through ours. A library call outside the CLI (a test, a notebook) keeps Ray's defaults.
 _VERBOSE = {"ray_to_console": True, "route_ray": False}
-RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
+# Libraries that set up their own console handlers (and stop propagation) when imported.
+LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "mlflow", "ir_datasets")
 
 
 def ray_to_console() -> bool:
@@ -37,18 +40,46 @@ def ray_to_console() -> bool:
     return _VERBOSE["ray_to_console"]
 
 
-def route_ray_logs() -> None:
-    """Send Ray's logger records through the CLI's handlers (the log file; the console with
-    ``-v`` or at ERROR) instead of Ray's own console handlers; Ray's session log files stay.
-    Ray sets its handlers up on import and again when Ray Data loads, so this runs after both."""
+def route_library_logs() -> None:
+    """Send Ray's, MLflow's and ir_datasets' logger records through the CLI's handlers (the log
+    file; the console with ``-v`` or at ERROR) instead of their own console handlers; Ray's
+    session log files stay. Each library sets its handlers up when it is imported (Ray Data,
+    MLflow's store: late), so this runs again at each stage that may have imported one."""
     if not _VERBOSE["route_ray"]:
         return
-    for name in RAY_LOGGERS:
+    for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             if "File" not in type(handler).__name__:  # Ray's console handlers, not its session files
                 logger.removeHandler(handler)
         logger.propagate = True
+
+
+@contextmanager
+def stdout_to_log(name: str) -> Iterator[None]:
+    """Without ``-v``, what a library prints to stdout in the block (Ray Tune's experiment
+    header, the raylet's worker warnings) goes to the log file, a line per record of logger
+    `name`; the project's own lines go to stderr through logging, so they still show."""
+    if ray_to_console():
+        yield
+        return
+    with redirect_stdout(_LogWriter(logging.getLogger(name))):
+        yield
+
+
+class _LogWriter(io.TextIOBase):
+    """A text stream that logs each complete line it is given."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger, self.pending = logger, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.info(line)
+        return len(text)
 
 
 def _ours(record: logging.LogRecord) -> bool:
@@ -81,7 +112,9 @@ def setup_logging(log_dir: Path, *, verbose: bool = False) -> Path:
     if not verbose:
         to_stderr.addFilter(_ours)
     _VERBOSE["ray_to_console"], _VERBOSE["route_ray"] = verbose, True
-    route_ray_logs()
+    route_library_logs()
+    if not verbose:
+        os.environ.setdefault("TQDM_DISABLE", "1")  # weight-loading and download bars (tqdm reads it)
     logging.captureWarnings(True)  # deprecation warnings to the log file, not the console
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)

@@ -118,12 +118,13 @@ def start_ray(
 
     if ray.is_initialized():
         return
-    from rerank_ray.console import ray_to_console, route_ray_logs
+    from rerank_ray.console import ray_to_console, route_library_logs
 
     address = os.environ.get("RAY_ADDRESS")
     # Workers' output (Train's per-step records, Tune's trial logs) stays in Ray's session logs
     # unless `-v`: the console shows the study's own lines (docs/CLI.md).
     quiet = {} if ray_to_console() else {"log_to_driver": False}
+    route_library_logs()  # Ray's start-up line too
     if address:
         ray.init(**quiet)
         log.info("connected to the Ray cluster at RAY_ADDRESS=%s", address)
@@ -138,7 +139,7 @@ def start_ray(
         import ray.data
 
         ray.data.DataContext.get_current().enable_progress_bars = False
-    route_ray_logs()
+    route_library_logs()
     reclaim_sigterm()  # ray.init made SIGTERM a plain sys.exit; a stopped study must unwind as one
     node_types = autoscaler_node_types() if address else []
     capacity = cluster_capacity(node_types)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from rerank_ray.cluster import StorageToken, check_nodes, fault_tolerance_line
 from rerank_ray.config import resolve_tracking_uri
+from rerank_ray.console import route_library_logs
 from rerank_ray.io import write_json, write_yaml
 from rerank_ray.ray_runtime import run_need, scoring_need, start_ray
 from rerank_ray.study import logbook
@@ -116,6 +117,7 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
     check_tracking_server(tracking_uri)  # seconds, before anything starts
     forecast, token = _prepare(cfg, plans)
     experiment_id = ensure_experiment(tracking_uri, cfg.base.mlflow.experiment)
+    route_library_logs()  # MLflow's store set its console handler up just now
     mlflow.set_tracking_uri(tracking_uri)
     logbook.bound_retries()
     logbook.sync_study(cfg.study_dir, tracking_uri)  # what an earlier run deferred, first
@@ -329,7 +331,7 @@ def _tune_trials(
     The console gets a line per trial state change (``study/progress.py``), not Tune's table."""
     from ray import tune
 
-    from rerank_ray.console import ray_to_console
+    from rerank_ray.console import ray_to_console, stdout_to_log
     from rerank_ray.heartbeat import heartbeat
 
     tuner = tune.Tuner(
@@ -348,7 +350,10 @@ def _tune_trials(
             verbose=None if ray_to_console() else 0,
         ),
     )
-    with heartbeat(f"study {cfg.name}", waiting_on=f"Tune trials (`ray status`; {cfg.study_dir / 'tune'})"):
+    with (
+        stdout_to_log("ray.tune.output"),
+        heartbeat(f"study {cfg.name}", waiting_on=f"Tune trials (`ray status`; {cfg.study_dir / 'tune'})"),
+    ):
         grid = tuner.fit()
     plan_of = {p.name: p for p in plans}
     by_name: dict[str, TrialRecord] = {}

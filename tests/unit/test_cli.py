@@ -509,17 +509,34 @@ def test_the_console_shows_the_projects_lines_and_the_log_file_everything(tmp_pa
             path = console.setup_logging(tmp_path, verbose=verbose)
             warnings.warn("a deprecated Ray argument", UserWarning, stacklevel=1)
         logging.getLogger("rerank_ray.study").info("trial a done")
+        with console.stdout_to_log("ray.tune.output"):
+            print("Configuration for experiment quickstart")  # Tune prints its header
+        mlflow_own = logging.getLogger("mlflow")
+        mlflow_own.addHandler(logging.StreamHandler(sys.stderr))  # as MLflow sets itself up
+        mlflow_own.propagate = False
+        console.route_library_logs()
+        mlflow_own.info("Creating initial MLflow database tables")
         logging.getLogger("ray.data").info("Execution plan: ReadParquet -> MapBatches")
         logging.getLogger("ray.train").error("a worker died")
         for handler in logging.getLogger().handlers:
             handler.flush()
-        err = capsys.readouterr().err
+        captured = capsys.readouterr()
+        err, out = captured.err, captured.out
         logged = path.read_text()
     finally:
         console.setup_logging(tmp_path / "reset", verbose=True)  # the next test's default
         console._VERBOSE["route_ray"] = False
     assert "trial a done" in err and "a worker died" in err  # ours, and any library's errors
     assert ("Execution plan" in err) == verbose and ("a deprecated Ray argument" in err) == verbose
+    assert ("Creating initial MLflow" in err) == verbose
     assert console.ray_to_console() is True  # reset by the last call
-    for line in ("trial a done", "Execution plan", "a deprecated Ray argument", "a worker died"):
+    assert ("Configuration for experiment" in out) == verbose  # stdout: kept with -v, else logged
+    lines = [
+        "trial a done",
+        "Execution plan",
+        "a deprecated Ray argument",
+        "a worker died",
+        "Creating initial MLflow",
+    ]
+    for line in lines + ([] if verbose else ["Configuration for experiment"]):
         assert line in logged
