@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,13 +57,15 @@ def route_library_logs() -> None:
 
 @contextmanager
 def stdout_to_log(name: str) -> Iterator[None]:
-    """Without ``-v``, what a library prints to stdout in the block (Ray Tune's experiment
-    header, the raylet's worker warnings) goes to the log file, a line per record of logger
-    `name`; the project's own lines go to stderr through logging, so they still show."""
+    """Without ``-v``, what a library prints in the block (Ray Tune's experiment header, the
+    raylet's worker warnings on stdout; MLflow's registration lines on stderr) goes to the log
+    file, a line per record of logger `name`; the project's own lines reach the console through
+    the logging handler, which holds the real stderr, so they still show."""
     if ray_to_console():
         yield
         return
-    with redirect_stdout(_LogWriter(logging.getLogger(name))):
+    writer = _LogWriter(logging.getLogger(name))
+    with redirect_stdout(writer), redirect_stderr(writer):
         yield
 
 

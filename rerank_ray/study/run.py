@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from rerank_ray.cluster import StorageToken, check_nodes, fault_tolerance_line
 from rerank_ray.config import resolve_tracking_uri
-from rerank_ray.console import route_library_logs
+from rerank_ray.console import route_library_logs, stdout_to_log
 from rerank_ray.io import write_json, write_yaml
 from rerank_ray.ray_runtime import run_need, scoring_need, start_ray
 from rerank_ray.study import logbook
@@ -143,7 +143,8 @@ def run_study(cfg: StudyConfig, *, command: str | None = None) -> StudyResult:
         report = _report(cfg, records, first_stage, teachers, command)
         from rerank_ray.study.registry import register_best
 
-        registered = register_best(cfg, plans, records, parent_id)
+        with stdout_to_log("mlflow.registry"):  # MLflow prints its registration lines
+            registered = register_best(cfg, plans, records, parent_id)
         failed = [r.name for r in records if r.status != "ok"]
         logbook.set_tags({"trials_failed": str(len(failed)), "trials_ok": str(len(records) - len(failed))})
     if failed:
@@ -331,7 +332,7 @@ def _tune_trials(
     The console gets a line per trial state change (``study/progress.py``), not Tune's table."""
     from ray import tune
 
-    from rerank_ray.console import ray_to_console, stdout_to_log
+    from rerank_ray.console import ray_to_console
     from rerank_ray.heartbeat import heartbeat
 
     tuner = tune.Tuner(

@@ -511,6 +511,7 @@ def test_the_console_shows_the_projects_lines_and_the_log_file_everything(tmp_pa
         logging.getLogger("rerank_ray.study").info("trial a done")
         with console.stdout_to_log("ray.tune.output"):
             print("Configuration for experiment quickstart")  # Tune prints its header
+            print("Successfully registered model 'quickstart'.", file=sys.stderr)  # MLflow, on stderr
         mlflow_own = logging.getLogger("mlflow")
         mlflow_own.addHandler(logging.StreamHandler(sys.stderr))  # as MLflow sets itself up
         mlflow_own.propagate = False
@@ -531,6 +532,7 @@ def test_the_console_shows_the_projects_lines_and_the_log_file_everything(tmp_pa
     assert ("Creating initial MLflow" in err) == verbose
     assert console.ray_to_console() is True  # reset by the last call
     assert ("Configuration for experiment" in out) == verbose  # stdout: kept with -v, else logged
+    assert ("Successfully registered model" in err) == verbose
     lines = [
         "trial a done",
         "Execution plan",
@@ -538,5 +540,7 @@ def test_the_console_shows_the_projects_lines_and_the_log_file_everything(tmp_pa
         "a worker died",
         "Creating initial MLflow",
     ]
-    for line in lines + ([] if verbose else ["Configuration for experiment"]):
+    for line in lines + (
+        [] if verbose else ["Configuration for experiment", "Successfully registered model"]
+    ):
         assert line in logged
