@@ -440,11 +440,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = Summary(args.verb, log_path=log_path)
     log.debug("rerank-ray %s", " ".join(sys.argv[1:] if argv is None else argv))
 
+    terminal = sys.stderr  # the real one: a signal may arrive while a library's prints are redirected
+
     def announce(why: str) -> None:
         said = "interrupted" if why == "KeyboardInterrupt" else f"stopped by {why}"
         print(
             f"rerank-ray {args.verb}: {said}; finished work is kept, the same command resumes; log: {log_path}",
-            file=sys.stderr,
+            file=terminal,
             flush=True,
         )
 

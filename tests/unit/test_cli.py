@@ -451,11 +451,15 @@ import sys, time
 import rerank_ray.study.run as study
 
 def run_study(cfg, command=None):
-    try:
-        print("ready", flush=True)
-        time.sleep(60)
-    finally:
-        time.sleep(60)  # shutting down takes longer than `ray job stop` waits (Ray Tune's can)
+    from rerank_ray.console import stdout_to_log
+
+    # As in the Tune grid: the libraries' prints go to the log file while the signal arrives.
+    with stdout_to_log("ray.tune.output"):
+        try:
+            print("ready", file=sys.__stdout__, flush=True)
+            time.sleep(60)
+        finally:
+            time.sleep(60)  # shutting down takes longer than `ray job stop` waits (Ray Tune's can)
 
 study.run_study = run_study
 from rerank_ray.cli import main
