@@ -43,10 +43,14 @@ class MlflowServer:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
-        while not answers(f"{self.uri}/health"):
-            assert self.proc.poll() is None, (self.folder / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the MLflow server did not start"
-            time.sleep(0.3)
+        try:
+            while not answers(f"{self.uri}/health"):
+                assert self.proc.poll() is None, (self.folder / "server.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the MLflow server did not start"
+                time.sleep(0.3)
+        except BaseException:
+            self.stop()  # a server that failed to answer in time must not outlive the test
+            raise
         return self
 
     def stop(self) -> None:
