@@ -8,7 +8,7 @@ train      ``train.driver.train`` (groups if needed, DeepSpeed training, HF expo
            ``evaluation.evaluate.evaluate`` on ``eval.suites`` unless ``--no-eval``
 evaluate   ``evaluation.evaluate.evaluate``: a saved model, or ``--first-stage`` (BM25)
 score      ``teacher.score.score_groups``: teacher scores for a groups file
-study      ``study.run.run_study`` (``--dry-run``: ``study.plan.plan_study`` + ``tune.forecast``)
+study      ``study.run.run_study`` (``--dry-run``: ``study.plan.plan_study`` + ``study.forecast``)
 ui         ``mlflow server`` on 127.0.0.1 over the project's tracking store
 =========  ==========================================================================
 
@@ -297,7 +297,7 @@ def cmd_study(args: argparse.Namespace, summary: Summary) -> int:
 
 
 def dry_run_forecast(study: Any, plans: list[Any], hardware: str | None, price: float | None) -> str:
-    """The cost forecast table (``tune.forecast``), or one line saying why there is none."""
+    """The cost forecast table (``study.forecast``), or one line saying why there is none."""
     from rerank_ray.data.datasets import DataError
     from rerank_ray.models.sources import SourceError
     from rerank_ray.study.forecast import ForecastError, ThroughputTable, forecast_study, format_forecast

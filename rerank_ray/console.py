@@ -28,9 +28,10 @@ from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 HANDLER_NAME = "rerank-ray"
-# Set by setup_logging (the CLI): Ray's output on the console only with -v, and Ray's loggers
-# routed through ours. A library call outside the CLI (a test, a notebook) keeps Ray's defaults.
-_VERBOSE = {"ray_to_console": True, "route_ray": False}
+# Set by setup_logging (the CLI): Ray's output on the console only with -v, and Ray's, MLflow's
+# and ir_datasets' loggers routed through ours. A library call outside the CLI (a test, a
+# notebook) keeps the libraries' defaults.
+_VERBOSE = {"ray_to_console": True, "route_libraries": False}
 # Libraries that set up their own console handlers (and stop propagation) when imported.
 LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "mlflow", "ir_datasets")
 
@@ -45,7 +46,7 @@ def route_library_logs() -> None:
     file; the console with ``-v`` or at ERROR) instead of their own console handlers; Ray's
     session log files stay. Each library sets its handlers up when it is imported (Ray Data,
     MLflow's store: late), so this runs again at each stage that may have imported one."""
-    if not _VERBOSE["route_ray"]:
+    if not _VERBOSE["route_libraries"]:
         return
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
@@ -113,7 +114,7 @@ def setup_logging(log_dir: Path, *, verbose: bool = False) -> Path:
     to_stderr.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
     if not verbose:
         to_stderr.addFilter(_ours)
-    _VERBOSE["ray_to_console"], _VERBOSE["route_ray"] = verbose, True
+    _VERBOSE["ray_to_console"], _VERBOSE["route_libraries"] = verbose, True
     route_library_logs()
     if not verbose:
         os.environ.setdefault("TQDM_DISABLE", "1")  # weight-loading and download bars (tqdm reads it)

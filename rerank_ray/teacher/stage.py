@@ -38,6 +38,7 @@ from rerank_ray.study.trial import (
     train_and_evaluate,
 )
 from rerank_ray.teacher.config import TeacherModel
+from rerank_ray.train.identity import run_identity
 
 
 @dataclass
@@ -94,10 +95,11 @@ def _trained_teacher(
     """A study-trained cross-encoder: trained contrastively on the groups and evaluated
     (``train_and_evaluate``), or reused when a finished run had the same inputs."""
     run = cfg.teacher_run(name)
-    summary = finished_summary(run, groups_path, f"teacher {name}")
+    identity = run_identity(run, groups_path)  # once: the reuse check and the training share it
+    summary = finished_summary(run, groups_path, f"teacher {name}", identity)
     if summary is None:
         summary = train_and_evaluate(
-            run, groups_path=groups_path, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
+            run, groups_path=groups_path, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0, identity=identity
         )
     else:
         logbook.set_tag("reused", "true")
@@ -235,21 +237,28 @@ def _fold_teacher(
     its own fold's groups; returns its ``crossfit.FoldRecord``, evaluation and summed cost."""
     from rerank_ray.teacher import crossfit
     from rerank_ray.teacher.score import score_groups
-    from rerank_ray.train.identity import run_identity
 
     run = cfg.teacher_run(name, fold)
     fold_dir = Path(run.output_dir) / run.name
     train_groups, scored_groups = crossfit.split_groups(groups_path, folds, fold, fold_dir / "groups")
     tags = child_tags(cfg.name, parent_id, "teacher_fold", teacher=name, fold=str(fold))
+    identity = run_identity(run, train_groups)  # once: reuse check, training and the fold record
     with logbook.start_run(run.name, tags=tags):
-        summary = finished_summary(run, train_groups, f"teacher {name} fold {fold}") or train_and_evaluate(
-            run, groups_path=train_groups, eval_cfg=cfg.eval, trial_cpus=0.0, trial_gpus=0.0
+        summary = finished_summary(
+            run, train_groups, f"teacher {name} fold {fold}", identity
+        ) or train_and_evaluate(
+            run,
+            groups_path=train_groups,
+            eval_cfg=cfg.eval,
+            trial_cpus=0.0,
+            trial_gpus=0.0,
+            identity=identity,
         )
         scorer = TeacherModel(kind="cross_encoder", path=str(summary.model_dir))
         scores = score_groups(scored_groups, scorer, fold_dir / "scores", scoring=cfg.scoring)
     record = crossfit.fold_record(
         fold, train_groups, scored_groups,
-        run_fingerprint=run_identity(run, train_groups).fingerprint, score_manifest=scores.manifest,
+        run_fingerprint=identity.fingerprint, score_manifest=scores.manifest,
         model_dir=str(summary.model_dir), scores_dir=str(scores.path),
     )  # fmt: skip
     return record, evaluation_record(summary, cfg.eval), summary.cost.with_scoring(scores.manifest["cost"])

@@ -530,7 +530,7 @@ def test_the_console_shows_the_projects_lines_and_the_log_file_everything(tmp_pa
         logged = path.read_text()
     finally:
         console.setup_logging(tmp_path / "reset", verbose=True)  # the next test's default
-        console._VERBOSE["route_ray"] = False
+        console._VERBOSE["route_libraries"] = False
     assert "trial a done" in err and "a worker died" in err  # ours, and any library's errors
     assert ("Execution plan" in err) == verbose and ("a deprecated Ray argument" in err) == verbose
     assert ("Creating initial MLflow" in err) == verbose
