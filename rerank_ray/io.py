@@ -171,6 +171,13 @@ def atomic_dir(path: str | Path, *, needed: int | None = None) -> Iterator[Path]
         shutil.rmtree(old, ignore_errors=True)
 
 
+def copy_tree(src: str | Path, dst: str | Path) -> Path:
+    """Replace folder `dst` with a copy of folder `src`, atomically (:func:`atomic_dir`)."""
+    with atomic_dir(dst, needed=tree_size(Path(src))) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+    return Path(dst)
+
+
 def fsync_tree(folder: Path) -> None:
     """Flush every file under `folder`, and the folders themselves, to disk."""
     for item in [folder, *folder.rglob("*")]:

@@ -21,9 +21,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rerank_ray.models.built import BUILT_PACKAGES, built_path
+
+if TYPE_CHECKING:
+    from rerank_ray.config import ModelConfig
 
 # Import name -> path, inside the installed package, of the model folder (config.json, weights,
 # tokenizer) or of the single .gguf file. Add a line here to support another weights package.
@@ -125,16 +130,40 @@ def _hub_source(name: str) -> str:
         ) from None
 
 
-def count_parameters(source: str) -> int:
-    """Parameters of `source`'s backbone (no head), read from its config without loading weights
-    (meta device), so a study can report parameters per student cheaply."""
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model's size is, read from its config: backbone parameters (no head), transformer
+    layers and hidden width (after ``model.num_layers`` and ``config_overrides``)."""
+
+    parameters: int
+    layers: int
+    hidden: int
+
+    def __str__(self) -> str:
+        return f"{self.parameters / 1e6:.1f}M parameters, {self.layers} layers, hidden {self.hidden}"
+
+
+def model_shape(cfg: ModelConfig) -> ModelShape:
+    """`cfg`'s backbone as built (truncation and overrides applied), counted on the meta device
+    without loading weights, so the forecast and the report can size a student cheaply."""
     import torch
     from transformers import AutoConfig, AutoModel
 
-    gguf = resolve_gguf(source)
-    folder = resolve_source(source) if gguf is None else gguf[0]
+    from rerank_ray.models.hf import set_layers
+
+    gguf = resolve_gguf(cfg.source)
+    folder = resolve_source(cfg.source) if gguf is None else gguf[0]
     kwargs = {} if gguf is None else {"gguf_file": gguf[1]}
-    config = AutoConfig.from_pretrained(folder, **kwargs)
+    config = AutoConfig.from_pretrained(folder, **kwargs, **cfg.config_overrides)
+    set_layers(cfg, config)
     with torch.device("meta"):
         model = AutoModel.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+    parameters = sum(p.numel() for p in model.parameters())
+    return ModelShape(parameters, int(config.num_hidden_layers), int(config.hidden_size))
+
+
+def count_parameters(source: str) -> int:
+    """Parameters of `source`'s backbone (no head), untruncated (:func:`model_shape`)."""
+    from rerank_ray.config import ModelConfig
+
+    return model_shape(ModelConfig(source=source)).parameters

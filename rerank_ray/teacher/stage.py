@@ -11,7 +11,9 @@ report says of it). The kinds (specs in ``study/config.py``):
   the fold it did not train on, ``teacher/crossfit.py``), or given (a saved folder or a
   published reranker), evaluated as it is;
 - ``bi_encoder``: a zero-shot bi-encoder, evaluated as it is;
-- ``scores``: a precomputed score file, imported (no model to evaluate).
+- ``scores``: a precomputed score file, imported (no model to evaluate);
+- ``best_of``: the candidate teacher with the best score on held-out training queries
+  (``teacher/select.py``), whose scores and evaluation it takes.
 
 A new teacher kind's study logic is here (its branch in :func:`teacher`, its line in
 :func:`teacher_info`); the other files it touches are listed in ``TeacherModel``'s docstring
@@ -25,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from rerank_ray.study import logbook
-from rerank_ray.study.config import BiEncoderTeacher, CrossEncoderTeacher, ScoresTeacher, StudyConfig
+from rerank_ray.study.config import (
+    BestOfTeacher,
+    BiEncoderTeacher,
+    CrossEncoderTeacher,
+    ScoresTeacher,
+    StudyConfig,
+)
 from rerank_ray.study.plan import TrialPlan, teacher_scores_dir, teachers_used
 from rerank_ray.study.records import Cost, EvalRecord, EvalSummary, TeacherInfo, TrialSummary
 from rerank_ray.study.tracking import child_tags, flatten_params, numeric
@@ -74,6 +82,8 @@ def teacher(
     spec = cfg.teachers[name]
     if isinstance(spec, CrossEncoderTeacher) and spec.cross_fit is not None:
         return _cross_fit_teacher(cfg, name, groups_path, experiment_id, parent_id)
+    if isinstance(spec, BestOfTeacher):
+        return _best_of_teacher(cfg, name, spec, groups_path, experiment_id, parent_id)
     tags = child_tags(cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind)
     # experiment_id is explicit: a nested run does not inherit its parent's experiment.
     with logbook.start_run(f"teacher-{name}", tags=tags):
@@ -87,6 +97,40 @@ def teacher(
             scorer, evaluation, cost = _given_cross_encoder(cfg, name, spec)
         cost = _score_groups(cfg, name, scorer, groups_path, cost)
     return evaluation_record(evaluation, cfg.eval), cost
+
+
+def _best_of_teacher(
+    cfg: StudyConfig, name: str, spec: BestOfTeacher, groups_path: Path, experiment_id: str, parent_id: str
+) -> tuple[EvalRecord | None, Cost]:
+    """Choose among the candidates on held-out training queries (``teacher/select.py``) in this
+    teacher's child run, then run the chosen one as a teacher (its own child run: evaluation and
+    scoring, reused when up to date) and take its scores and evaluation as this teacher's."""
+    from rerank_ray import io
+    from rerank_ray.teacher.select import choose
+
+    tags = child_tags(cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind)
+    with logbook.start_run(f"teacher-{name}", tags=tags):
+        models = {c: _candidate_model(cfg, c, groups_path) for c in spec.candidates}
+        selection = choose(cfg, name, spec, models)
+        logbook.log_params({"teacher.chosen": selection.chosen, "teacher.selection_suite": spec.suite})
+        logbook.log_metrics({f"selection/{c}/{selection.measure}": v for c, v in selection.scores.items()})
+    record, cost = teacher(cfg, selection.chosen, groups_path, experiment_id, parent_id)
+    io.copy_tree(teacher_scores_dir(cfg, selection.chosen), teacher_scores_dir(cfg, name))
+    return record, cost
+
+
+def _candidate_model(cfg: StudyConfig, name: str, groups_path: Path) -> str | TeacherModel:
+    """A best_of candidate as a model to evaluate: a bi-encoder's scorer, a given reranker's
+    folder, or a study-trained teacher's folder (trained now, or reused)."""
+    spec = cfg.teachers[name]
+    if isinstance(spec, BiEncoderTeacher):
+        return spec.scorer()
+    assert isinstance(spec, CrossEncoderTeacher) and spec.cross_fit is None
+    if spec.trains:
+        return _trained_teacher(cfg, name, groups_path)[0].path
+    from rerank_ray.teacher.given import import_reranker
+
+    return spec.path or str(import_reranker(spec.pretrained(), cfg.study_dir / "teachers" / name))
 
 
 def _trained_teacher(
@@ -172,6 +216,10 @@ def teacher_info(cfg: StudyConfig, name: str, groups_path: Path) -> TeacherInfo:
         prefix = f"teacher/{name}/diagnostics/T{stats['temperature']:g}"
         logbook.log_metrics({f"{prefix}/{k}": v for k, v in numeric(stats).items()})
     spec = cfg.teachers[name]
+    if isinstance(spec, BestOfTeacher):
+        from rerank_ray.teacher.select import selection_info
+
+        return selection_info(cfg, name, spec, diagnostics)
     if isinstance(spec, BiEncoderTeacher):
         return TeacherInfo(None, f"zero-shot bi-encoder {spec.source}", diagnostics)
     if isinstance(spec, ScoresTeacher):

@@ -37,6 +37,7 @@ CHOICES = (
     {"randomization", "ttest"},  # the report's significance test
     {"dedupe", "error"},  # DataConfig.duplicate_run_entries
     {"scores"},  # ScoresTeacher.kind: precomputed scores (teacher.given), no scorer loads them
+    {"best_of"},  # BestOfTeacher.kind: another teacher, chosen (teacher.select), not a scorer
 )
 
 
@@ -102,8 +103,9 @@ def test_every_literal_equals_its_registry_or_is_a_closed_choice(where, values):
 def test_study_teacher_specs_cover_every_teacher_kind():
     union = typing.get_args(typing.get_args(rerank_ray.study.config.TeacherSpec)[0])
     kinds = set().union(*(typing.get_args(spec.model_fields["kind"].annotation) for spec in union))
-    # Every scorer kind, plus precomputed scores, which are imported rather than scored.
-    assert kinds == teacher_kinds() | {"scores"}
+    # Every scorer kind, plus precomputed scores (imported rather than scored) and best_of
+    # (one of the other teachers, chosen on held-out queries).
+    assert kinds == teacher_kinds() | {"scores", "best_of"}
 
 
 def test_teacher_losses_follow_each_class():
