@@ -105,15 +105,18 @@ def evaluate(
     otherwise. With `pool`, a suite of at least `pool_min_pairs` pairs is scored by the teacher
     scoring job (``teacher.score.score_pairs``: an actor pool laid out by `pool`, resumable from
     ``<out_dir>/scores/<suite>/``); smaller suites, and all of them without `pool`, in process.
-    A bi-encoder is always scored in process, each suite's unique pairs in one
-    ``TeacherScorer`` call (forward passes of `batch_size` texts).
+    A teacher that is a saved reranker is evaluated as that folder; any other teacher
+    (``TeacherModel``: a bi-encoder) is scored in process, each suite's unique pairs in one
+    ``TeacherScorer`` call (forward passes of `batch_size` pairs).
     `data` (the run's ``DataConfig``) gives the validation suite's held-out queries and
     ``data.duplicate_run_entries`` (see ``open_collection``); None = no validation suite, dedupe.
     `suites_defined` adds a config's own suites to the built-in ones."""
     rerank_suite = None
     model_path = None
-    if isinstance(model, TeacherModel) and model.kind == "bi_encoder":
-        rerank_suite = _bi_encoder_reranker(model, batch_size)
+    if isinstance(model, TeacherModel) and model.saved_reranker() is not None:
+        model = model.saved_reranker()
+    if isinstance(model, TeacherModel):
+        rerank_suite = _teacher_reranker(model, batch_size)
         model_path, tag = model.path, tag or Path(model.path).name
     elif model is not None:
         model_path = model.path if isinstance(model, TeacherModel) else str(model)
@@ -211,10 +214,10 @@ def _model_reranker(
     return rerank_suite
 
 
-def _bi_encoder_reranker(teacher: TeacherModel, batch_size: int) -> RerankSuite:
-    """Reranks one suite with a bi-encoder teacher: the suite's unique pairs in ONE
-    ``TeacherScorer`` call, so each distinct document and query is encoded once per suite (the
-    scorer is loaded on first use; torch threads = this process's CPU budget)."""
+def _teacher_reranker(teacher: TeacherModel, batch_size: int) -> RerankSuite:
+    """Reranks one suite with a teacher: the suite's unique pairs in ONE ``TeacherScorer`` call
+    (a bi-encoder then encodes each distinct document and query once per suite; the scorer is
+    loaded on first use; torch threads = this process's CPU budget)."""
     loaded = []
 
     def rerank_suite(collection: Collection, cut: int, name: str) -> dict[str, list[tuple[str, float]]]:
@@ -224,10 +227,16 @@ def _bi_encoder_reranker(teacher: TeacherModel, batch_size: int) -> RerankSuite:
             loaded.append(TeacherScorer(teacher.model_dump(), batch_size=batch_size, threads=torch_threads()))
         pairs = candidates(collection, cut)
         frame = _pair_frame(collection, pairs)
-        log.info("rerank %s: %d unique pairs with the bi-encoder %s", name, len(frame), teacher.path)
+        log.info(
+            "rerank %s: %d unique pairs with the %s %s",
+            name,
+            len(frame),
+            teacher.kind.replace("_", "-"),
+            teacher.path,
+        )
         scores = loaded[0](frame)
         if not np.isfinite(scores["score"]).all():
-            raise ValueError(f"the bi-encoder {teacher.path} gave NaN or inf scores on {name}")
+            raise ValueError(f"the {teacher.kind} teacher {teacher.path} gave NaN or inf scores on {name}")
         return _ranked_by_lookup(pairs, scores)
 
     return rerank_suite

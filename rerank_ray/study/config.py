@@ -307,7 +307,8 @@ class StudyConfig(Section):
                 f"{where}.suite: {spec.suite!r} is a test suite; a teacher is chosen on held-out "
                 "training queries: use `validation` (with base.data.validation set)"
             )
-        return problems + evaluated_on_training_data(where, self.base.data, (spec.suite,), defined)
+        held = evaluated_on_training_data("base.data", self.base.data, (spec.suite,), defined)
+        return problems + [f"{where}.suite: {p}" for p in held]
 
     def _teacher_problems(self) -> list[str]:
         """Study-trained teachers whose overrides do not validate, or whose own data would be

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -33,27 +35,20 @@ class ScoringConfig(Section):
 
 
 class TeacherModel(Section):
-    """A ready-to-score teacher.
+    """A ready-to-score teacher: a model family (``kind``) and where its weights are (``path``).
 
     - ``cross_encoder``: ``path`` is a saved reranker folder (``rerank_ray.json`` inside, as
-      written by ``Reranker.save``); its own max_length and template are used.
+      written by ``Reranker.save``); its own max_length, template and autocast are used.
     - ``bi_encoder``: ``path`` is a model source (local folder, weights package, hub id) of a
-      sentence embedding model; the score is ``scale * cos(mean_pool(q), mean_pool(d))``.
+      sentence embedding model (``rerank_ray/models/bi_encoder.py``); the settings below apply.
 
-    ``kind`` is the registry of teacher kinds (tests/unit/test_registries.py checks that the
-    study's teacher specs cover exactly these). Adding a kind touches:
-
-    - this class: the name in ``kind`` and any field the kind needs;
-    - ``rerank_ray/teacher/score.py``: loading and scoring in ``TeacherScorer``;
-    - ``rerank_ray/teacher/provenance.py``: what ``teacher_fingerprint`` hashes, and what
-      ``provenance`` records (the reuse key);
-    - ``rerank_ray/study/config.py``: a spec class with ``kind: Literal[...]`` in ``TeacherSpec``
-      (and its ``scorer()``), plus the module docstring's YAML example;
-    - ``rerank_ray/teacher/stage.py``: one function per kind that turns the spec into a ready
-      scorer and its evaluation (``teacher`` picks it), and its line in ``teacher_info``;
-    - ``rerank_ray/evaluation/evaluate.py``: how ``evaluate`` reranks with a teacher of the
-      kind (a bi-encoder: ``_bi_encoder_reranker``);
-    - ``tests/unit/test_teacher.py``: scoring one batch without Ray.
+    Everything that differs by kind is in this file, in :data:`KINDS` (how to load the model,
+    which folder its fingerprint hashes, which settings its scores depend on); the scoring job,
+    provenance and evaluation call :meth:`load`, :meth:`folder` and :meth:`settings` and never
+    branch on the kind. Adding a kind whose model class exists touches two files: this one (the
+    name in ``kind``, any field it needs, its entry in :data:`KINDS`) and
+    ``rerank_ray/teacher/specs.py`` (its study spec: a class with ``kind`` and a ``scorer()``
+    that returns this model; ``teacher/stage.py`` evaluates and scores any such spec).
     """
 
     kind: Literal["cross_encoder", "bi_encoder"]
@@ -68,3 +63,81 @@ class TeacherModel(Section):
     # Bi-encoder only: bf16 matmuls under autocast (as ModelConfig.autocast; a cross-encoder
     # teacher follows the autocast saved with it).
     autocast: Autocast = "auto"
+
+    def load(self, device: Any, dtype: Any) -> Any:
+        """The model, on `device` in `dtype`, with ``score(queries, docs, batch_size)``."""
+        return KINDS[self.kind].load(self, device, dtype)
+
+    def folder(self) -> Path:
+        """The folder whose files are the teacher's content (its fingerprint)."""
+        return KINDS[self.kind].folder(self)
+
+    def settings(self) -> dict[str, Any]:
+        """What the scores depend on besides the folder's files (part of their provenance)."""
+        return KINDS[self.kind].settings(self)
+
+    def saved_reranker(self) -> str | None:
+        """The folder when the teacher is a reranker saved by this project (evaluation then
+        treats it as any saved reranker: on the scoring pool for large suites), else None."""
+        return KINDS[self.kind].saved_reranker(self)
+
+
+class _CrossEncoderKind:
+    @staticmethod
+    def load(teacher: TeacherModel, device: Any, dtype: Any) -> Any:
+        from rerank_ray.models import load_reranker
+
+        return load_reranker(teacher.path).to(device, dtype).eval()
+
+    @staticmethod
+    def folder(teacher: TeacherModel) -> Path:
+        return Path(teacher.path)
+
+    @staticmethod
+    def settings(teacher: TeacherModel) -> dict[str, Any]:
+        # Its autocast and template are in its fingerprinted folder.
+        meta = json.loads((Path(teacher.path) / "rerank_ray.json").read_text())
+        return {"max_length": meta["model"]["max_length"]}
+
+    @staticmethod
+    def saved_reranker(teacher: TeacherModel) -> str | None:
+        return teacher.path
+
+
+class _BiEncoderKind:
+    @staticmethod
+    def load(teacher: TeacherModel, device: Any, dtype: Any) -> Any:
+        from rerank_ray.models.bi_encoder import BiEncoder
+
+        return BiEncoder(
+            teacher.path,
+            max_length=teacher.max_length,
+            query_max_length=teacher.query_max_length,
+            scale=teacher.scale,
+            autocast=teacher.autocast,
+            device=device,
+            dtype=dtype,
+        )
+
+    @staticmethod
+    def folder(teacher: TeacherModel) -> Path:
+        from rerank_ray.models.sources import resolve_source
+
+        return Path(resolve_source(teacher.path))
+
+    @staticmethod
+    def settings(teacher: TeacherModel) -> dict[str, Any]:
+        return {
+            "max_length": teacher.max_length,
+            "query_max_length": teacher.query_max_length,
+            "scale": teacher.scale,
+            "autocast": teacher.autocast,
+        }
+
+    @staticmethod
+    def saved_reranker(teacher: TeacherModel) -> str | None:
+        return None
+
+
+# kind -> how that family loads, what its fingerprint hashes, what its scores depend on.
+KINDS: dict[str, Any] = {"cross_encoder": _CrossEncoderKind, "bi_encoder": _BiEncoderKind}

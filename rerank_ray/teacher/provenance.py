@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,12 +49,7 @@ def data_fingerprint(pairs: pd.DataFrame) -> str:
 
 def teacher_fingerprint(teacher: TeacherModel) -> str:
     """sha256 of every file of the teacher's folder (relative path + bytes), in sorted order."""
-    if teacher.kind == "cross_encoder":
-        folder = Path(teacher.path)
-    else:
-        from rerank_ray.models.sources import resolve_source
-
-        folder = Path(resolve_source(teacher.path))
+    folder = teacher.folder()
     if not folder.is_dir():
         raise FileNotFoundError(f"teacher {teacher.kind} folder {folder} does not exist")
     h = hashlib.sha256()
@@ -113,13 +107,7 @@ def verify_coverage(pairs: pd.DataFrame, scores: pd.DataFrame) -> Coverage:
 
 def provenance(teacher: TeacherModel, pairs: pd.DataFrame, scoring: ScoringConfig) -> dict[str, Any]:
     """What decides the scores on disk; two jobs with equal provenance give the same shards."""
-    if teacher.kind == "cross_encoder":
-        meta = json.loads((Path(teacher.path) / "rerank_ray.json").read_text())
-        lengths = {"max_length": meta["model"]["max_length"]}
-    else:
-        lengths = {"max_length": teacher.max_length, "query_max_length": teacher.query_max_length}
-        lengths["scale"] = teacher.scale
-        lengths["autocast"] = teacher.autocast  # a cross-encoder's is in its fingerprinted folder
+    lengths = teacher.settings()
     prov = {
         "teacher": {
             "kind": teacher.kind,

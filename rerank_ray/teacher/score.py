@@ -82,9 +82,10 @@ class TeacherScorer:
     which are passed through: the job uses a ``shard`` column) and returns ``query_id, doc_id,
     score`` (float64) in the same row order. The whole frame is sorted by token count before it is
     cut into forward passes of ``batch_size`` pairs, so give it large frames (the job gives it whole
-    blocks). ``threads`` sets torch's CPU threads (None: leave them). Matmuls run in bf16 under
-    autocast as the teacher says: a cross-encoder by its saved ``model.autocast``, a bi-encoder
-    by ``TeacherModel.autocast`` (``rerank_ray.models.precision``; auto = on CUDA only).
+    blocks). ``threads`` sets torch's CPU threads (None: leave them). The model is whatever the
+    teacher's kind loads (``TeacherModel.load``); matmuls run in bf16 under autocast as the
+    teacher says: a cross-encoder by its saved ``model.autocast``, a bi-encoder by
+    ``TeacherModel.autocast`` (``rerank_ray.models.precision``; auto = on CUDA only).
     """
 
     def __init__(
@@ -102,85 +103,18 @@ class TeacherScorer:
         self.batch_size = batch_size
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-        # Query embeddings of the bi-encoder, kept for the actor's life: a query recurs in many
-        # blocks, a document rarely (and documents would not fit in memory at scale).
-        self._query_cache: dict[str, Any] = {}
-        if self.teacher.kind == "cross_encoder":
-            from rerank_ray.models import load_reranker
-
-            self.model = load_reranker(self.teacher.path).to(self.device, torch_dtype).eval()
-        else:
-            from transformers import AutoModel, AutoTokenizer
-
-            from rerank_ray.models.sources import resolve_source
-
-            source = resolve_source(self.teacher.path)
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
-            self.model = AutoModel.from_pretrained(source).to(self.device, torch_dtype).eval()
+        self.model = self.teacher.load(self.device, torch_dtype)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         import torch
 
-        from rerank_ray.models.precision import scoring_autocast
-
         queries = batch["query"].astype(str).tolist()
         docs = batch["doc"].astype(str).tolist()
         with torch.inference_mode():
-            if self.teacher.kind == "cross_encoder":
-                scores = self.model.score(queries, docs, batch_size=self.batch_size)
-            else:
-                with scoring_autocast(self.teacher.autocast, self.device):
-                    scores = self._bi_encoder_scores(queries, docs)
+            scores = self.model.score(queries, docs, batch_size=self.batch_size)
         out = batch.drop(columns=["query", "doc"]).copy()
         out["score"] = pd.Series(scores, index=out.index, dtype="float64")
         return out
-
-    def _embed(self, texts: list[str], max_length: int) -> Any:
-        """L2-normalised mean-pooled embeddings ``[len(texts), hidden]`` (sentence-transformers'
-        pooling for all-MiniLM-L6-v2: mean over non-padding tokens), in input order; batches
-        are cut from the texts sorted by their token count (after truncation), longest first,
-        ties in input order: the least padding a batch size allows (sorting by characters
-        padded dl19's 2,150 documents to 1.50x their tokens in batches of 64; by tokens, 1.05x)."""
-        import torch
-
-        lengths = [
-            len(ids) for ids in self.tokenizer(texts, max_length=max_length, truncation=True)["input_ids"]
-        ]
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-        out = torch.empty(0)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            enc = self.tokenizer(
-                [texts[i] for i in idx],
-                max_length=max_length,
-                truncation=True,
-                padding=True,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**enc).last_hidden_state.float()
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            pooled = torch.nn.functional.normalize(
-                (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1
-            )
-            if not out.numel():
-                out = torch.empty(len(texts), pooled.shape[-1], device=pooled.device)
-            out[idx] = pooled
-        return out
-
-    def _bi_encoder_scores(self, queries: list[str], docs: list[str]) -> list[float]:
-        """``scale * cos``; each distinct document is encoded once per call, each distinct query
-        once per scorer (cached)."""
-        import torch
-
-        new = [q for q in dict.fromkeys(queries) if q not in self._query_cache]
-        if new:
-            self._query_cache.update(zip(new, self._embed(new, self.teacher.query_max_length), strict=True))
-        unique_docs = list(dict.fromkeys(docs))
-        d_emb = self._embed(unique_docs, self.teacher.max_length)
-        d_index = {d: i for i, d in enumerate(unique_docs)}
-        q_rows = torch.stack([self._query_cache[q] for q in queries])
-        d_rows = d_emb[[d_index[d] for d in docs]]
-        return ((q_rows * d_rows).sum(-1) * self.teacher.scale).tolist()
 
 
 def length_order(queries: list[str], docs: list[str], query_ids: Any, doc_ids: Any) -> list[int]:

@@ -45,13 +45,12 @@ class Selection:
         )
 
 
-def selection_key(cfg: StudyConfig, spec: BestOfTeacher, models: dict[str, str | TeacherModel]) -> str:
+def selection_key(cfg: StudyConfig, spec: BestOfTeacher, models: dict[str, TeacherModel]) -> str:
     """sha256 of what the choice depends on: each candidate's model content and settings, the
     suite, its depth and measure, and the data config (which queries are held out)."""
     from rerank_ray.teacher.provenance import teacher_fingerprint
 
-    def describe(model: str | TeacherModel) -> dict[str, Any]:
-        teacher = TeacherModel(kind="cross_encoder", path=model) if isinstance(model, str) else model
+    def describe(teacher: TeacherModel) -> dict[str, Any]:
         return {**teacher.model_dump(mode="json", exclude={"path"}), "content": teacher_fingerprint(teacher)}
 
     key = {
@@ -64,10 +63,8 @@ def selection_key(cfg: StudyConfig, spec: BestOfTeacher, models: dict[str, str |
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def choose(
-    cfg: StudyConfig, name: str, spec: BestOfTeacher, models: dict[str, str | TeacherModel]
-) -> Selection:
-    """Evaluate each candidate model (a saved reranker folder or a bi-encoder) on the selection
+def choose(cfg: StudyConfig, name: str, spec: BestOfTeacher, models: dict[str, TeacherModel]) -> Selection:
+    """Evaluate each candidate teacher (a bi-encoder or a cross-encoder) on the selection
     suite, under ``teachers/<name>/selection/<candidate>/``, and choose; reused from
     ``selection.json`` when its key is unchanged."""
     from rerank_ray.study.trial import evaluate_suites

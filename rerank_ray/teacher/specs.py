@@ -8,9 +8,12 @@ The kinds, and where each is turned into a ready teacher (``teacher/stage.py``):
 - ``scores``: precomputed scores;
 - ``best_of``: the best of other teachers on held-out training queries (``teacher/select.py``).
 
-A new kind is a class here (with ``kind: Literal[...]``, added to :data:`TeacherSpec`) and its
-branch in ``teacher/stage.py``; a new scorer family is ``TeacherModel``'s concern
-(``teacher/config.py``).
+A new kind of ready teacher (one the study does not train) is a class here, with ``kind:
+Literal[...]`` (added to :data:`TeacherSpec`), ``scorer(folder)`` (the ``TeacherModel`` it
+scores with), ``params()`` (what its MLflow run records) and ``describe()`` (the report's words
+for it): ``teacher/stage.py`` evaluates it and scores the groups with it as it does every ready
+teacher. Its model family, if new, is ``TeacherModel``'s ``KINDS`` (``teacher/config.py``): two
+files in all.
 """
 
 from __future__ import annotations
@@ -60,6 +63,25 @@ class CrossEncoderTeacher(Section):
         fields = self.model.model_dump(mode="json") if self.model else {}
         return validate(ModelConfig, {**fields, "source": self.source, "init": "pretrained"})
 
+    def scorer(self, folder: Path) -> TeacherModel:
+        """A given reranker as a ready teacher: `path`, or `source` imported once into `folder`
+        (``teacher/given.py``). A study-trained one is trained first (``teacher/stage.py``)."""
+        if self.trains:
+            raise ValueError("this cross_encoder teacher is trained by the study; it has no scorer yet")
+        from rerank_ray.teacher.given import import_reranker
+
+        path = self.path or str(import_reranker(self.pretrained(), folder))
+        return TeacherModel(kind="cross_encoder", path=path)
+
+    def params(self) -> dict[str, Any]:
+        """What its MLflow run records of a given reranker."""
+        if self.source is None:
+            return {}
+        return {"teacher.source": self.source, "teacher.family": self.pretrained().family}
+
+    def describe(self) -> str:
+        return f"the given reranker {self.path or self.source}"
+
     @model_validator(mode="after")
     def _check(self) -> CrossEncoderTeacher:
         if self.source is not None and self.path is not None:
@@ -92,6 +114,9 @@ class ScoresTeacher(Section):
     kind: Literal["scores"]
     path: Path
 
+    def describe(self) -> str:
+        return f"precomputed scores {self.path} (no model to evaluate)"
+
 
 class BiEncoderTeacher(Section):
     """A zero-shot bi-encoder: ``scale * cos(mean_pool(query), mean_pool(doc))``."""
@@ -104,7 +129,8 @@ class BiEncoderTeacher(Section):
     # bf16 matmuls in its scoring and evaluation (see ModelConfig.autocast).
     autocast: Autocast = "auto"
 
-    def scorer(self) -> TeacherModel:
+    def scorer(self, folder: Path | None = None) -> TeacherModel:
+        """The ready teacher (nothing to build: `folder` is unused)."""
         return TeacherModel(
             kind="bi_encoder",
             path=self.source,
@@ -113,6 +139,15 @@ class BiEncoderTeacher(Section):
             scale=self.scale,
             autocast=self.autocast,
         )
+
+    def params(self) -> dict[str, Any]:
+        """What its MLflow run records: every field, as ``teacher.<field>``."""
+        from rerank_ray.study.tracking import flatten_params
+
+        return flatten_params(self.model_dump(mode="json"), prefix="teacher.")
+
+    def describe(self) -> str:
+        return f"zero-shot bi-encoder {self.source}"
 
 
 class BestOfTeacher(Section):

@@ -36,7 +36,7 @@ from rerank_ray.study.config import (
 )
 from rerank_ray.study.plan import TrialPlan, teacher_scores_dir, teachers_used
 from rerank_ray.study.records import Cost, EvalRecord, EvalSummary, TeacherInfo, TrialSummary
-from rerank_ray.study.tracking import child_tags, flatten_params, numeric
+from rerank_ray.study.tracking import child_tags, numeric
 from rerank_ray.study.trial import (
     cost_metrics,
     evaluate_suites,
@@ -89,12 +89,10 @@ def teacher(
     with logbook.start_run(f"teacher-{name}", tags=tags):
         if isinstance(spec, ScoresTeacher):
             return None, given_scores(spec, groups_path, teacher_scores_dir(cfg, name))
-        if isinstance(spec, BiEncoderTeacher):
-            scorer, evaluation, cost = _bi_encoder_teacher(cfg, name, spec)
-        elif spec.trains:
+        if isinstance(spec, CrossEncoderTeacher) and spec.trains:
             scorer, evaluation, cost = _trained_teacher(cfg, name, groups_path)
         else:
-            scorer, evaluation, cost = _given_cross_encoder(cfg, name, spec)
+            scorer, evaluation, cost = _ready_teacher(cfg, name, spec)
         cost = _score_groups(cfg, name, scorer, groups_path, cost)
     return evaluation_record(evaluation, cfg.eval), cost
 
@@ -106,6 +104,7 @@ def _best_of_teacher(
     teacher's child run, then run the chosen one as a teacher (its own child run: evaluation and
     scoring, reused when up to date) and take its scores and evaluation as this teacher's."""
     from rerank_ray import io
+    from rerank_ray.evaluation.metrics import mlflow_key
     from rerank_ray.teacher.select import choose
 
     tags = child_tags(cfg.name, parent_id, "teacher", teacher=name, kind=spec.kind)
@@ -113,24 +112,24 @@ def _best_of_teacher(
         models = {c: _candidate_model(cfg, c, groups_path) for c in spec.candidates}
         selection = choose(cfg, name, spec, models)
         logbook.log_params({"teacher.chosen": selection.chosen, "teacher.selection_suite": spec.suite})
-        logbook.log_metrics({f"selection/{c}/{selection.measure}": v for c, v in selection.scores.items()})
+        # selection/<candidate>/<suite>/<measure>, in MLflow's key alphabet (mlflow_key).
+        measure = mlflow_key(spec.suite, selection.measure)
+        logbook.log_metrics({f"selection/{c}/{measure}": v for c, v in selection.scores.items()})
     record, cost = teacher(cfg, selection.chosen, groups_path, experiment_id, parent_id)
     io.copy_tree(teacher_scores_dir(cfg, selection.chosen), teacher_scores_dir(cfg, name))
     return record, cost
 
 
-def _candidate_model(cfg: StudyConfig, name: str, groups_path: Path) -> str | TeacherModel:
+def _candidate_model(cfg: StudyConfig, name: str, groups_path: Path) -> TeacherModel:
     """A best_of candidate as a model to evaluate: a bi-encoder's scorer, a given reranker's
     folder, or a study-trained teacher's folder (trained now, or reused)."""
     spec = cfg.teachers[name]
-    if isinstance(spec, BiEncoderTeacher):
-        return spec.scorer()
-    assert isinstance(spec, CrossEncoderTeacher) and spec.cross_fit is None
-    if spec.trains:
-        return _trained_teacher(cfg, name, groups_path)[0].path
-    from rerank_ray.teacher.given import import_reranker
-
-    return spec.path or str(import_reranker(spec.pretrained(), cfg.study_dir / "teachers" / name))
+    assert (
+        isinstance(spec, BiEncoderTeacher | CrossEncoderTeacher) and getattr(spec, "cross_fit", None) is None
+    )
+    if isinstance(spec, CrossEncoderTeacher) and spec.trains:
+        return _trained_teacher(cfg, name, groups_path)[0]
+    return spec.scorer(cfg.study_dir / "teachers" / name)
 
 
 def _trained_teacher(
@@ -151,26 +150,13 @@ def _trained_teacher(
     return TeacherModel(kind="cross_encoder", path=str(summary.model_dir)), summary, summary.cost
 
 
-def _given_cross_encoder(
-    cfg: StudyConfig, name: str, spec: CrossEncoderTeacher
+def _ready_teacher(
+    cfg: StudyConfig, name: str, spec: BiEncoderTeacher | CrossEncoderTeacher
 ) -> tuple[TeacherModel, EvalSummary, Cost]:
-    """A cross-encoder used as it is (a saved folder, or a published reranker imported into
-    ``teachers/<name>/``), evaluated; it costs nothing to train."""
-    from rerank_ray.teacher.given import import_reranker
-
-    path = spec.path or str(import_reranker(spec.pretrained(), cfg.study_dir / "teachers" / name))
-    if spec.source is not None:
-        logbook.log_params({"teacher.source": spec.source, "teacher.family": spec.pretrained().family})
-    scorer = TeacherModel(kind="cross_encoder", path=path)
-    return scorer, _evaluate_teacher(cfg, name, path), Cost()
-
-
-def _bi_encoder_teacher(
-    cfg: StudyConfig, name: str, spec: BiEncoderTeacher
-) -> tuple[TeacherModel, EvalSummary, Cost]:
-    """A zero-shot bi-encoder, evaluated as it is; it costs nothing to train."""
-    scorer = spec.scorer()
-    logbook.log_params(flatten_params(spec.model_dump(mode="json"), prefix="teacher."))
+    """A teacher used as it is (a zero-shot bi-encoder, a saved or published reranker imported
+    into ``teachers/<name>/``), evaluated; it costs nothing to train."""
+    scorer = spec.scorer(cfg.study_dir / "teachers" / name)
+    logbook.log_params(spec.params())
     return scorer, _evaluate_teacher(cfg, name, scorer), Cost()
 
 
@@ -220,12 +206,8 @@ def teacher_info(cfg: StudyConfig, name: str, groups_path: Path) -> TeacherInfo:
         from rerank_ray.teacher.select import selection_info
 
         return selection_info(cfg, name, spec, diagnostics)
-    if isinstance(spec, BiEncoderTeacher):
-        return TeacherInfo(None, f"zero-shot bi-encoder {spec.source}", diagnostics)
-    if isinstance(spec, ScoresTeacher):
-        return TeacherInfo(None, f"precomputed scores {spec.path} (no model to evaluate)", diagnostics)
-    if not spec.trains:
-        return TeacherInfo(None, f"the given reranker {spec.path or spec.source}", diagnostics)
+    if not (isinstance(spec, CrossEncoderTeacher) and spec.trains):
+        return TeacherInfo(None, spec.describe(), diagnostics)
     if spec.cross_fit is not None:
         evaluates = (
             f"the mean of the {spec.cross_fit} cross-fit fold teachers (each trained on "

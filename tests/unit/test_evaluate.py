@@ -207,13 +207,15 @@ def test_bi_encoder_evaluation_scores_each_suite_in_one_call_as_the_score_fn_pat
 
     old = evaluate_scorer(score_fn, ["tiny-dl19"], batch_size=4, out_dir=tmp_path / "old", tag="bi")
 
+    from rerank_ray.models.bi_encoder import BiEncoder
+
     calls, encoded = [], []
-    call, embed = TeacherScorer.__call__, TeacherScorer._embed
+    call, embed = TeacherScorer.__call__, BiEncoder.embed
     monkeypatch.setattr(
         TeacherScorer, "__call__", lambda self, batch: (calls.append(len(batch)), call(self, batch))[1]
     )
     monkeypatch.setattr(
-        TeacherScorer, "_embed", lambda self, texts, n: (encoded.extend(texts), embed(self, texts, n))[1]
+        BiEncoder, "embed", lambda self, texts, n, b: (encoded.extend(texts), embed(self, texts, n, b))[1]
     )
     new = evaluate(teacher, ["tiny-dl19"], batch_size=4, out_dir=tmp_path / "new", tag="bi")
 

@@ -57,6 +57,42 @@ def test_a_bf16_run_is_forecast_from_bf16_entries_else_from_fp32_marked_unmeasur
     assert table.lookup("train", "encoder", 6, HW).pairs_per_s == 10.0  # fp32 ignores bf16 entries
 
 
+def test_width_lora_and_max_length_pick_their_own_entries():
+    # A 768-wide model never takes the 384-wide MiniLM rates (a layer costs ~4x); a LoRA model
+    # trains at LoRA entries' rates but evaluates as the merged model; entries measured at the
+    # model's max length win over others of the same key.
+    entry = {"family": "encoder", "hardware": HW, "measured": True, "layers": 6}
+    table = ThroughputTable(
+        entries=[
+            {**entry, "stage": "train", "pairs_per_s": 20.0},
+            {**entry, "stage": "train", "hidden": 768, "layers": 12, "pairs_per_s": 4.0},
+            {**entry, "stage": "train", "family": "decoder", "pairs_per_s": 2.0},
+            {**entry, "stage": "train", "family": "decoder", "lora": True, "pairs_per_s": 3.0},
+            {**entry, "stage": "evaluate", "family": "decoder", "pairs_per_s": 9.0},
+            {**entry, "stage": "evaluate", "max_length": 256, "pairs_per_s": 40.0},
+            {**entry, "stage": "evaluate", "max_length": 128, "pairs_per_s": 90.0},
+        ],
+        overhead_s={},
+        hardware={HW: {"kind": "cpu"}},
+    )
+    assert table.lookup("train", "encoder", 12, HW, hidden=768).pairs_per_s == 4.0
+    assert table.lookup("train", "encoder", 6, HW, hidden=768).pairs_per_s == pytest.approx(4.0 * 13 / 7)
+    assert table.lookup("train", "encoder", 6, HW).pairs_per_s == 20.0
+    assert table.lookup("train", "decoder", 6, HW, lora=True).pairs_per_s == 3.0
+    assert table.lookup("train", "decoder", 6, HW).pairs_per_s == 2.0
+    assert table.lookup("evaluate", "decoder", 6, HW, lora=True).pairs_per_s == 9.0
+    assert table.lookup("evaluate", "encoder", 6, HW, max_length=128).pairs_per_s == 90.0
+    assert table.lookup("evaluate", "encoder", 6, HW, max_length=256).pairs_per_s == 40.0
+
+
+def test_the_size_study_is_forecast_within_its_three_hour_budget(table):
+    # issue 22: at most 3 hours on 2 cores, forecast by the dry run, every stage measured.
+    cfg = load_study([Path(__file__).resolve().parents[2] / "experiments" / "sizes.yaml"])
+    forecast = forecast_study(cfg, plan_study(cfg), table)
+    assert forecast.wall_s is not None and forecast.wall_s <= 3 * 3600
+    assert not [r.name for r in (*forecast.teachers, *forecast.trials) if r.wall_s is None]
+
+
 @pytest.mark.parametrize("bad", ["precision: fp16", "stage: infer", "hardware: tpu"])
 def test_a_malformed_table_entry_is_refused_naming_the_fields(tmp_path, bad):
     from rerank_ray.study.forecast import ForecastError

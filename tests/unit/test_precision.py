@@ -55,7 +55,7 @@ def test_a_bi_encoder_teacher_scores_in_bf16_when_told_and_its_scores_stay_close
     scores = {}
     for setting in ("off", "bf16"):
         scorer = TeacherScorer(bi_encoder(setting).model_dump(), batch_size=2)
-        seen = linear_output_dtypes(scorer.model)
+        seen = linear_output_dtypes(scorer.model.model)  # the BiEncoder's transformer
         scores[setting] = scorer(frame)["score"].to_numpy()
         assert seen == {torch.bfloat16 if setting == "bf16" else torch.float32}
     assert (scores["bf16"] != scores["off"]).any()

