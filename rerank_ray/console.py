@@ -48,12 +48,24 @@ def route_library_logs() -> None:
     MLflow's store: late), so this runs again at each stage that may have imported one."""
     if not _VERBOSE["route_libraries"]:
         return
+    _claim_ir_datasets_logger()
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             if "File" not in type(handler).__name__:  # Ray's console handlers, not its session files
                 logger.removeHandler(handler)
         logger.propagate = True
+
+
+def _claim_ir_datasets_logger() -> None:
+    """ir_datasets gives its one logger ("ir_datasets") a console handler on first use, not at
+    import (``ir_datasets.log.Logger.logger``), so its "[INFO] Opening ... docstore" lines would
+    escape the routing; registering the logger in its cache first means it never adds one."""
+    try:
+        from ir_datasets import log as ir_log
+    except ImportError:
+        return
+    ir_log._logger_cache.setdefault("ir_datasets", logging.getLogger("ir_datasets"))
 
 
 @contextmanager

@@ -4,7 +4,7 @@
 study's suites, scores the shared groups with it (``teacher/score.py``: resumable, reused when
 up to date) and measures its targets (``teacher/diagnostics.py``), each teacher in its own MLflow
 child run; it returns a :class:`TeacherStage` (per teacher: its evaluation, cost and what the
-report says of it). The kinds (specs in ``study/config.py``):
+report says of it). The kinds (specs in ``teacher/specs.py``):
 
 - ``cross_encoder`` trained by the study (contrastively, on the groups; reused when a finished
   run had the same inputs), or cross-fitted (``cross_fit: k``: k fold teachers, each scoring
@@ -15,9 +15,9 @@ report says of it). The kinds (specs in ``study/config.py``):
 - ``best_of``: the candidate teacher with the best score on held-out training queries
   (``teacher/select.py``), whose scores and evaluation it takes.
 
-A new teacher kind's study logic is here (its branch in :func:`teacher`, its line in
-:func:`teacher_info`); the other files it touches are listed in ``TeacherModel``'s docstring
-(``teacher/config.py``).
+A ready teacher (one the study does not train: a bi-encoder, a given reranker, any new kind)
+takes one path here, through its spec's ``scorer``, ``params`` and ``describe``
+(``teacher/specs.py``); what differs by model family is ``TeacherModel``'s (``teacher/config.py``).
 """
 
 from __future__ import annotations

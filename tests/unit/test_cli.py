@@ -497,6 +497,32 @@ def test_the_stop_line_is_out_before_a_slow_shutdown_is_killed(tmp_path):
     assert "rerank-ray study: stopped by SIGTERM; finished work is kept, the same command resumes" in err
 
 
+def test_ir_datasets_lines_go_to_the_log_file_even_from_its_lazily_made_logger(tmp_path, capsys):
+    # ir_datasets adds its own console handler on its first log call, after the CLI routed
+    # the libraries' loggers: its "[INFO] Opening ... docstore" lines reached the console.
+    import logging
+
+    from ir_datasets import log as ir_log
+
+    from rerank_ray import console
+
+    ir_logger = logging.getLogger("ir_datasets")
+    for handler in list(ir_logger.handlers):  # as in a fresh process: not made yet
+        ir_logger.removeHandler(handler)
+    ir_log._logger_cache.pop("ir_datasets", None)
+    try:
+        path = console.setup_logging(tmp_path, verbose=False)
+        console.route_library_logs()
+        ir_log.easy().info("Opening docs.pklz4/bin with direct file access")  # made here, lazily
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        err, logged = capsys.readouterr().err, path.read_text()
+    finally:
+        console.setup_logging(tmp_path / "reset", verbose=True)
+        console._VERBOSE["route_libraries"] = False
+    assert "Opening docs.pklz4" not in err and "Opening docs.pklz4" in logged
+
+
 @pytest.mark.parametrize("verbose", [False, True])
 def test_the_console_shows_the_projects_lines_and_the_log_file_everything(tmp_path, capsys, verbose):
     import logging
