@@ -230,8 +230,8 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # Matmuls in bf16 under torch.autocast, float32 weights kept (rerank_ray.models.precision):
     # auto = in scoring and evaluation on CUDA, off on CPU (training: deepspeed.precision
-    # decides); bf16 = also on CPU, in training too (on a CPU with avx512_bf16 or AMX, a
-    # forward pass ~1.9x and a training step ~1.5x faster, bench/cpu_bf16.py); off = float32.
+    # decides); bf16 = also on CPU, in training too (faster on a CPU with avx512_bf16 or AMX:
+    # bench/cpu_bf16.py, ratios in docs/BENCHMARKS.md); off = float32.
     # Recorded with the saved model, so its evaluation and teacher scoring follow it.
     autocast: Autocast = "auto"
 

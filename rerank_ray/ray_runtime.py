@@ -37,7 +37,7 @@ log = logging.getLogger("rerank_ray.ray")
 
 # The cluster launcher's copy of cluster.yaml on the head (`ray start --autoscaling-config`).
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")
-# A torch-extensions lock older than this is left by a killed compile (it takes ~35 s).
+# A torch-extensions lock older than this is left by a killed compile (a compile takes well under it).
 STALE_LOCK_S = 600.0
 
 
@@ -276,7 +276,7 @@ def comm_op_builder() -> Any | None:
 
 
 def prebuild_comm_op() -> None:
-    """Compile (first time, ~35 s) or load DeepSpeed's CPU communication op in this process,
+    """Compile (the first time) or load DeepSpeed's CPU communication op in this process,
     so that no training worker compiles it; `make install` calls this once."""
     from rerank_ray.heartbeat import heartbeat
 

@@ -135,8 +135,8 @@ class Reranker(torch.nn.Module):
     def score(self, queries: list[str], documents: list[str], batch_size: int = 64) -> list[float]:
         """Scores for many pairs, in input order. The pairs are tokenised once, then cut into
         batches by token count after truncation, longest first, ties in input order: the least
-        padding a batch size allows (characters are a rougher proxy: for the bi-encoder's dl19
-        documents they padded 1.44x more tokens, ``bench/bi_encoder_batching.py``). Matmuls run
+        padding a batch size allows (characters are a rougher proxy: ``bench/bi_encoder_batching.py``,
+        docs/BENCHMARKS.md). Matmuls run
         in bf16 when ``model.autocast`` says so (``rerank_ray.models.precision``)."""
         if len(queries) != len(documents):
             raise ValueError(f"score() got {len(queries)} queries but {len(documents)} documents")

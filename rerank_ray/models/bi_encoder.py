@@ -63,9 +63,8 @@ class BiEncoder:
 
     def embed(self, texts: list[str], max_length: int, batch_size: int) -> torch.Tensor:
         """L2-normalised mean-pooled embeddings ``[len(texts), hidden]``, in input order; batches
-        are cut from the texts sorted by token count, longest first, ties in input order
-        (sorting by characters padded dl19's 2,150 documents to 1.50x their tokens in batches of
-        64; by tokens, 1.05x)."""
+        are cut from the texts sorted by token count, longest first, ties in input order (less
+        padding than sorting by characters: ``bench/bi_encoder_batching.py``)."""
         lengths = [
             len(ids) for ids in self.tokenizer(texts, max_length=max_length, truncation=True)["input_ids"]
         ]

@@ -2,9 +2,9 @@
 
 ``torch.autocast`` runs matmuls (linear layers, attention) in bfloat16 while the weights, the
 optimizer state, the losses and the returned scores stay float32. It is the CPU's counterpart
-of TF32 on a GPU: on a CPU with native bf16 instructions (avx512_bf16, AMX) a MiniLM forward
-pass is about 1.9x and a training step about 1.5x faster (``bench/cpu_bf16.py``); scores move
-by about 1e-2 of their spread. The setting:
+of TF32 on a GPU: faster on a CPU with native bf16 instructions (avx512_bf16, AMX), with scores
+that move a little (``bench/cpu_bf16.py``; the ratios and the score change are in
+docs/BENCHMARKS.md). The setting:
 
 - ``auto``: scoring and evaluation on CUDA run under bf16 autocast, a CPU in float32; training
   leaves precision to DeepSpeed (``deepspeed.precision``: bf16 weights on a GPU);

@@ -66,8 +66,8 @@ def deepspeed_config(cfg: RunConfig, *, world_size: int) -> dict[str, Any]:
                 "weight_decay": tr.weight_decay,
                 "torch_adam": not ds.offload_optimizer,
                 # torch's fused AdamW kernel (CPU and CUDA): one pass over each parameter instead
-                # of a Python loop of tensor ops. On 2 CPU cores the default per-tensor AdamW
-                # step of a 6-layer MiniLM cost as much as the forward pass (bench/optimizer.py).
+                # of a Python loop of tensor ops (the default's cost on a small model:
+                # bench/optimizer.py, docs/BENCHMARKS.md).
                 **({"fused": True} if not ds.offload_optimizer else {}),
             },
         },

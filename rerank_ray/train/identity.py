@@ -46,7 +46,7 @@ INPUTS = {
 }
 # Bump (with a line here) when the training code changes what a given config trains:
 # 1: dropout on in training (model.train()), DeepSpeed's WarmupDecayLR;
-# 2 (2026-12-02): transformers' linear warmup/decay schedule (WarmupDecayLR ran the first two
+# 2: transformers' linear warmup/decay schedule (WarmupDecayLR ran the first two
 #    optimizer steps at lr 0), torch's fused AdamW.
 TRAINING_RECIPE = "2"
 

@@ -103,3 +103,17 @@ def test_the_benchmarks_page_holds_the_measurements_behind_code_constants():
     assert ScoringConfig().pool_min_pairs == 20_000 and "`scoring.pool_min_pairs` = 20,000" in section
     assert BLOCKS_PER_ACTOR == 8 and "`BLOCKS_PER_ACTOR` = 8" in section
     assert "3.5 to 4.3" in section  # the forecast's shared-CPU trials
+
+
+def test_no_comment_or_docstring_in_the_package_carries_a_measurement():
+    # The three files above, and every other: a speed ratio ("1.9x faster"), a rate or a timing
+    # in the package goes stale silently; bench/ measures it and docs/BENCHMARKS.md states it.
+    ratio = re.compile(r"\b\d+(\.\d+)?x\b")
+    found = [
+        f"{path.relative_to(PROJECT_ROOT)}: {m.group(0)}"
+        for path in sorted((PROJECT_ROOT / "rerank_ray").rglob("*.py"))
+        for text in comments_and_docstrings(path.read_text())
+        for pattern in (STALE, ratio)
+        for m in pattern.finditer(text)
+    ]
+    assert not found, f"measurements in comments {found}; move them to docs/BENCHMARKS.md"
