@@ -46,7 +46,7 @@ LOCAL = "local:"  # a parent run id not known yet: "local:<its journal's log id>
 DRIVER_DIR = "mlflow"  # <study>/mlflow/: the journals of the driver's runs
 TRIAL_JOURNAL = "mlflow_run.json"
 # MLflow's own HTTP retries (defaults: 7 retries, backoff factor 2, 120 s timeout: minutes per
-# call). Bounded here unless the user set them: 1 + 2 + 4 s of backoff per call before a run defers.
+# call). Bounded here unless the user set them: 3 retries with backoff factor 1 before a run defers.
 RETRY_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
