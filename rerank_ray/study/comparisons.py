@@ -250,7 +250,9 @@ def teacher_verdict(
     )
     if rival is None or level is None:
         return TeacherVerdict(name, info, one_hot)
-    same = info.size is not None and cfg.students[rival[0]].model.layers(read_source=False) == info.size
+    from rerank_ray.models.sources import comparable_size
+
+    same = info.size is not None and comparable_size(cfg.students[rival[0]].model) == info.size
     return TeacherVerdict(name, info, one_hot, level, rival[0], rival[1], same)
 
 
@@ -261,8 +263,10 @@ def _rival(
     the best one, with its in-domain mean."""
     means = {s: contrastive_mean(cfg, ok, s, suites) for s in cfg.students}
     means = {s: m for s, m in means.items() if m is not None}
-    layers = {s: cfg.students[s].model.layers(read_source=False) for s in means}
-    same = [s for s in means if info.size is not None and layers[s] == info.size]
+    from rerank_ray.models.sources import comparable_size
+
+    sizes = {s: comparable_size(cfg.students[s].model) for s in means}
+    same = [s for s in means if info.size is not None and sizes[s] == info.size]
     if same:
         return same[0], means[same[0]]
     if not means:

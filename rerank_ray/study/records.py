@@ -192,8 +192,9 @@ class TrialRecord:
 class TeacherInfo:
     """What the report knows of a teacher besides its evaluation.
 
-    ``size``: layers when it is a study-trained cross-encoder (compared with the contrastive
-    student of the same size), else None; ``evaluates``: which model its row evaluates (one
+    ``size``: when it is a study-trained cross-encoder, its ``comparable_size`` (backbone
+    parameters; layers when its source cannot be read), compared with the contrastive student
+    of the same size; else None; ``evaluates``: which model its row evaluates (one
     teacher, or the cross-fit fold teachers' mean); ``diagnostics``: ``{"T=<t>": stats}`` of
     ``teacher.diagnostics.target_statistics`` on the training groups; ``selection``: a
     ``best_of`` teacher's choice, one sentence."""

@@ -177,6 +177,14 @@ def _results_section(
     ]
 
 
+def layers_of(model: Any) -> int | None:
+    """A student's layers: as built when its source can be read here, else as configured."""
+    from rerank_ray.models.sources import readable_shape
+
+    shape = readable_shape(model)
+    return shape.layers if shape is not None else model.layers(read_source=False)
+
+
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "–"
@@ -224,7 +232,7 @@ def _verdict_section(cfg: StudyConfig, rows: list[VerdictRow]) -> list[str]:
 
 
 def _layers(cfg: StudyConfig, student: str) -> str:
-    size = cfg.students[student].model.layers(read_source=False)
+    size = layers_of(cfg.students[student].model)
     return f"{size:g}" if size is not None else ""
 
 
@@ -321,7 +329,7 @@ def _table(
     header = ["student", "layers"] + [f"{suite} · {variant_label(*v)}" for suite in suites for v in variants]
     rows = []
     for student, spec in cfg.students.items():
-        size = spec.model.layers(read_source=False)
+        size = layers_of(spec.model)
         row = [student, f"{size:g}" if size is not None else ""]
         for suite in suites:
             for v in variants:

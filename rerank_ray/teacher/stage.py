@@ -215,7 +215,9 @@ def teacher_info(cfg: StudyConfig, name: str, groups_path: Path) -> TeacherInfo:
         )
     else:
         evaluates = "the teacher trained on every training group (the groups it scored)"
-    return TeacherInfo(spec.model.layers(read_source=False), evaluates, diagnostics)
+    from rerank_ray.models.sources import comparable_size
+
+    return TeacherInfo(comparable_size(cfg.teacher_run(name).model), evaluates, diagnostics)
 
 
 def _cross_fit_teacher(

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from rerank_ray.config import ModelConfig
+from rerank_ray.models.sources import model_shape
 from rerank_ray.study.config import StudyConfig
 from rerank_ray.study.records import Cost, EvalRecord, TrialRecord
 from rerank_ray.study.report import TeacherInfo, build_report
@@ -140,6 +142,10 @@ def test_verdict_answers_per_student_and_domain_with_holm(tmp_path):
     assert worse.verdict[0].answer(0.05) == "contrast (contrastive)"
 
 
+# A teacher of student l2's capacity (what teacher_info records: its backbone's parameters).
+L2_SIZE = float(model_shape(ModelConfig(num_layers=2)).parameters)
+
+
 def test_teacher_diagnostics_section_says_when_distillation_cannot_help(tmp_path):
     one_hot = {"temperature": 1.0, "groups": 10, "group_size": 8, "uniform_entropy": 2.0794,
                "mean_entropy": 0.05, "mean_p_positive": 0.99, "positive_first": 1.0}  # fmt: skip
@@ -147,7 +153,7 @@ def test_teacher_diagnostics_section_says_when_distillation_cannot_help(tmp_path
     teachers = {"bi": record(0.6), "ce": record(0.2)}
     infos = {
         "bi": TeacherInfo(None, "zero-shot bi-encoder", {"T=1": soft}),
-        "ce": TeacherInfo(2.0, "the teacher trained on every training group", {"T=1": one_hot}),
+        "ce": TeacherInfo(L2_SIZE, "the teacher trained on every training group", {"T=1": one_hot}),
     }
     report = build_report(
         study(),
@@ -195,7 +201,7 @@ def golden_report(out_dir) -> str:
         teacher_costs={"bi": Cost(scoring_wall_s=3.0, scoring_pairs_per_s=100.0), "ce": Cost(wall_s=30.0)},
         teacher_info={
             "bi": TeacherInfo(None, "zero-shot bi-encoder", {"T=1": soft}),
-            "ce": TeacherInfo(2.0, "the teacher trained on every training group", {"T=1": one_hot}),
+            "ce": TeacherInfo(L2_SIZE, "the teacher trained on every training group", {"T=1": one_hot}),
         },
         out_dir=out_dir,
         command="rerank-ray study demo.yaml",
