@@ -96,7 +96,8 @@ class TeacherVerdict:
     ``one_hot_at``: the temperatures (``T=<t>``) at which its targets are close to one-hot;
     ``level``: its in-domain measure; ``rival``: the contrastive student it is compared with (of
     its size, ``same_size``, else the best one) and ``rival_level`` that student's in-domain
-    measure; ``no_better``: the teacher's level does not exceed the rival's."""
+    measure; ``contrastive``: every contrastive student's in-domain measure (is the teacher
+    stronger than each size?); ``no_better``: the teacher's level does not exceed the rival's."""
 
     name: str
     info: TeacherInfo | None
@@ -105,6 +106,16 @@ class TeacherVerdict:
     rival: str | None = None
     rival_level: float | None = None
     same_size: bool = False
+    contrastive: dict[str, float] = field(default_factory=dict)
+
+    def stronger_than(self) -> tuple[list[str], list[str]]:
+        """(contrastive students the teacher beats in domain, those it does not)."""
+        if self.level is None:
+            return [], []
+        level = self.level
+        return [s for s, v in self.contrastive.items() if level > v], [
+            s for s, v in self.contrastive.items() if level <= v
+        ]
 
     @property
     def no_better(self) -> bool:
@@ -253,7 +264,9 @@ def teacher_verdict(
     from rerank_ray.models.sources import comparable_size
 
     same = info.size is not None and comparable_size(cfg.students[rival[0]].model) == info.size
-    return TeacherVerdict(name, info, one_hot, level, rival[0], rival[1], same)
+    means = {s: contrastive_mean(cfg, ok, s, in_domain) for s in cfg.students}
+    contrastive = {s: m for s, m in means.items() if m is not None}
+    return TeacherVerdict(name, info, one_hot, level, rival[0], rival[1], same, contrastive)
 
 
 def _rival(

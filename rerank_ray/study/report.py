@@ -304,13 +304,25 @@ def _teacher_conclusion(cfg: StudyConfig, v: TeacherVerdict) -> str:
         if v.no_better:
             reasons.append(f"it is no better than the contrastive student ({comparison})")
     head = f"`{v.name}` (its row evaluates {v.info.evaluates})"
+    above, below = v.stronger_than()
+    if below and not v.same_size:
+        reasons.append(
+            f"in domain it is not stronger than the contrastive {_listed(v, below)}"
+            + (f" (it is stronger than {_listed(v, above)})" if above else "")
+        )
     if v.cannot_add:
         return f"{head}: **distillation from it cannot add anything**: " + "; ".join(reasons) + "."
+    every = f"; in domain it is stronger than every contrastive student: {_listed(v, above)}" if above else ""
     return (
         f"{head}: soft targets"
         + (f" and {comparison}" if comparison else "")
+        + every
         + "; distillation has something to teach."
     )
+
+
+def _listed(v: TeacherVerdict, students: list[str]) -> str:
+    return ", ".join(f"`{s}` ({v.contrastive[s]:.3f})" for s in students)
 
 
 def _fmt(value: float | None) -> str:

@@ -218,3 +218,24 @@ def test_the_report_is_byte_for_byte_the_recorded_one(tmp_path):
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()
+
+
+def test_the_teacher_line_says_per_size_whether_it_is_stronger_in_domain():
+    from rerank_ray.study.comparisons import TeacherVerdict
+    from rerank_ray.study.report import _teacher_conclusion
+
+    soft = {"T=1": {"mean_entropy": 0.9, "uniform_entropy": 1.386, "mean_p_positive": 0.5}}
+    info = TeacherInfo(None, "its chosen candidate `bi`", soft)
+    cfg = study()
+    students = {"l1": 0.31, "l2": 0.52}
+    weak = TeacherVerdict("t", info, [], 0.45, "l2", 0.52, False, students)
+    line = _teacher_conclusion(cfg, weak)
+    assert "**distillation from it cannot add anything**" in line
+    assert (
+        "in domain it is not stronger than the contrastive `l2` (0.520) (it is stronger than `l1` (0.310))"
+        in line
+    )
+    strong = TeacherVerdict("t", info, [], 0.60, "l2", 0.52, False, students)
+    assert "in domain it is stronger than every contrastive student: `l1` (0.310), `l2` (0.520)" in (
+        _teacher_conclusion(cfg, strong)
+    )
