@@ -57,6 +57,32 @@ def route_library_logs() -> None:
         logger.propagate = True
 
 
+_TQDM_INIT: list[Any] = []  # tqdm's own __init__, while progress_bars(shown=False) wraps it
+
+
+def progress_bars(shown: bool) -> None:
+    """Progress bars (weight loading, ir_datasets' docstore builds) on the console only with
+    ``-v``. tqdm reads ``TQDM_DISABLE`` once, when it is imported, and this process imported it
+    before the CLI parsed ``-v`` (transformers, ir_datasets); so its default ``disable`` is set
+    here too. Ray workers and other child processes read the variable."""
+    import tqdm.std
+
+    if shown:
+        if _TQDM_INIT:
+            tqdm.std.tqdm.__init__ = _TQDM_INIT.pop()
+        return
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    if not _TQDM_INIT:
+        _TQDM_INIT.append(tqdm.std.tqdm.__init__)
+        original = _TQDM_INIT[0]
+
+        def quiet_init(self: Any, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            original(self, *args, **kwargs)
+
+        tqdm.std.tqdm.__init__ = quiet_init
+
+
 def _claim_ir_datasets_logger() -> None:
     """ir_datasets gives its one logger ("ir_datasets") a console handler on first use, not at
     import (``ir_datasets.log.Logger.logger``), so its "[INFO] Opening ... docstore" lines would
@@ -128,8 +154,7 @@ def setup_logging(log_dir: Path, *, verbose: bool = False) -> Path:
         to_stderr.addFilter(_ours)
     _VERBOSE["ray_to_console"], _VERBOSE["route_libraries"] = verbose, True
     route_library_logs()
-    if not verbose:
-        os.environ.setdefault("TQDM_DISABLE", "1")  # weight-loading and download bars (tqdm reads it)
+    progress_bars(shown=verbose)
     logging.captureWarnings(True)  # deprecation warnings to the log file, not the console
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)

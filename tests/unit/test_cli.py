@@ -497,6 +497,28 @@ def test_the_stop_line_is_out_before_a_slow_shutdown_is_killed(tmp_path):
     assert "rerank-ray study: stopped by SIGTERM; finished work is kept, the same command resumes" in err
 
 
+def test_no_progress_bar_reaches_the_console_without_v_though_tqdm_was_imported_first(tmp_path, capsys):
+    # tqdm reads TQDM_DISABLE when it is imported, which transformers and ir_datasets did long
+    # before the CLI set it: the fresh-clone quickstart showed their bars.
+    from tqdm.auto import tqdm  # imported before setup_logging, as in a run
+
+    from rerank_ray import console
+
+    try:
+        console.setup_logging(tmp_path, verbose=False)
+        for _ in tqdm(range(3), desc="Loading weights"):
+            pass
+        hidden = capsys.readouterr().err
+        console.setup_logging(tmp_path / "v", verbose=True)
+        for _ in tqdm(range(3), desc="Loading weights"):
+            pass
+        shown = capsys.readouterr().err
+    finally:
+        console.setup_logging(tmp_path / "reset", verbose=True)
+        console._VERBOSE["route_libraries"] = False
+    assert "Loading weights" not in hidden and "Loading weights" in shown
+
+
 def test_ir_datasets_lines_go_to_the_log_file_even_from_its_lazily_made_logger(tmp_path, capsys):
     # ir_datasets adds its own console handler on its first log call, after the CLI routed
     # the libraries' loggers: its "[INFO] Opening ... docstore" lines reached the console.
