@@ -83,6 +83,10 @@ def test_width_lora_and_max_length_pick_their_own_entries():
     assert table.lookup("evaluate", "decoder", 6, HW, lora=True).pairs_per_s == 9.0
     assert table.lookup("evaluate", "encoder", 6, HW, max_length=128).pairs_per_s == 90.0
     assert table.lookup("evaluate", "encoder", 6, HW, max_length=256).pairs_per_s == 40.0
+    # A width with no entry (a tiny test model) falls back to the 384-wide rates, unmeasured:
+    # the byo study's forecast column read "–" without it.
+    tiny = table.lookup("train", "encoder", 6, HW, hidden=32)
+    assert (tiny.pairs_per_s, tiny.measured) == (20.0, False)
 
 
 def test_the_size_study_is_forecast_within_its_three_hour_budget(table):
