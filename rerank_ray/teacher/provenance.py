@@ -47,6 +47,11 @@ def data_fingerprint(pairs: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
+def teacher_content(teacher: TeacherModel) -> dict[str, Any]:
+    """What a teacher's scores depend on: its settings (not where it lies) and its files' hash."""
+    return {**teacher.model_dump(mode="json", exclude={"path"}), "content": teacher_fingerprint(teacher)}
+
+
 def teacher_fingerprint(teacher: TeacherModel) -> str:
     """sha256 of every file of the teacher's folder (relative path + bytes), in sorted order."""
     folder = teacher.folder()

@@ -15,7 +15,6 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from rerank_ray import io
 from rerank_ray.study.config import BestOfTeacher, StudyConfig
@@ -48,13 +47,10 @@ class Selection:
 def selection_key(cfg: StudyConfig, spec: BestOfTeacher, models: dict[str, TeacherModel]) -> str:
     """sha256 of what the choice depends on: each candidate's model content and settings, the
     suite, its depth and measure, and the data config (which queries are held out)."""
-    from rerank_ray.teacher.provenance import teacher_fingerprint
-
-    def describe(teacher: TeacherModel) -> dict[str, Any]:
-        return {**teacher.model_dump(mode="json", exclude={"path"}), "content": teacher_fingerprint(teacher)}
+    from rerank_ray.teacher.provenance import teacher_content
 
     key = {
-        "candidates": {c: describe(m) for c, m in models.items()},
+        "candidates": {c: teacher_content(m) for c, m in models.items()},
         "suite": spec.suite,
         "depth": spec.depth,
         "measure": cfg.eval.measure,

@@ -160,13 +160,22 @@ def _ready_teacher(
     return scorer, _evaluate_teacher(cfg, name, scorer), Cost()
 
 
-def _evaluate_teacher(cfg: StudyConfig, name: str, model: str | TeacherModel) -> EvalSummary:
+def _evaluate_teacher(cfg: StudyConfig, name: str, model: TeacherModel) -> EvalSummary:
     """A teacher that is not trained here, evaluated on every suite into ``teachers/<name>/eval``
-    and logged to its (active) run."""
-    teacher_dir = cfg.study_dir / "teachers" / name
-    evaluation = evaluate_suites(
-        model, cfg.eval, teacher_dir / "eval", root=cfg.base.data.root, tag=name, data=cfg.base.data
-    )
+    (reused while the teacher's files, the evaluation config and the data are unchanged:
+    ``study/reuse.py``) and logged to its (active) run."""
+    from rerank_ray.study import reuse
+    from rerank_ray.teacher.provenance import teacher_content
+
+    out_dir = cfg.study_dir / "teachers" / name / "eval"
+    key = reuse.evaluation_key(teacher_content(model), cfg.eval, cfg.base.data)
+    evaluation = reuse.reusable(out_dir, key, f"teacher {name}")
+    if evaluation is None:
+        reuse.forget(out_dir)
+        evaluation = evaluate_suites(
+            model, cfg.eval, out_dir, root=cfg.base.data.root, tag=name, data=cfg.base.data
+        )
+        reuse.remember(out_dir, key)
     logbook.log_metrics(evaluation.metrics)
     logbook.log_artifacts(str(evaluation.eval_dir), "eval")
     return evaluation
