@@ -21,7 +21,22 @@ from rerank_ray.study.comparisons import cells, variant_label
 from rerank_ray.study.config import StudyConfig
 from rerank_ray.study.records import EvalRecord, TrialRecord
 
+# Two sizes closer than this factor on the log axis get their tick labels on different lines.
+STAGGER = 1.6
 log = logging.getLogger(__name__)
+
+
+def parameter_ticks(xs: list[float], students: list[str]) -> list[str]:
+    """Tick labels "<parameters>M\n<student>" for a log axis, each label within a factor
+    STAGGER of the previous one's position pushed two lines down (every other one), so the
+    names of close sizes (110M and 135M) do not overlap."""
+    labels = [""] * len(xs)
+    previous, lowered = None, False
+    for i in sorted(range(len(xs)), key=lambda i: xs[i]):
+        lowered = previous is not None and xs[i] < previous * STAGGER and not lowered
+        labels[i] = ("\n\n" if lowered else "") + f"{xs[i] / 1e6:.1f}M\n{students[i]}"
+        previous = xs[i]
+    return labels
 
 
 @dataclass
@@ -38,7 +53,7 @@ class _SizeAxis:
     def draw(self, ax: Any) -> None:
         if self.label.startswith("parameters"):
             ax.set_xscale("log")
-            ticks = [f"{x / 1e6:.1f}M\n{s}" for x, s in zip(self.xs, self.students, strict=True)]
+            ticks = parameter_ticks(self.xs, self.students)
         else:
             ticks = [f"{x:g}" for x in self.xs] if self.label == "layers" else self.students
         ax.set_xticks(self.xs, ticks, fontsize=7)

@@ -239,3 +239,14 @@ def test_the_teacher_line_says_per_size_whether_it_is_stronger_in_domain():
     assert "in domain it is stronger than every contrastive student: `l1` (0.310), `l2` (0.520)" in (
         _teacher_conclusion(cfg, strong)
     )
+
+
+def test_close_sizes_get_their_tick_labels_on_different_lines():
+    # The size study's axis: MPNet-base (109.5M) and SmolLM2 (134.5M) overlapped on one line.
+    from rerank_ray.study.plot import parameter_ticks
+
+    xs = [22.7e6, 17.4e6, 134.5e6, 109.5e6]
+    labels = parameter_ticks(xs, ["l6", "l3", "smollm2", "mpnet"])
+    assert labels == ["\n\n22.7M\nl6", "17.4M\nl3", "\n\n134.5M\nsmollm2", "109.5M\nmpnet"]
+    # Far apart: one line each.
+    assert parameter_ticks([1e6, 1e8], ["a", "b"]) == ["1.0M\na", "100.0M\nb"]
