@@ -127,6 +127,20 @@ def tiny_run_overrides(tmp_path):
     ]
 
 
+def tiny_scifact_study(tmp_path, name: str) -> list[str]:
+    """Study overrides shared by the teacher tests: study `name` under `tmp_path` (outputs and a
+    sqlite MLflow store), trained on tiny SciFact's training split, groups of 4 from BM25's top 10."""
+    return [
+        f"name={name}",
+        f"base.output_dir={tmp_path / 'out'}",
+        f"base.mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "base.data.train=[fixtures/tiny-scifact]",
+        "base.data.train_split=train",
+        "base.data.first_stage=bm25-top10",
+        "base.groups={depth: 10, group_size: 4, groups_per_query: 2, positive_min_label: 1}",
+    ]
+
+
 def linear_output_dtypes(module: torch.nn.Module) -> set[torch.dtype]:
     """Records the dtype of every nn.Linear output while the returned set is alive."""
     seen: set[torch.dtype] = set()

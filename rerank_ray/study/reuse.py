@@ -14,8 +14,9 @@ the same numbers. :func:`evaluation_key` is the sha256 of what such an evaluatio
 
 :func:`reusable` returns the stored ``eval.json`` when ``eval_key.json`` beside it holds the same
 key; :func:`forget` removes the key before an evaluation starts (an interrupted one leaves no
-key, so its half-rewritten files are never reused) and :func:`remember` writes it after. Trained models are not cached
-here: a trial's evaluation is part of its ``run.json`` (``train/identity.py``).
+key, so its half-rewritten files are never reused) and :func:`remember` writes it after.
+Trained models are not cached here: a trial's evaluation is part of its ``run.json``
+(``train/identity.py``).
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@
    cross-encoder is trained contrastively
    (a child run, ``role=teacher``) and evaluated; a given checkpoint or a bi-encoder is only
    evaluated, and that evaluation is reused while the teacher's files, the evaluation config and
-   the data are unchanged (``study/reuse.py``). A teacher trained earlier under the study folder with the same inputs (config,
-   groups content, base weights: ``train/identity.py``) is reused; the log says which changed.
+   the data are unchanged (``study/reuse.py``). A teacher trained earlier under the study folder
+   with the same inputs (config, groups content, base weights: ``train/identity.py``) is reused;
+   the log says which changed.
    A cross-fitted teacher (``cross_fit: k``) is trained k times on k-1 folds of the training
    queries (``teacher/crossfit.py``; nested runs ``role=teacher_fold``), each fold teacher scores
    the fold it did not see, and its evaluation is the fold teachers' mean;

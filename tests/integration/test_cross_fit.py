@@ -13,7 +13,7 @@ from rerank_ray.study.plan import teacher_scores_dir
 from rerank_ray.study.run import _groups
 from rerank_ray.study.tracking import study_run
 from rerank_ray.teacher.stage import teacher, teacher_info
-from tests.conftest import TINY_BERT
+from tests.conftest import TINY_BERT, tiny_scifact_study
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +24,7 @@ def test_two_fold_teacher_scores_only_queries_it_did_not_train_on(ray_local, tmp
     model = {**TINY_BERT, "config_overrides": {**TINY_BERT["config_overrides"], "num_hidden_layers": 1}}
     cfg = load_study(
         overrides=[
-            "name=crossfit",
-            f"base.output_dir={tmp_path / 'out'}",
-            f"base.mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            "base.data.train=[fixtures/tiny-scifact]",
-            "base.data.train_split=train",
-            "base.data.first_stage=bm25-top10",
-            "base.groups={depth: 10, group_size: 4, groups_per_query: 2, positive_min_label: 1}",
+            *tiny_scifact_study(tmp_path, "crossfit"),
             "base.train={max_steps: 1, micro_batch_groups: 2}",
             "base.deepspeed.zero_stage=0",
             f"teachers={{ce: {{kind: cross_encoder, model: {model}, cross_fit: 2, cross_fit_seed: 1}}}}",

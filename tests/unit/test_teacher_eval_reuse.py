@@ -11,18 +11,13 @@ import pytest
 
 from rerank_ray.config import PROJECT_ROOT
 from rerank_ray.study.config import load_study
+from tests.conftest import tiny_scifact_study
 
 
 def study(tmp_path, *extra: str):
     return load_study(
         overrides=[
-            "name=reuse",
-            f"base.output_dir={tmp_path / 'out'}",
-            f"base.mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            "base.data.train=[fixtures/tiny-scifact]",
-            "base.data.train_split=train",
-            "base.data.first_stage=bm25-top10",
-            "base.groups={depth: 10, group_size: 4, groups_per_query: 2, positive_min_label: 1}",
+            *tiny_scifact_study(tmp_path, "reuse"),
             "teachers={bi: {kind: bi_encoder, max_length: 32}}",
             "students={s: {num_layers: 1}}",
             "strategies=[distillation]",

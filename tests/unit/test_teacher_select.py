@@ -12,6 +12,7 @@ import pytest
 from rerank_ray.config import ConfigError
 from rerank_ray.study.config import load_study
 from rerank_ray.study.plan import teacher_scores_dir
+from tests.conftest import tiny_scifact_study
 
 CANDIDATES = (
     # The same model twice, seeing different lengths of the documents: different rankings.
@@ -23,14 +24,8 @@ CANDIDATES = (
 def study(tmp_path, *extra: str):
     return load_study(
         overrides=[
-            "name=select",
-            f"base.output_dir={tmp_path / 'out'}",
-            f"base.mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            "base.data.train=[fixtures/tiny-scifact]",
-            "base.data.train_split=train",
-            "base.data.first_stage=bm25-top10",
+            *tiny_scifact_study(tmp_path, "select"),
             "base.data.validation=0.5",
-            "base.groups={depth: 10, group_size: 4, groups_per_query: 2, positive_min_label: 1}",
             CANDIDATES,
             "students={s: {num_layers: 1}}",
             "strategies=[distillation]",
